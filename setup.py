@@ -1,0 +1,45 @@
+"""megafin: FinDAP-style domain-adaptive post-training on megatron-core.
+
+torch is deliberately left to the caller: `make` installs `torch==2.13.0` first (the CPU wheel on the dev
+machines, the CUDA wheel on a cluster), because a bare `torch` requirement can pull a multi-GB build.
+"""
+from setuptools import find_packages, setup
+
+setup(
+    name="megafin",
+    version="0.1.0",
+    description="Financial domain-adaptive post-training (CPT+IT, SFT, DPO/RPO/IPO) on megatron-core",
+    python_requires=">=3.10",
+    packages=find_packages(include=["megafin*", "kernels*", "data_prep*"]),
+    install_requires=[
+        "torch>=2.6",
+        "megatron-core>=0.16.1,<0.20",
+        "numpy",
+        "packaging",
+        "psutil",  # dist_checkpointing's async writer hangs without it
+        "pyyaml",
+        "safetensors",
+        "tokenizers",
+        "sentencepiece",
+        "protobuf",
+        "transformers>=4.45",
+        "wandb",
+        "tqdm",
+    ],
+    extras_require={
+        "test": [
+            "pytest",
+            "triton>=3.2",  # kernels run under TRITON_INTERPRET=1 on CPU
+            "datasets",
+            "pyarrow",
+            "tiktoken",
+            "tensorboard",
+        ],
+        # GPU-only pieces: not installable on a CPU machine; see README "GPU".
+        "gpu": ["transformer-engine[pytorch]", "flash-attn"],
+        "vllm": ["vllm"],
+        "eval": ["lm-eval"],
+        "align": ["trl"],
+    },
+    entry_points={"console_scripts": ["megafin=megafin.cli:main"]},
+)
