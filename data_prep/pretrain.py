@@ -1,0 +1,203 @@
+"""`data_prep pretrain`: text corpus -> PREFIX_text_document.bin/.idx (+ PREFIX_stats.json), Megatron-LM layout.
+
+Each document becomes `[tokenizer's own prefix, e.g. BOS] + ids(text) + [EOD]`, i.e. exactly what Megatron-LM's
+`tools/preprocess_data.py --append-eod` writes for an HF tokenizer. Workers parse and encode chunks of lines;
+the parent de-duplicates, counts and writes in input order, so the output is byte-identical for any --workers.
+"""
+from __future__ import annotations
+
+import hashlib
+import itertools
+import os
+import sys
+from dataclasses import dataclass
+from typing import Any, Iterable, Iterator
+
+import numpy as np
+
+from data_prep.parallel import chunked, ordered_map
+from data_prep.readers import DEFAULT_MAX_DOC_BYTES, Raw, Record, check_inputs, input_fingerprint, iter_raw, parse_raw
+from data_prep.stats import Stats
+from data_prep.writers import SequenceWriter, token_dtype, write_json
+
+CHUNK_ITEMS = 2048
+CHUNK_BYTES = 1 << 20
+VERIFY_DOCS = 64  # first documents on which the fast encoder must match HF before it is used
+VERIFY_CHARS = 2_000_000
+
+
+def extract_text(rec: Record, text_key: str, max_bytes: int) -> str | tuple[str, str]:
+    """The document text of a parsed record, or (reason, message) saying what was expected."""
+    if rec.error is not None:
+        return rec.error
+    v = rec.value
+    if text_key not in v:
+        keys = ", ".join(list(v)[:8])
+        return "missing_key", f"missing key '{text_key}' (expected a string under --text-key {text_key}; keys: {keys})"
+    text = v[text_key]
+    if not isinstance(text, str):
+        return "wrong_type", f"'{text_key}' is a {type(text).__name__} (expected a string under --text-key {text_key})"
+    if not text.strip():
+        return "empty_text", f"'{text_key}' is empty (expected non-blank text)"
+    if len(text) > max_bytes:  # rows from parquet/datasets (JSONL lines were already capped by bytes)
+        return "doc_too_large", f"document of {len(text):,} characters exceeds --max-doc-bytes {max_bytes:,}"
+    return text
+
+
+# ---- worker side ------------------------------------------------------------------------------------------
+_W: dict[str, Any] = {}
+
+
+def _init_worker(tokenizer_dir: str, encoder: str, text_key: str, max_bytes: int, bos: str, dedup: bool) -> None:
+    from data_prep.encoder import build_encoder
+    from data_prep.tokenizer import load_tokenizer, special_ids
+
+    tok = load_tokenizer(tokenizer_dir)
+    sp = special_ids(tok)
+    prefix = sp["prefix"] if bos == "auto" else ([sp["bos"]] if bos == "always" and sp["bos"] is not None else [])
+    suffix = [] if bos == "never" else list(sp["suffix"])
+    if not suffix or suffix[-1] != sp["eod"]:
+        suffix = suffix + [sp["eod"]]
+    _W.update(
+        enc=build_encoder(tok, prefer=encoder), text_key=text_key, max_bytes=max_bytes,
+        prefix=prefix, suffix=suffix, dedup=dedup,
+    )
+
+
+def _encode_chunk(chunk: list[Raw]) -> tuple[list, np.ndarray, np.ndarray]:
+    """-> (per item: (where, reason, message, digest)), flat ids of the good items, their lengths."""
+    statuses: list = []
+    texts: list[str] = []
+    for raw in chunk:
+        rec = parse_raw(raw, _W["max_bytes"])
+        got = extract_text(rec, _W["text_key"], _W["max_bytes"])
+        if isinstance(got, tuple):
+            statuses.append((rec.where, got[0], got[1], None))
+        else:
+            digest = hashlib.blake2b(got.encode("utf-8", "surrogatepass"), digest_size=16).digest() if _W["dedup"] else None
+            statuses.append((rec.where, None, None, digest))
+            texts.append(got)
+    ids = _W["enc"].encode_batch(texts)
+    pre, suf = _W["prefix"], _W["suffix"]
+    lengths = np.fromiter((len(pre) + len(x) + len(suf) for x in ids), dtype=np.int64, count=len(ids))
+    flat = np.fromiter(
+        itertools.chain.from_iterable(itertools.chain(pre, x, suf) for x in ids), dtype=np.int32, count=int(lengths.sum())
+    )
+    return statuses, flat, lengths
+
+
+# ---- parent side ------------------------------------------------------------------------------------------
+def _raw_size(r: Raw) -> int:
+    return len(r.data) if isinstance(r.data, (bytes, bytearray)) else 256
+
+
+def choose_encoder(tok: Any, raws: list[Raw], text_key: str, max_bytes: int, prefer: str) -> str:
+    """Pick 'tiktoken' or 'hf' once, in the parent, from the first documents: same choice for any --workers."""
+    from data_prep.encoder import build_encoder
+
+    texts, n = [], 0
+    for raw in raws[:VERIFY_DOCS]:
+        got = extract_text(parse_raw(raw, max_bytes), text_key, max_bytes)
+        if isinstance(got, str):
+            texts.append(got)
+            n += len(got)
+            if n > VERIFY_CHARS:
+                break
+    return build_encoder(tok, prefer=prefer, verify_texts=texts).name
+
+
+@dataclass
+class PretrainResult:
+    prefix: str  # PREFIX_text_document (what a recipe names)
+    stats: dict
+
+
+def pretrain(
+    inputs: str | Iterable[str],
+    tokenizer: str,
+    output_prefix: str,
+    text_key: str = "text",
+    workers: int = 1,
+    dedup: bool = False,
+    strict: bool = False,
+    max_doc_bytes: int = DEFAULT_MAX_DOC_BYTES,
+    encoder: str = "auto",
+    bos: str = "auto",
+    progress: bool | None = None,
+    quiet: bool = False,
+) -> PretrainResult:
+    """Tokenize text documents into `{output_prefix}_text_document.bin/.idx` and `{output_prefix}_stats.json`.
+
+    inputs: JSONL / JSONL.gz / parquet paths, `datasets` save_to_disk dirs, or `hub:NAME`.
+    bos: 'auto' = add what the tokenizer adds for plain text (Llama-3 and megafin: BOS), 'always', 'never'.
+    encoder: 'auto' (verified tiktoken fast path, else HF), 'hf', 'tiktoken' (fail if not identical).
+    Raises `BadInputError` under strict on the first bad item, `FileNotFoundError` for a missing input.
+    """
+    from tqdm import tqdm
+
+    from data_prep.tokenizer import load_tokenizer
+    from data_prep.writers import import_builder
+
+    paths = check_inputs([inputs] if isinstance(inputs, str) else list(inputs))
+    tok = load_tokenizer(tokenizer)
+    vocab = len(tok)
+    import_builder()  # ~3 s of megatron-core imports, kept out of the throughput numbers
+    stats = Stats(strict=strict, quiet=quiet)
+    raw_iter = iter_raw(paths, max_doc_bytes)
+    head = list(itertools.islice(raw_iter, VERIFY_DOCS))
+    enc_name = choose_encoder(tok, head, text_key, max_doc_bytes, encoder)
+    chunks = chunked(itertools.chain(head, raw_iter), CHUNK_ITEMS, CHUNK_BYTES, _raw_size)
+
+    out_prefix = f"{output_prefix}_text_document"
+    writer = SequenceWriter(out_prefix, token_dtype(vocab))
+    seen: set[bytes] = set()
+    bar = tqdm(unit="doc", disable=(not sys.stderr.isatty()) if progress is None else not progress, file=sys.stderr)
+    try:
+        results: Iterator = ordered_map(
+            _encode_chunk, chunks, workers, _init_worker,
+            (str(tokenizer), enc_name, text_key, max_doc_bytes, bos, dedup),
+        )
+        for statuses, flat, lengths in results:
+            offsets = np.concatenate([[0], np.cumsum(lengths)])
+            keep_flat: list[np.ndarray] = []
+            keep_len: list[int] = []
+            j = 0  # index among the good items of this chunk
+            for where, reason, msg, digest in statuses:
+                stats.read()
+                if reason is not None:
+                    stats.skip(where, reason, msg)
+                    continue
+                k = j
+                j += 1
+                if dedup:
+                    if digest in seen:
+                        stats.skip(where, "duplicate", "exact duplicate of an earlier document (--dedup)")
+                        continue
+                    seen.add(digest)
+                keep_flat.append(flat[offsets[k] : offsets[k + 1]])
+                keep_len.append(int(lengths[k]))
+            if keep_len:
+                writer.add_many(np.concatenate(keep_flat), keep_len)
+                stats.written(len(keep_len), sum(keep_len))
+            bar.update(len(statuses))
+            secs = max(stats.elapsed(), 1e-9)
+            bar.set_postfix_str(f"{stats.docs_read / secs:,.0f} docs/s, {stats.tokens / secs:,.0f} tok/s", refresh=False)
+        writer.finalize()
+    except BaseException:
+        writer.abort()
+        raise
+    finally:
+        bar.close()
+    result = stats.to_dict(
+        output=out_prefix, inputs=input_fingerprint(paths), tokenizer=str(tokenizer), encoder=enc_name,
+        workers=workers, dedup=dedup, token_dtype=np.dtype(token_dtype(vocab)).name, vocab_size=vocab,
+    )
+    write_json(f"{output_prefix}_stats.json", result)
+    if not quiet:
+        print(
+            f"data_prep pretrain: {stats.docs_written:,}/{stats.docs_read:,} docs, {stats.tokens:,} tokens in "
+            f"{result['seconds']:.1f}s ({result['docs_per_s']:,.0f} docs/s, {result['tokens_per_s']:,.0f} tok/s, "
+            f"encoder {enc_name}) -> {out_prefix}.bin/.idx",
+            file=sys.stderr,
+        )
+    return PretrainResult(out_prefix, result)

@@ -1,0 +1,170 @@
+"""Streaming readers: JSONL, JSONL.gz, parquet, a local `datasets` directory, or a hub dataset name.
+
+Reading is split in two so that the expensive half runs in worker processes:
+`iter_raw` (parent, cheap: raw bytes of a line, or a row dict) and `parse_raw` (worker: UTF-8 + JSON).
+Every item carries its `source:line` so any problem is reported where it is. Memory stays bounded: a line
+longer than `max_bytes` is skipped without ever being held whole.
+"""
+from __future__ import annotations
+
+import gzip
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Iterator
+
+DEFAULT_MAX_DOC_BYTES = 16_000_000  # a JSON line above this is skipped as `doc_too_large` (override per run)
+_SKIP_BLOCK = 1 << 20
+
+
+@dataclass
+class Raw:
+    """One input item before parsing: the bytes of a JSONL line, or a row already decoded (parquet/datasets)."""
+
+    source: str
+    line: int
+    data: bytes | dict | None
+    oversize: int = 0  # >0: the line had this many bytes and was not kept
+
+
+@dataclass
+class Record:
+    source: str
+    line: int
+    value: Any = None
+    error: tuple[str, str] | None = None  # (reason, message) when the item cannot be used
+
+    @property
+    def where(self) -> str:
+        return f"{self.source}:{self.line}"
+
+
+EXPECTED_INPUT = "a .jsonl, .jsonl.gz, .json, .parquet file, a `datasets` save_to_disk directory, or hub:NAME"
+
+
+def check_inputs(paths: Iterable[str]) -> list[str]:
+    """Fail fast (in every mode) on inputs that do not exist: a typo must not yield an empty dataset."""
+    out = []
+    for p in paths:
+        if p.startswith("hub:"):
+            out.append(p)
+            continue
+        if not os.path.exists(p):
+            raise FileNotFoundError(f"{p}: no such file or directory (expected {EXPECTED_INPUT})")
+        out.append(p)
+    return out
+
+
+def _display(path: str) -> str:
+    return os.path.basename(path.rstrip("/")) or path
+
+
+def _iter_jsonl_lines(path: str, max_bytes: int) -> Iterator[Raw]:
+    name = _display(path)
+    opener = gzip.open if path.endswith(".gz") else open
+    with opener(path, "rb") as f:
+        line_no = 0
+        while True:
+            chunk = f.readline(max_bytes + 1)
+            if not chunk:
+                return
+            line_no += 1
+            if len(chunk) > max_bytes and not chunk.endswith(b"\n"):
+                # Too long: drain the rest of the line block by block, never holding it whole.
+                size = len(chunk)
+                while True:
+                    more = f.readline(_SKIP_BLOCK)
+                    size += len(more)
+                    if not more or more.endswith(b"\n"):
+                        break
+                yield Raw(name, line_no, None, oversize=size)
+                continue
+            if not chunk.strip():
+                continue  # blank lines (e.g. a trailing newline) are not records
+            yield Raw(name, line_no, chunk)
+
+
+def _iter_parquet(path: str, batch_rows: int = 4096) -> Iterator[Raw]:
+    import pyarrow.parquet as pq
+
+    name = _display(path)
+    pf = pq.ParquetFile(path)
+    row = 0
+    for batch in pf.iter_batches(batch_size=batch_rows):
+        for rec in batch.to_pylist():
+            row += 1
+            yield Raw(name, row, rec)
+
+
+def _iter_datasets(ds: Any, name: str) -> Iterator[Raw]:
+    # Iterating a memory-mapped Arrow dataset row by row keeps memory flat.
+    for i, rec in enumerate(ds, start=1):
+        yield Raw(name, i, rec)
+
+
+def iter_raw(paths: Iterable[str], max_bytes: int = DEFAULT_MAX_DOC_BYTES) -> Iterator[Raw]:
+    """Raw items of every input in order. Inputs must exist (see `check_inputs`)."""
+    for path in paths:
+        if path.startswith("hub:"):
+            import datasets
+
+            ds = datasets.load_dataset(path[4:], split="train", streaming=True)
+            yield from _iter_datasets(ds, path)
+        elif os.path.isdir(path):
+            import datasets
+
+            ds = datasets.load_from_disk(path)
+            if isinstance(ds, datasets.DatasetDict):
+                ds = ds["train"] if "train" in ds else ds[next(iter(ds))]
+            yield from _iter_datasets(ds, _display(path))
+        elif path.endswith(".parquet"):
+            yield from _iter_parquet(path)
+        else:
+            yield from _iter_jsonl_lines(path, max_bytes)
+
+
+def parse_raw(raw: Raw, max_bytes: int = DEFAULT_MAX_DOC_BYTES) -> Record:
+    """Decode one raw item; problems become `Record.error` = (reason, message naming what was expected)."""
+    if raw.oversize:
+        return Record(
+            raw.source, raw.line, None,
+            ("doc_too_large", f"line of {raw.oversize:,} bytes exceeds --max-doc-bytes {max_bytes:,}"),
+        )
+    if isinstance(raw.data, dict):
+        return Record(raw.source, raw.line, raw.data)
+    try:
+        text = raw.data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        return Record(
+            raw.source, raw.line, None,
+            ("invalid_utf8", f"invalid UTF-8 at byte {e.start} (expected UTF-8 encoded JSON)"),
+        )
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as e:
+        return Record(
+            raw.source, raw.line, None,
+            ("malformed_json", f"malformed JSON at column {e.colno}: {e.msg} (expected one JSON object per line)"),
+        )
+    if not isinstance(value, dict):
+        return Record(
+            raw.source, raw.line, None,
+            ("malformed_json", f"got a JSON {type(value).__name__} (expected one JSON object per line)"),
+        )
+    return Record(raw.source, raw.line, value)
+
+
+def iter_records(paths: Iterable[str], max_bytes: int = DEFAULT_MAX_DOC_BYTES) -> Iterator[Record]:
+    """Single-process convenience: parsed records of every input, in order."""
+    for raw in iter_raw(paths, max_bytes):
+        yield parse_raw(raw, max_bytes)
+
+
+def input_fingerprint(paths: Iterable[str]) -> list[dict]:
+    """What went in (name, size), recorded in stats/meta for provenance."""
+    out = []
+    for p in paths:
+        q = Path(p)
+        out.append({"path": str(p), "bytes": q.stat().st_size if q.is_file() else None})
+    return out
