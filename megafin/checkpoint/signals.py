@@ -1,0 +1,41 @@
+"""SIGTERM and SIGUSR1 (Slurm's pre-timeout signal) ask the run to save at the end of the step and exit."""
+from __future__ import annotations
+
+import signal
+from types import FrameType
+from typing import Optional
+
+# Exit codes a launcher can act on (documented in the README).
+EXIT_OK = 0
+EXIT_CONFIG_ERROR = 2  # bad recipe/override: rejected before any process group started
+EXIT_DIVERGED = 3  # train.max_bad_steps consecutive non-finite losses
+EXIT_SIGNAL_CHECKPOINTED = 75  # EX_TEMPFAIL: a checkpoint was written on SIGTERM/SIGUSR1; resume to continue
+
+HANDLED_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+
+
+class StopRequest:
+    """Records the first handled signal; the loop polls `requested` once per step."""
+
+    def __init__(self) -> None:
+        self.signal_name: Optional[str] = None
+        self._previous = {}
+
+    @property
+    def requested(self) -> bool:
+        return self.signal_name is not None
+
+    def _handle(self, signum: int, frame: Optional[FrameType]) -> None:
+        if self.signal_name is None:
+            self.signal_name = signal.Signals(signum).name
+            print(f"megafin: received {self.signal_name}; saving a checkpoint at the end of this step", flush=True)
+
+    def install(self) -> "StopRequest":
+        for sig in HANDLED_SIGNALS:
+            self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def uninstall(self) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous.clear()

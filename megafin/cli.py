@@ -1,0 +1,53 @@
+"""`megafin train | ...`: parse, validate (before any process group), dispatch."""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import warnings
+from typing import Optional, Sequence
+
+from megafin.config import ConfigError, load_config, validate
+from megafin.config.validate import world_size_from_env
+from megafin.checkpoint.signals import EXIT_CONFIG_ERROR
+
+
+def quiet_third_party() -> None:
+    # Expected on CPU and on GPU nodes without Apex/TE; megafin logs its own backend choice.
+    for pattern in (".*Apex is not installed.*", ".*Transformer Engine and Apex are not installed.*",
+                    ".*full scope is deprecated.*"):
+        warnings.filterwarnings("ignore", message=pattern)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+
+
+def _train(args: argparse.Namespace) -> int:
+    try:
+        cfg = load_config(args.recipe, args.overrides)
+        validate(cfg, world_size_from_env())
+    except ConfigError as err:
+        print(f"megafin: config error: {err}", file=sys.stderr, flush=True)
+        return EXIT_CONFIG_ERROR
+    from megafin.runtime.distributed import detect_launch_env
+    from megafin.train.loop import run_training
+
+    return run_training(cfg, detect_launch_env())
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="megafin", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    train = sub.add_parser("train", help="train a stage from a YAML recipe (single process, torchrun or srun)")
+    train.add_argument("recipe", help="YAML recipe, e.g. recipes/tiny/cpt.yaml")
+    train.add_argument("overrides", nargs="*", help="key=value overrides, e.g. parallel.tp=2 train.steps=10")
+    train.set_defaults(func=_train)
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    quiet_third_party()
+    args = build_parser().parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,131 @@
+"""The one config schema: recipes (YAML), CLI overrides and Slurm scripts all fill these dataclasses."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import List
+
+
+@dataclass
+class RopeScalingConfig:
+    type: str = "none"  # none | llama3
+    factor: float = 8.0
+    low_freq_factor: float = 1.0
+    high_freq_factor: float = 4.0
+    original_max_position_embeddings: int = 8192
+
+
+@dataclass
+class ModelConfig:
+    family: str = "llama"
+    num_layers: int = 4
+    hidden_size: int = 256
+    num_attention_heads: int = 8
+    num_query_groups: int = 4
+    ffn_hidden_size: int = 704
+    # 0: take it from the tokenizer. The embedding is padded up to a multiple of make_vocab_size_divisible_by
+    # (not times TP, unlike Megatron-LM) so a checkpoint's shapes do not depend on the layout it was saved at.
+    vocab_size: int = 0
+    make_vocab_size_divisible_by: int = 128
+    max_position_embeddings: int = 4096
+    rope_theta: float = 500000.0
+    rope_scaling: RopeScalingConfig = field(default_factory=RopeScalingConfig)
+    norm_eps: float = 1e-5
+    tie_embeddings: bool = False
+    init_std: float = 0.02
+    # auto | te | triton | sdpa | local. auto: TE with CUDA+TE, triton with CUDA, sdpa on CPU.
+    attention_backend: str = "auto"
+
+
+@dataclass
+class ParallelConfig:
+    tp: int = 1
+    pp: int = 1
+    micro_batch_size: int = 1
+    global_batch_size: int = 8
+    distributed_optimizer: bool = False
+    overlap_grad_reduce: bool = False
+    sequence_parallel: bool = False
+
+
+@dataclass
+class OptimizerConfig:
+    name: str = "adamw"
+    lr: float = 3.0e-4
+    min_lr: float = 3.0e-5
+    weight_decay: float = 0.1
+    beta1: float = 0.9
+    beta2: float = 0.95
+    eps: float = 1.0e-8
+    clip_grad: float = 1.0
+
+
+@dataclass
+class SchedulerConfig:
+    warmup_steps: int = 0
+    decay: str = "cosine"  # cosine | linear | constant
+    decay_steps: int = 0  # 0: decay until train.steps
+
+
+@dataclass
+class BlendEntry:
+    path: str = ""  # prefix of a .bin/.idx pair, e.g. out/finance_text_document
+    weight: float = 1.0
+
+
+@dataclass
+class DataConfig:
+    tokenizer: str = ""  # a Hugging Face tokenizer directory
+    seq_length: int = 256
+    # pretrain: Megatron indexed documents blended by weight (GPTDataset). Packed formats arrive with data_prep.
+    format: str = "pretrain"
+    blend: List[BlendEntry] = field(default_factory=list)
+    split: str = "98,2,0"  # train, valid, test shares of every blended corpus
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 100
+    seed: int = 1234
+    resume: str = "auto"  # auto: the latest checkpoint under run_dir if any | none | a checkpoint directory
+    init_from: str = ""  # a checkpoint to take weights from (not optimizer or progress), e.g. from `convert from-hf`
+    eval_interval: int = 0  # 0: no periodic validation
+    eval_iters: int = 2
+    max_bad_steps: int = 3  # consecutive non-finite losses before the run stops
+    threads: int = 0  # torch intra-op threads on CPU; 0: leave as is (torchrun sets 1, so set it)
+
+
+@dataclass
+class CheckpointConfig:
+    interval: int = 0  # save every N steps; 0: only at the end and on signals
+    keep_last: int = 2
+    save_at_end: bool = True
+
+
+@dataclass
+class LoggingConfig:
+    interval: int = 1
+    wandb: bool = True  # offline unless WANDB_API_KEY is set
+    wandb_project: str = "megafin"
+    tensorboard: bool = False
+    peak_tflops: float = 0.0  # for MFU; 0: look the device up (GPU) or measure a matmul (CPU)
+
+
+@dataclass
+class PrecisionConfig:
+    dtype: str = "fp32"  # fp32 | bf16 | fp8
+    fp8_recipe: str = "delayed"  # delayed | tensorwise | mxfp8 (Transformer Engine recipes)
+
+
+@dataclass
+class Config:
+    run_dir: str = "runs/default"
+    stage: str = "cpt"
+    model: ModelConfig = field(default_factory=ModelConfig)
+    parallel: ParallelConfig = field(default_factory=ParallelConfig)
+    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
+    scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+    precision: PrecisionConfig = field(default_factory=PrecisionConfig)

@@ -1,0 +1,132 @@
+"""Every check that can fail before a process group starts. Each failure is one line naming the key."""
+from __future__ import annotations
+
+import importlib.util
+import os
+from pathlib import Path
+
+from megafin.config.errors import ConfigError
+from megafin.config.schema import Config
+
+STAGES = ("cpt",)
+ATTENTION_BACKENDS = ("auto", "te", "triton", "sdpa", "local")
+DTYPES = ("fp32", "bf16", "fp8")
+DECAYS = ("cosine", "linear", "constant")
+DATA_FORMATS = ("pretrain",)
+
+
+def _cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def _te_available() -> bool:
+    return importlib.util.find_spec("transformer_engine") is not None
+
+
+def validate(cfg: Config, world_size: int) -> None:
+    """Raise ConfigError on the first problem. Needs only the config, the world size and the filesystem."""
+    m, par, data = cfg.model, cfg.parallel, cfg.data
+    _require(cfg.stage in STAGES, "stage", f"one of {', '.join(STAGES)}", cfg.stage)
+    _require(m.family == "llama", "model.family", "llama", m.family)
+    for key in ("num_layers", "hidden_size", "num_attention_heads", "num_query_groups", "ffn_hidden_size"):
+        _require(getattr(m, key) > 0, f"model.{key}", "a positive integer", getattr(m, key))
+    _require(m.hidden_size % m.num_attention_heads == 0, "model.hidden_size",
+             f"a multiple of model.num_attention_heads={m.num_attention_heads}", m.hidden_size)
+    _require(m.num_attention_heads % m.num_query_groups == 0, "model.num_query_groups",
+             f"a divisor of model.num_attention_heads={m.num_attention_heads}", m.num_query_groups)
+    _require(m.rope_scaling.type in ("none", "llama3"), "model.rope_scaling.type", "none or llama3",
+             m.rope_scaling.type)
+    _require(m.attention_backend in ATTENTION_BACKENDS, "model.attention_backend",
+             f"one of {', '.join(ATTENTION_BACKENDS)}", m.attention_backend)
+    if m.attention_backend == "te":
+        _require(_cuda_available() and _te_available(), "model.attention_backend",
+                 "te only with CUDA and transformer_engine installed (use auto or sdpa)", "te")
+
+    # Parallel layout.
+    _require(par.tp >= 1, "parallel.tp", "a positive integer", par.tp)
+    _require(par.pp >= 1, "parallel.pp", "a positive integer", par.pp)
+    _require(m.num_attention_heads % par.tp == 0, "parallel.tp",
+             f"a divisor of model.num_attention_heads={m.num_attention_heads}", par.tp)
+    _require(m.num_query_groups % par.tp == 0, "parallel.tp",
+             f"a divisor of model.num_query_groups={m.num_query_groups}", par.tp)
+    _require(m.ffn_hidden_size % par.tp == 0, "parallel.tp",
+             f"a divisor of model.ffn_hidden_size={m.ffn_hidden_size}", par.tp)
+    _require(m.make_vocab_size_divisible_by % par.tp == 0, "parallel.tp",
+             f"a divisor of model.make_vocab_size_divisible_by={m.make_vocab_size_divisible_by}", par.tp)
+    _require(m.num_layers % par.pp == 0, "parallel.pp", f"a divisor of model.num_layers={m.num_layers}", par.pp)
+    model_parallel = par.tp * par.pp
+    _require(world_size % model_parallel == 0, "parallel.tp",
+             f"tp*pp={model_parallel} to divide the world size {world_size} (world = tp*pp*dp)", par.tp)
+    dp = world_size // model_parallel
+    _require(par.micro_batch_size >= 1, "parallel.micro_batch_size", "a positive integer", par.micro_batch_size)
+    _require(par.global_batch_size % (par.micro_batch_size * dp) == 0, "parallel.global_batch_size",
+             f"a multiple of micro_batch_size*dp={par.micro_batch_size}*{dp}", par.global_batch_size)
+    if par.sequence_parallel:
+        _require(par.tp > 1, "parallel.sequence_parallel", "false when parallel.tp=1", True)
+        _require(_cuda_available() and _te_available(), "parallel.sequence_parallel",
+                 "false without CUDA and Transformer Engine (the local RMSNorm does not support it)", True)
+
+    # Precision.
+    _require(cfg.precision.dtype in DTYPES, "precision.dtype", f"one of {', '.join(DTYPES)}", cfg.precision.dtype)
+    if cfg.precision.dtype == "fp8":
+        _require(_cuda_available(), "precision.dtype", "fp8 only on CUDA GPUs (Hopper or newer); use bf16 or fp32",
+                 "fp8")
+        _require(_te_available(), "precision.dtype", "fp8 needs transformer_engine installed (pip install .[gpu])",
+                 "fp8")
+
+    # Optimizer and schedule.
+    _require(cfg.optimizer.name == "adamw", "optimizer.name", "adamw", cfg.optimizer.name)
+    _require(cfg.optimizer.lr > 0, "optimizer.lr", "a positive number", cfg.optimizer.lr)
+    _require(0 <= cfg.optimizer.min_lr <= cfg.optimizer.lr, "optimizer.min_lr",
+             f"between 0 and optimizer.lr={cfg.optimizer.lr}", cfg.optimizer.min_lr)
+    _require(cfg.scheduler.decay in DECAYS, "scheduler.decay", f"one of {', '.join(DECAYS)}", cfg.scheduler.decay)
+    _require(cfg.train.steps >= 1, "train.steps", "a positive integer", cfg.train.steps)
+    _require(0 <= cfg.scheduler.warmup_steps <= cfg.train.steps, "scheduler.warmup_steps",
+             f"between 0 and train.steps={cfg.train.steps}", cfg.scheduler.warmup_steps)
+    _require(cfg.checkpoint.keep_last >= 1, "checkpoint.keep_last", "at least 1", cfg.checkpoint.keep_last)
+    _require(cfg.checkpoint.interval >= 0, "checkpoint.interval", "0 or a positive integer", cfg.checkpoint.interval)
+    _require(cfg.train.max_bad_steps >= 1, "train.max_bad_steps", "at least 1", cfg.train.max_bad_steps)
+    resume = cfg.train.resume
+    if resume not in ("auto", "none"):
+        _require(Path(resume).is_dir(), "train.resume", "auto, none or an existing checkpoint directory", resume)
+    if cfg.train.init_from:
+        _require(Path(cfg.train.init_from).is_dir(), "train.init_from", "an existing checkpoint directory",
+                 cfg.train.init_from)
+
+    # Data.
+    _require(data.seq_length >= 2, "data.seq_length", "at least 2", data.seq_length)
+    _require(data.seq_length <= m.max_position_embeddings, "data.seq_length",
+             f"at most model.max_position_embeddings={m.max_position_embeddings}", data.seq_length)
+    _require(data.format in DATA_FORMATS, "data.format", f"one of {', '.join(DATA_FORMATS)}", data.format)
+    _require(bool(data.tokenizer), "data.tokenizer", "a Hugging Face tokenizer directory", "(empty)")
+    _require(Path(data.tokenizer, "tokenizer_config.json").is_file() or Path(data.tokenizer, "tokenizer.json").is_file(),
+             "data.tokenizer", "a directory with tokenizer.json or tokenizer_config.json", data.tokenizer)
+    _require(len(data.blend) > 0, "data.blend", "at least one {path, weight} entry", "[]")
+    for i, entry in enumerate(data.blend):
+        for suffix in (".bin", ".idx"):
+            _require(Path(entry.path + suffix).is_file(), f"data.blend[{i}].path",
+                     f"an indexed dataset prefix with {entry.path}{suffix} present (run data_prep pretrain)",
+                     entry.path)
+        _require(entry.weight > 0, f"data.blend[{i}].weight", "a positive number", entry.weight)
+    parts = data.split.split(",")
+    ok = len(parts) == 3 and all(p.strip().replace(".", "", 1).isdigit() for p in parts)
+    _require(ok and float(parts[0]) > 0, "data.split", "three non-negative numbers 'train,valid,test' with train > 0",
+             data.split)
+    if cfg.train.eval_interval > 0:
+        _require(float(parts[1]) > 0, "data.split", "a valid share > 0 when train.eval_interval > 0", data.split)
+
+
+def world_size_from_env() -> int:
+    """The world size a launcher promises, read before any process group exists (torchrun, then srun)."""
+    for var in ("WORLD_SIZE", "SLURM_NTASKS"):
+        value = os.environ.get(var)
+        if value:
+            return int(value)
+    return 1
+
+
+def _require(ok: bool, key: str, expected: str, got: object) -> None:
+    if not ok:
+        raise ConfigError(f"{key}: expected {expected}, got {got!r}")

@@ -1,0 +1,109 @@
+"""The Llama family as a megatron-core GPTModel: architecture only (no data, no training)."""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from megatron.core import parallel_state
+from megatron.core.models.gpt import GPTModel
+from megatron.core.transformer.transformer_config import TransformerConfig
+
+from megafin.config.schema import Config, ModelConfig
+from megafin.model.spec import llama_layer_spec, resolve_attention_backend
+
+_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp8": torch.bfloat16}
+
+
+def padded_vocab_size(vocab_size: int, divisible_by: int) -> int:
+    return int(math.ceil(vocab_size / divisible_by) * divisible_by)
+
+
+def transformer_config(cfg: Config) -> TransformerConfig:
+    m, par = cfg.model, cfg.parallel
+    dtype = _DTYPES[cfg.precision.dtype]
+    on_cuda = torch.cuda.is_available()
+    kwargs = {}
+    if cfg.precision.dtype == "fp8":
+        # Transformer Engine's recipes; validation already refused fp8 without CUDA+TE.
+        kwargs.update(fp8="hybrid", fp8_recipe=cfg.precision.fp8_recipe)
+    return TransformerConfig(
+        num_layers=m.num_layers,
+        hidden_size=m.hidden_size,
+        num_attention_heads=m.num_attention_heads,
+        num_query_groups=m.num_query_groups,
+        ffn_hidden_size=m.ffn_hidden_size,
+        kv_channels=m.hidden_size // m.num_attention_heads,
+        normalization="RMSNorm",
+        layernorm_epsilon=m.norm_eps,
+        gated_linear_unit=True,
+        activation_func=F.silu,
+        add_bias_linear=False,
+        add_qkv_bias=False,
+        hidden_dropout=0.0,
+        attention_dropout=0.0,
+        init_method_std=m.init_std,
+        tensor_model_parallel_size=par.tp,
+        pipeline_model_parallel_size=par.pp,
+        sequence_parallel=par.sequence_parallel,
+        params_dtype=dtype,
+        pipeline_dtype=dtype,
+        bf16=cfg.precision.dtype in ("bf16", "fp8"),
+        # Fusions are CUDA kernels; on CPU the unfused PyTorch paths run.
+        bias_activation_fusion=False,
+        bias_dropout_fusion=False,
+        masked_softmax_fusion=False,
+        apply_rope_fusion=False,
+        persist_layer_norm=False,
+        gradient_accumulation_fusion=False,
+        # CPU init builds each full weight and splits it, so every TP/PP layout starts from identical weights.
+        use_cpu_initialization=True,
+        perform_initialization=True,
+        # Loss is a sum over tokens; the step divides by the global token count (not a mean of means).
+        calculate_per_token_loss=True,
+        batch_p2p_sync=False,  # avoids a torch.cuda.synchronize in p2p_communication on CPU; harmless on GPU
+        deallocate_pipeline_outputs=on_cuda,
+        **kwargs,
+    )
+
+
+def build_model(cfg: Config, vocab_size: int, pre_process: bool | None = None,
+                post_process: bool | None = None) -> GPTModel:
+    """This rank's pipeline stage of the model (the whole model at pp=1)."""
+    m: ModelConfig = cfg.model
+    if pre_process is None:
+        pre_process = parallel_state.is_pipeline_first_stage()
+    if post_process is None:
+        post_process = parallel_state.is_pipeline_last_stage()
+    scaling = m.rope_scaling
+    model = GPTModel(
+        config=transformer_config(cfg),
+        transformer_layer_spec=llama_layer_spec(m.attention_backend),
+        vocab_size=padded_vocab_size(vocab_size, m.make_vocab_size_divisible_by),
+        max_sequence_length=m.max_position_embeddings,
+        pre_process=pre_process,
+        post_process=post_process,
+        parallel_output=True,
+        share_embeddings_and_output_weights=m.tie_embeddings,
+        position_embedding_type="rope",
+        rotary_base=int(m.rope_theta),
+        rope_scaling=scaling.type == "llama3",
+        rope_scaling_factor=scaling.factor,
+    )
+    if scaling.type == "llama3":
+        _apply_llama3_rope_scaling(model, m)
+    if torch.cuda.is_available():
+        model.cuda()
+    model.megafin_attention_backend = resolve_attention_backend(m.attention_backend)
+    return model
+
+
+def _apply_llama3_rope_scaling(model: GPTModel, m: ModelConfig) -> None:
+    """GPTModel passes only the factor; Llama-3.2 and others also set low/high factors and original length."""
+    rope = model.rotary_pos_emb
+    dim = rope.inv_freq.numel() * 2
+    base = 1.0 / (m.rope_theta ** (torch.arange(0, dim, 2, dtype=torch.float32, device=rope.inv_freq.device) / dim))
+    s = m.rope_scaling
+    rope.inv_freq = rope._apply_scaling(base, factor=s.factor, low_freq_factor=s.low_freq_factor,
+                                        high_freq_factor=s.high_freq_factor,
+                                        original_max_position_embeddings=s.original_max_position_embeddings)

@@ -1,0 +1,271 @@
+"""The one training loop, on megatron-core's own machinery (schedules, DDP, optimizer, dist checkpoints)."""
+from __future__ import annotations
+
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+import torch.distributed as dist
+import yaml
+
+from megafin.checkpoint.manager import Progress, latest_checkpoint, load_checkpoint, save_checkpoint
+from megafin.checkpoint.signals import EXIT_DIVERGED, EXIT_OK, EXIT_SIGNAL_CHECKPOINTED, StopRequest
+from megafin.config.load import config_to_dict
+from megafin.config.schema import Config
+from megafin.runtime.distributed import LaunchEnv, init_distributed, shutdown_distributed
+from megafin.train.flops import PeakFlops, flops_per_token
+
+
+class TrainingDiverged(RuntimeError):
+    pass
+
+
+class BadStepTracker:
+    """Counts consecutive non-finite losses; the run stops when there are `limit` in a row."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.in_a_row = 0
+        self.total = 0
+
+    def observe(self, loss: float, step: int) -> bool:
+        """True if the step's update should be applied. Raises TrainingDiverged at the limit."""
+        if math.isfinite(loss):
+            self.in_a_row = 0
+            return True
+        self.in_a_row += 1
+        self.total += 1
+        if self.in_a_row >= self.limit:
+            raise TrainingDiverged(
+                f"train: {self.in_a_row} consecutive non-finite losses (last at step {step}); stopping. "
+                f"Lower optimizer.lr, check the data, or resume from an earlier checkpoint "
+                f"(train.max_bad_steps={self.limit})")
+        return False
+
+
+def _injected_nan_steps() -> set[int]:
+    """Fault injection for tests and drills: MEGAFIN_FAULT_NAN_STEPS=5,6 poisons those steps' loss with NaN."""
+    raw = os.environ.get("MEGAFIN_FAULT_NAN_STEPS", "")
+    return {int(s) for s in raw.split(",") if s.strip()}
+
+
+def run_training(cfg: Config, launch: LaunchEnv) -> int:
+    """Start process groups, train, and return the process exit code."""
+    if cfg.train.threads > 0:
+        torch.set_num_threads(cfg.train.threads)
+    init_distributed(launch, cfg.parallel.tp, cfg.parallel.pp, cfg.train.seed)
+    try:
+        return Trainer(cfg, launch).fit()
+    finally:
+        shutdown_distributed()
+
+
+class Trainer:
+    def __init__(self, cfg: Config, launch: LaunchEnv) -> None:
+        from megatron.core import parallel_state
+        from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig
+        from megatron.core.distributed.finalize_model_grads import finalize_model_grads
+        from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
+        from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
+
+        from megafin.data.batches import MicroBatches
+        from megafin.data.pretrain import build_pretrain_datasets, collate
+        from megafin.data.tokenizer import HFTokenizerAdapter
+        from megafin.model import build_model
+        from megafin.train.optimizer_fixes import fix_torch_adam_step_state
+
+        self.cfg = cfg
+        self.launch = launch
+        self.ps = parallel_state
+        self.is_logger = dist.get_rank() == 0
+        par = cfg.parallel
+        self.dp_size = parallel_state.get_data_parallel_world_size()
+        tokenizer = HFTokenizerAdapter(cfg.data.tokenizer)
+        self.vocab_size = cfg.model.vocab_size or tokenizer.vocab_size
+        self.model = build_model(cfg, self.vocab_size)
+        ddp_config = DistributedDataParallelConfig(
+            grad_reduce_in_fp32=True,
+            overlap_grad_reduce=par.overlap_grad_reduce,
+            use_distributed_optimizer=par.distributed_optimizer,
+        )
+        self.ddp = DistributedDataParallel(config=self.model.config, ddp_config=ddp_config, module=self.model)
+        opt = cfg.optimizer
+        dtype = self.model.config.params_dtype
+        self.optimizer = get_megatron_optimizer(
+            OptimizerConfig(optimizer="adam", lr=opt.lr, min_lr=opt.min_lr, weight_decay=opt.weight_decay,
+                            adam_beta1=opt.beta1, adam_beta2=opt.beta2, adam_eps=opt.eps, clip_grad=opt.clip_grad,
+                            bf16=dtype == torch.bfloat16, params_dtype=dtype,
+                            use_distributed_optimizer=par.distributed_optimizer),
+            [self.ddp],
+        )
+        fix_torch_adam_step_state(self.optimizer)
+        sch = cfg.scheduler
+        decay_steps = sch.decay_steps or cfg.train.steps
+        self.scheduler = OptimizerParamScheduler(
+            self.optimizer, init_lr=0.0, max_lr=opt.lr, min_lr=opt.min_lr,
+            lr_warmup_steps=sch.warmup_steps, lr_decay_steps=max(decay_steps, sch.warmup_steps + 1),
+            lr_decay_style=sch.decay, start_wd=opt.weight_decay, end_wd=opt.weight_decay,
+            wd_incr_steps=cfg.train.steps, wd_incr_style="constant")
+        config = self.model.config
+        config.no_sync_func = self.ddp.no_sync
+        config.finalize_model_grads_func = finalize_model_grads
+        config.grad_scale_func = self.optimizer.scale_loss
+        if par.overlap_grad_reduce:
+            config.grad_sync_func = self.ddp.start_grad_sync
+
+        self.progress = self._resume()
+        G, S = par.global_batch_size, cfg.data.seq_length
+        n_train = cfg.train.steps * G
+        n_valid = (cfg.train.steps // cfg.train.eval_interval + 1) * cfg.train.eval_iters * G \
+            if cfg.train.eval_interval else 0
+        train_ds, valid_ds = build_pretrain_datasets(cfg, tokenizer, n_train, n_valid,
+                                                      cache_dir=str(Path(cfg.run_dir) / "dataset_cache"))
+        dp_rank = parallel_state.get_data_parallel_rank()
+        self.train_batches = MicroBatches(train_ds, collate, G, par.micro_batch_size, dp_rank, self.dp_size)
+        self.valid_batches = MicroBatches(valid_ds, collate, G, par.micro_batch_size, dp_rank, self.dp_size) \
+            if valid_ds is not None and cfg.train.eval_interval else None
+        self.flops_per_token = flops_per_token(cfg.model, self.vocab_size, S)
+        self.peak = PeakFlops.for_this_device(cfg.logging.peak_tflops)
+        self.num_params = sum(p.numel() for p in self.model.parameters())
+
+    # ---------------------------------------------------------------- resume
+    def _resume(self) -> Progress:
+        cfg = self.cfg
+        ckpt: Optional[Path] = None
+        if cfg.train.resume == "auto":
+            ckpt = latest_checkpoint(cfg.run_dir)
+        elif cfg.train.resume != "none":
+            ckpt = Path(cfg.train.resume)
+        if ckpt is not None:
+            progress = load_checkpoint(ckpt, self.model, self.optimizer, self.scheduler)
+            self._say(f"resumed from {ckpt} at step {progress.step} ({progress.consumed_samples} samples)")
+            return progress
+        if cfg.train.init_from:
+            load_checkpoint(cfg.train.init_from, self.model, None, None)
+            self._say(f"initialized weights from {cfg.train.init_from}")
+        return Progress()
+
+    def _say(self, text: str) -> None:
+        if self.is_logger:
+            print(f"megafin: {text}", flush=True)
+
+    # ---------------------------------------------------------------- steps
+    def _forward_backward(self, batches: MicroBatchesLike, consumed: int, forward_only: bool,
+                          nan: bool = False) -> tuple[float, float]:
+        from megatron.core.pipeline_parallel import get_forward_backward_func
+
+        from megafin.train.losses import forward_step_fn
+
+        par = self.cfg.parallel
+        losses = get_forward_backward_func()(
+            forward_step_func=forward_step_fn(nan_loss=nan),
+            data_iterator=batches.global_batch(consumed),
+            model=[self.ddp],
+            num_microbatches=batches.num_micro_batches,
+            seq_length=self.cfg.data.seq_length,
+            micro_batch_size=par.micro_batch_size,
+            forward_only=forward_only,
+        )
+        # [sum of token losses, target tokens] over the global batch, on every rank.
+        total = torch.zeros(2, dtype=torch.float64)
+        if self.ps.is_pipeline_last_stage():
+            for item in losses:
+                total += item["lm loss"].detach().to("cpu", torch.float64)
+        dist.all_reduce(total, group=self.ps.get_data_parallel_group())
+        dist.all_reduce(total, group=self.ps.get_pipeline_model_parallel_group())
+        loss = (total[0] / total[1]).item() if total[1] > 0 else float("nan")
+        return loss, total[1].item()
+
+    def evaluate(self) -> float:
+        self.ddp.eval()
+        with torch.no_grad():
+            sums, count = 0.0, 0.0
+            G = self.cfg.parallel.global_batch_size
+            for i in range(self.cfg.train.eval_iters):
+                loss, n = self._forward_backward(self.valid_batches, i * G, forward_only=True)
+                sums += loss * n
+                count += n
+        self.ddp.train()
+        return sums / count
+
+    def fit(self) -> int:
+        from megafin.metrics.metrics import MetricsLogger
+
+        cfg = self.cfg
+        stop = StopRequest().install()
+        bad = BadStepTracker(cfg.train.max_bad_steps)
+        nan_steps = _injected_nan_steps()
+        metrics = MetricsLogger(cfg, enabled=self.is_logger, resumed_step=self.progress.step)
+        if self.is_logger:
+            Path(cfg.run_dir).mkdir(parents=True, exist_ok=True)
+            (Path(cfg.run_dir) / "config.yaml").write_text(yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
+        self._say(f"{self.num_params / 1e6:.2f}M parameters on this rank; world {dist.get_world_size()} = "
+                  f"tp {cfg.parallel.tp} x pp {cfg.parallel.pp} x dp {self.dp_size}; "
+                  f"attention {self.model.megafin_attention_backend}; {self.launch.launcher} launch")
+        G, S = cfg.parallel.global_batch_size, cfg.data.seq_length
+        saved_at = -1
+        try:
+            while self.progress.step < cfg.train.steps:
+                step = self.progress.step + 1
+                t0 = time.perf_counter()
+                self.ddp.zero_grad_buffer()
+                self.optimizer.zero_grad()
+                loss, _ = self._forward_backward(self.train_batches, self.progress.consumed_samples,
+                                                 forward_only=False, nan=step in nan_steps)
+                record: dict[str, Any] = {"step": step, "loss": loss}
+                if bad.observe(loss, step):
+                    _, grad_norm, _ = self.optimizer.step()
+                    record["grad_norm"] = float(grad_norm) if grad_norm is not None else None
+                else:
+                    record.update(skipped=True, grad_norm=None)
+                self.scheduler.step(increment=1)
+                elapsed = time.perf_counter() - t0
+                self.progress.step = step
+                self.progress.consumed_samples += G
+                self.progress.consumed_tokens += G * S
+                tokens_per_s = G * S / elapsed
+                record.update(
+                    lr=self.optimizer.param_groups[0]["lr"], tokens_per_s=tokens_per_s, step_time_s=elapsed,
+                    consumed_samples=self.progress.consumed_samples,
+                    mfu=self.peak.mfu(tokens_per_s * self.flops_per_token, dist.get_world_size()),
+                )
+                if cfg.train.eval_interval and step % cfg.train.eval_interval == 0 and self.valid_batches:
+                    record["val_loss"] = self.evaluate()
+                metrics.log(record)
+                stop_now = self._agree(stop.requested)
+                if stop_now or (cfg.checkpoint.interval and step % cfg.checkpoint.interval == 0):
+                    self._save()
+                    saved_at = step
+                if stop_now:
+                    self._say(f"stopped on {stop.signal_name or 'a signal on another rank'} after step {step}; "
+                              f"exit {EXIT_SIGNAL_CHECKPOINTED}: resume with train.resume=auto")
+                    return EXIT_SIGNAL_CHECKPOINTED
+            if cfg.checkpoint.save_at_end and saved_at != self.progress.step:
+                self._save()
+            self._say(f"done: {self.progress.step} steps. metrics: {Path(cfg.run_dir) / 'metrics.jsonl'}; "
+                      f"checkpoints: {Path(cfg.run_dir) / 'checkpoints'}")
+            return EXIT_OK
+        except TrainingDiverged as err:
+            self._say(str(err))
+            return EXIT_DIVERGED
+        finally:
+            metrics.close()
+            stop.uninstall()
+
+    def _agree(self, flag: bool) -> bool:
+        """A signal may reach one rank only: every rank stops if any was asked to."""
+        t = torch.tensor([1 if flag else 0], dtype=torch.int32)
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+        return bool(t.item())
+
+    def _save(self) -> None:
+        path = save_checkpoint(self.cfg.run_dir, self.model, self.optimizer, self.scheduler, self.progress,
+                               keep_last=self.cfg.checkpoint.keep_last,
+                               extra_meta={"vocab_size": self.vocab_size, "config": config_to_dict(self.cfg)})
+        self._say(f"saved checkpoint {path}")
+
+
+MicroBatchesLike = Any
