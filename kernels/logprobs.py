@@ -98,8 +98,8 @@ def _lse_partial_kernel(
         m_new = tl.maximum(m_i, tl.max(x, 1))  # finite: every tile has at least one valid column
         s_i = s_i * tl.exp(m_i - m_new) + tl.sum(tl.exp(x - m_new[:, None]), 1)
         m_i = m_new
-        hit = offs_v[None, :].to(tl.int64) == label[:, None]
-        lab += tl.sum(tl.where(hit, x, 0.0), 1)
+        hit = (offs_v[None, :].to(tl.int64) == label[:, None]) & v_mask[None, :]  # a label past this shard's
+        lab += tl.sum(tl.where(hit, x, 0.0), 1)  # end must not hit a masked (-inf) column
     tl.store(PartM + pid_s * T + offs_t, m_i, mask=t_mask)
     tl.store(PartS + pid_s * T + offs_t, s_i, mask=t_mask)
     tl.store(PartL + pid_s * T + offs_t, lab, mask=t_mask)
@@ -127,7 +127,7 @@ def _dlogits_kernel(
     x = _logits_tile(Hid, W, Logits, offs_t, t_mask, offs_v, v_mask, HID, stride_ht, stride_wv, stride_lt,
                      HAS_WEIGHT, NATIVE_DOT, DOT_PREC, BLOCK_T, BLOCK_V, BLOCK_K)
     p = tl.exp(x - lse[:, None])
-    hit = offs_v[None, :].to(tl.int64) == label[:, None]
+    hit = (offs_v[None, :].to(tl.int64) == label[:, None]) & v_mask[None, :]
     dl = g[:, None] * (tl.where(hit, 1.0, 0.0) - p)
     tl.store(DL + offs_t.to(tl.int64)[:, None] * stride_dlt + offs_v[None, :], dl.to(DL.dtype.element_ty),
              mask=t_mask[:, None] & v_mask[None, :])
