@@ -8,13 +8,16 @@ missing). On a machine without CUDA, set ``TRITON_INTERPRET=1`` before the first
   never materialising the ``[T, vocab]`` log-softmax; autograd to hidden and weight.
 - :func:`logprobs_from_logits` - the same from (vocab-parallel) logits.
 - :func:`segment_sum` - per-document sums over ``cu_seqlens``.
+- :func:`core_attention` - varlen_attention in megatron-core's core_attention layouts (THD or sbhd).
 """
 from __future__ import annotations
 
 from kernels._common import debug_poison
+from kernels.mcore import core_attention
 from kernels.segment import segment_sum
 
-__all__ = ["varlen_attention", "packed_logprobs", "logprobs_from_logits", "segment_sum", "debug_poison"]
+__all__ = ["varlen_attention", "packed_logprobs", "logprobs_from_logits", "segment_sum", "core_attention",
+           "debug_poison"]
 
 
 def varlen_attention(q, k, v, cu_seqlens, max_seqlen, softmax_scale=None, causal=True):

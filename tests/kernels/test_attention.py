@@ -175,3 +175,30 @@ def test_import_without_triton():
     env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     res = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
     assert res.returncode == 0, res.stderr + res.stdout
+
+
+def test_megatron_core_attention_layouts(seed):
+    """kernels.core_attention with megatron-core's PackedSeqParams (THD) and with sbhd batches."""
+    from megatron.core.packed_seq_params import PackedSeqParams
+
+    lengths = doc_lengths(16)
+    q, k, v, cu = _inputs(lengths, hq=4, hkv=2, d=16, dtype=torch.float32)
+    params = PackedSeqParams(qkv_format="thd", cu_seqlens_q=cu, cu_seqlens_kv=cu, max_seqlen_q=max(lengths),
+                             max_seqlen_kv=max(lengths))
+    out = kernels.core_attention(q, k, v, params, softmax_scale=0.2)  # [t, np, hn]
+    assert_close("thd", out, attention_ref(q, k, v, cu, softmax_scale=0.2), TOL[torch.float32], seed)
+    out4 = kernels.core_attention(q[:, None], k[:, None], v[:, None], params, softmax_scale=0.2)  # [t, 1, np, hn]
+    assert torch.equal(out4, out)
+
+    s, b = 19, 3
+    qs = torch.randn(s, b, 4, 16, device=DEVICE, requires_grad=True)
+    ks = torch.randn(s, b, 1, 16, device=DEVICE, requires_grad=True)
+    vs = torch.randn(s, b, 1, 16, device=DEVICE, requires_grad=True)
+    out = kernels.core_attention(qs, ks, vs)
+    assert out.shape == (s, b, 4 * 16)
+    out.sum().backward()
+    for i in range(b):
+        one = make_cu_seqlens([s]).to(DEVICE)
+        ref = attention_ref(qs[:, i].detach(), ks[:, i].detach(), vs[:, i].detach(), one)
+        assert_close(f"sbhd row {i}", out[:, i].view(s, 4, 16), ref, TOL[torch.float32], seed)
+    assert qs.grad is not None and not torch.isnan(ks.grad).any()
