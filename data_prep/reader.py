@@ -30,14 +30,15 @@ class PackedDataset:
         return len(self.tokens)
 
     def __getitem__(self, i: int) -> dict[str, np.ndarray]:
-        tokens = np.asarray(self.tokens[i])
-        lens = np.asarray(self.doc_lens[i], dtype=np.int64)
+        # Copies (one pack is small): a view into the mmap would dangle once this dataset is collected.
+        tokens = np.array(self.tokens[i])
+        lens = np.array(self.doc_lens[i], dtype=np.int64)
         cu = np.concatenate([[0], np.cumsum(lens)]).astype(np.int32)
         # Position ids restart at 0 for every document of the pack.
         pos = np.arange(tokens.size, dtype=np.int64) - np.repeat(cu[:-1].astype(np.int64), lens)
         return {
             "tokens": tokens,
-            "loss_mask": np.asarray(self.loss_mask[i]),
+            "loss_mask": np.array(self.loss_mask[i]),
             "doc_lens": lens,
             "cu_seqlens": cu,
             "position_ids": pos,
