@@ -43,8 +43,9 @@ def build_parser() -> argparse.ArgumentParser:
     pt.add_argument("--input", required=True, nargs="+", help="JSONL, JSONL.gz, parquet, datasets dir, or hub:NAME")
     pt.add_argument("--text-key", default="text")
     pt.add_argument("--dedup", action="store_true", help="drop exact duplicate documents")
-    pt.add_argument("--bos", choices=["auto", "always", "never"], default="auto",
-                    help="auto: prepend what the tokenizer adds to plain text (BOS for Llama-3)")
+    pt.add_argument("--bos", choices=["auto", "always", "never"], default="never",
+                    help="never (default): text + EOD, as Megatron-LM's tool; auto: prepend what the tokenizer "
+                         "adds to plain text (BOS for Llama-3); always")
     _common(pt)
 
     sf = sub.add_parser("sft", help="instruction data -> packed tokens + loss mask + doc lens")

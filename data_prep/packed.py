@@ -9,7 +9,8 @@ Three stages, each streaming or memory-mapped:
    PREFIX_tokens / PREFIX_loss_mask / PREFIX_doc_lens (+ PREFIX_meta.json, PREFIX_stats.json).
 Examples longer than --seq-length are dropped and counted as `too_long` (sft/mix can `truncate` instead: the
 first seq-length tokens are kept if they still contain a target). CPT documents in `mix` are split into
-seq-length pieces, each its own document (FinDAP packs long CPT text the same way).
+seq-length pieces, each its own document (FinDAP packs long CPT text the same way); a CPT document is
+ids(text) + EOD, as `pretrain` writes it.
 """
 from __future__ import annotations
 
@@ -43,10 +44,8 @@ def _init_worker(cfg: dict) -> None:
 
     tok = load_tokenizer(cfg["tokenizer"])
     sp = special_ids(tok)
-    cpt_prefix = list(sp["prefix"])
-    cpt_suffix = list(sp["suffix"])
-    if not cpt_suffix or cpt_suffix[-1] != sp["eod"]:
-        cpt_suffix.append(sp["eod"])
+    cpt_prefix: list[int] = []  # CPT documents as `pretrain` writes them: ids(text) + EOD
+    cpt_suffix = [sp["eod"]]
     _W.clear()
     _W.update(
         cfg,

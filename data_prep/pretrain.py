@@ -1,7 +1,7 @@
 """`data_prep pretrain`: text corpus -> PREFIX_text_document.bin/.idx (+ PREFIX_stats.json), Megatron-LM layout.
 
-Each document becomes `[tokenizer's own prefix, e.g. BOS] + ids(text) + [EOD]`, i.e. exactly what Megatron-LM's
-`tools/preprocess_data.py --append-eod` writes for an HF tokenizer. Workers parse and encode chunks of lines;
+Each document becomes `ids(text) + [EOD]`, byte-identical to what Megatron-LM's `tools/preprocess_data.py
+--append-eod` (core_v0.16.1) writes for the same HF tokenizer (`--bos auto|always` prepends BOS instead). Workers parse and encode chunks of lines;
 the parent de-duplicates, counts and writes in input order, so the output is byte-identical for any --workers.
 """
 from __future__ import annotations
@@ -50,9 +50,9 @@ _W: dict[str, Any] = {}
 
 def _init_worker(tokenizer_dir: str, encoder: str, text_key: str, max_bytes: int, bos: str, dedup: bool) -> None:
     from data_prep.encoder import build_encoder
-    from data_prep.tokenizer import load_tokenizer, special_ids
+    from data_prep.tokenizer import load_text_tokenizer, special_ids
 
-    tok = load_tokenizer(tokenizer_dir)
+    tok = load_text_tokenizer(tokenizer_dir)
     sp = special_ids(tok)
     prefix = sp["prefix"] if bos == "auto" else ([sp["bos"]] if bos == "always" and sp["bos"] is not None else [])
     suffix = [] if bos == "never" else list(sp["suffix"])
@@ -122,24 +122,25 @@ def pretrain(
     strict: bool = False,
     max_doc_bytes: int = DEFAULT_MAX_DOC_BYTES,
     encoder: str = "auto",
-    bos: str = "auto",
+    bos: str = "never",
     progress: bool | None = None,
     quiet: bool = False,
 ) -> PretrainResult:
     """Tokenize text documents into `{output_prefix}_text_document.bin/.idx` and `{output_prefix}_stats.json`.
 
     inputs: JSONL / JSONL.gz / parquet paths, `datasets` save_to_disk dirs, or `hub:NAME`.
-    bos: 'auto' = add what the tokenizer adds for plain text (Llama-3 and megafin: BOS), 'always', 'never'.
+    bos: 'never' (default) = ids(text) + EOD, byte-identical to Megatron-LM's preprocess_data.py; 'auto' = add
+         what the tokenizer adds to plain text (BOS for Llama-3 and megafin's tokenizers); 'always'.
     encoder: 'auto' (verified tiktoken fast path, else HF), 'hf', 'tiktoken' (fail if not identical).
     Raises `BadInputError` under strict on the first bad item, `FileNotFoundError` for a missing input.
     """
     from tqdm import tqdm
 
-    from data_prep.tokenizer import load_tokenizer
+    from data_prep.tokenizer import load_text_tokenizer
     from data_prep.writers import import_builder
 
     paths = check_inputs([inputs] if isinstance(inputs, str) else list(inputs))
-    tok = load_tokenizer(tokenizer)
+    tok = load_text_tokenizer(tokenizer)
     vocab = len(tok)
     import_builder()  # ~3 s of megatron-core imports, kept out of the throughput numbers
     stats = Stats(strict=strict, quiet=quiet)

@@ -190,6 +190,45 @@ def _load_tokenizer(path: str | os.PathLike) -> Any:
     return tok
 
 
+class LiteTokenizer:
+    """The few things plain-text encoding needs, read from tokenizer.json + tokenizer_config.json without
+    importing transformers (~1 s of start-up that `pretrain` on short corpora would otherwise pay).
+    Same ids as `AutoTokenizer` (the same Rust tokenizer); chat rendering still uses the full loader."""
+
+    def __init__(self, path: str | os.PathLike):
+        from tokenizers import Tokenizer
+
+        p = Path(path)
+        self.name_or_path = str(p)
+        self.backend_tokenizer = Tokenizer.from_file(str(p / "tokenizer.json"))
+        cfg = json.loads((p / "tokenizer_config.json").read_text()) if (p / "tokenizer_config.json").exists() else {}
+        smap = json.loads((p / "special_tokens_map.json").read_text()) if (p / "special_tokens_map.json").exists() else {}
+
+        def tid(name: str) -> int | None:
+            v = cfg.get(name, smap.get(name))
+            v = v.get("content") if isinstance(v, dict) else v
+            return self.backend_tokenizer.token_to_id(v) if isinstance(v, str) else None
+
+        self.bos_token_id, self.eos_token_id, self.pad_token_id = tid("bos_token"), tid("eos_token"), tid("pad_token")
+
+    def __len__(self) -> int:
+        return self.backend_tokenizer.get_vocab_size(with_added_tokens=True)
+
+    def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
+        return self.backend_tokenizer.encode(text, add_special_tokens=add_special_tokens).ids
+
+
+def load_text_tokenizer(path: str | os.PathLike) -> Any:
+    """For plain-text encoding only: `LiteTokenizer` when the dir has tokenizer.json, else `load_tokenizer`."""
+    key = "lite:" + os.path.abspath(str(path))
+    if key not in _CACHE:
+        p = Path(path)
+        if not p.is_dir():
+            return load_tokenizer(path)  # raises the clear error
+        _CACHE[key] = LiteTokenizer(p) if (p / "tokenizer.json").is_file() else load_tokenizer(p)
+    return _CACHE[key]
+
+
 def special_ids(tok: Any) -> dict[str, int | None]:
     """bos/eos(=EOD)/pad ids and what the tokenizer itself adds around plain text (`add_special_tokens=True`).
 

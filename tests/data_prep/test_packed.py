@@ -177,7 +177,7 @@ def test_mix_ratio_masks_and_cpt_chunking(shared_data, real_tok, tmp_path):
             n = int(np.argmax(msk))
             assert n > 0 and msk[n:].all() and t[-1] == eot
         else:  # a CPT document (or piece): every token a target except the first
-            assert msk[0] == 0 and msk[1:].all()
+            assert msk[0] == 0 and msk[1:].all() and t[0] != bos
     assert n_it == 150
     # Same mix at 0.25: IT is now the larger side and gets downsampled.
     r2 = mix(str(cpt), str(it), real_tok, str(tmp_path / "m2"), seq_length=L, cpt_ratio=0.75, quiet=True)

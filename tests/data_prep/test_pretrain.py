@@ -45,11 +45,15 @@ def test_round_trip_real_cpt_and_worker_invariance(shared_data, real_tok, tmp_pa
     assert list(ds.document_indices) == list(range(len(texts) + 1))  # one document per sequence (Megatron)
     for i, text in enumerate(texts):
         ids = ds[i]
-        assert ids[0] == tok.bos_token_id and ids[-1] == tok.eos_token_id  # BOS as the tokenizer adds it, EOD appended
-        assert tok.decode(ids[1:-1]) == text
+        assert ids[-1] == tok.eos_token_id and tok.eos_token_id not in ids[:-1]  # EOD appended (Megatron-LM layout)
+        assert tok.decode(ids[:-1]) == text
     # And the ids are the HF tokenizer's own.
     for i in (0, len(texts) - 1):
-        assert list(ds[i]) == tok(texts[i])["input_ids"] + [tok.eos_token_id]
+        assert list(ds[i]) == tok(texts[i], add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+    # --bos auto prepends what the tokenizer adds to plain text (BOS here), nothing else changes.
+    r3 = pretrain(inputs[0], real_tok, str(tmp_path / "bos"), bos="auto", quiet=True)
+    ds3 = _read(r3.prefix)
+    assert list(ds3[5]) == [tok.bos_token_id] + list(ds[5])
     stats = json.loads((tmp_path / "w1_stats.json").read_text())
     assert stats["docs_read"] == stats["docs_written"] + sum(stats["skipped"].values())
 
