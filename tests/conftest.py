@@ -31,3 +31,11 @@ def shared_data() -> Path:
             pytest.fail(f"CI=true but {SHARED_DATA} is missing: the real-data tests must run in CI")
         pytest.skip(f"{SHARED_DATA} not present (a user's clone has no ../shared)")
     return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def tiny_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Tokenizer + indexed corpora built from the project's own samples by data_prep, once per session."""
+    from megafin.demo import prepare_data
+
+    return prepare_data(tmp_path_factory.mktemp("tiny_data"))

@@ -138,6 +138,7 @@ def save_checkpoint(run_dir: str | Path, model: Any, optimizer: Any, scheduler: 
     _barrier()
     state = _sharded_state(model, optimizer, scheduler, progress, is_loading=False, with_rng=True)
     dist_checkpointing.save(state, str(partial), validate_access_integrity=True)
+    _crash_if_injected(progress.step)
     _barrier()
     if is_writer:
         meta = {"step": progress.step, "consumed_samples": progress.consumed_samples,
@@ -150,6 +151,14 @@ def save_checkpoint(run_dir: str | Path, model: Any, optimizer: Any, scheduler: 
         _prune(root, keep_last, keep=final)
     _barrier()
     return final
+
+
+def _crash_if_injected(step: int) -> None:
+    """Fault injection for drills and tests: MEGAFIN_FAULT_CRASH_IN_SAVE=<step> kills the process after the shards
+    are written but before the checkpoint is complete, as a node failure mid-save would."""
+    if os.environ.get("MEGAFIN_FAULT_CRASH_IN_SAVE") == str(step):
+        print(f"megafin: fault injection: crashing while saving step {step}", flush=True)
+        os._exit(86)
 
 
 def _prune(root: Path, keep_last: int, keep: Path) -> None:

@@ -8,6 +8,7 @@ import torch.nn.functional as F
 from megatron.core import parallel_state
 from megatron.core.models.gpt import GPTModel
 from megatron.core.transformer.transformer_config import TransformerConfig
+from megatron.core.transformer.transformer_layer import get_transformer_layer_offset
 
 from megafin.config.schema import Config, ModelConfig
 from megafin.model.spec import llama_layer_spec, resolve_attention_backend
@@ -67,6 +68,27 @@ def transformer_config(cfg: Config) -> TransformerConfig:
     )
 
 
+def _layout_independent_layer(layer_cls: type, seed: int) -> type:
+    """A TransformerLayer subclass that reseeds the init RNG from its global layer number before building.
+
+    Without it, the weights of layer k depend on how many layers the same rank built before it, so a PP=2 run
+    starts from different weights than PP=1. Embedding and output layer need nothing: the embedding is built
+    first from the run's seed, and the output layer right after the reseeded last layer, on any layout.
+    """
+
+    class SeededLayer(layer_cls):  # type: ignore[misc, valid-type]
+        def __init__(self, config: TransformerConfig, submodules: object, layer_number: int = 1,
+                     *args: object, **kwargs: object) -> None:
+            # The same global number TransformerLayer computes for itself (handles uneven and virtual PP).
+            offset = get_transformer_layer_offset(config, kwargs.get("vp_stage"),
+                                                  parallel_state.get_pipeline_model_parallel_rank())
+            torch.manual_seed(seed * 1_000_003 + layer_number + offset)
+            super().__init__(config, submodules, layer_number, *args, **kwargs)
+
+    SeededLayer.__name__ = SeededLayer.__qualname__ = f"Seeded{layer_cls.__name__}"
+    return SeededLayer
+
+
 def build_model(cfg: Config, vocab_size: int, pre_process: bool | None = None,
                 post_process: bool | None = None) -> GPTModel:
     """This rank's pipeline stage of the model (the whole model at pp=1)."""
@@ -76,9 +98,11 @@ def build_model(cfg: Config, vocab_size: int, pre_process: bool | None = None,
     if post_process is None:
         post_process = parallel_state.is_pipeline_last_stage()
     scaling = m.rope_scaling
+    spec = llama_layer_spec(m.attention_backend)
+    spec.module = _layout_independent_layer(spec.module, cfg.train.seed)
     model = GPTModel(
         config=transformer_config(cfg),
-        transformer_layer_spec=llama_layer_spec(m.attention_backend),
+        transformer_layer_spec=spec,
         vocab_size=padded_vocab_size(vocab_size, m.make_vocab_size_divisible_by),
         max_sequence_length=m.max_position_embeddings,
         pre_process=pre_process,

@@ -1,0 +1,76 @@
+"""Exact resume: 20 straight steps vs 10 steps, SIGKILL, resume to 20 (bit for bit on the same layout, within
+1e-5 at another TP or PP); a crash in the middle of a save leaves `latest` at the previous good checkpoint."""
+from __future__ import annotations
+
+import shutil
+import time
+
+import pytest
+
+from megafin.checkpoint.manager import latest_checkpoint, read_meta
+from tests.helpers import FAST, assert_ok, data_overrides, kill_session, losses, run_train, start_train
+
+STEPS = 20
+COMMON = ["train.steps=20", "checkpoint.interval=10", "checkpoint.keep_last=3"]
+
+
+def _overrides(tiny_data, run_dir, *extra):
+    return [*FAST, *data_overrides(tiny_data), *COMMON, f"run_dir={run_dir}", *extra]
+
+
+@pytest.fixture(scope="module")
+def straight(tiny_data, tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("straight")
+    assert_ok(run_train(_overrides(tiny_data, run_dir)))
+    return run_dir
+
+
+def test_sigkill_after_checkpoint_then_resume_is_bit_exact(straight, tiny_data, tmp_path):
+    proc = start_train(_overrides(tiny_data, tmp_path))
+    deadline = time.time() + 240
+    seen = []
+    for line in proc.stdout:
+        seen.append(line)
+        if "saved checkpoint" in line and "step_0000010" in line:
+            break
+        assert time.time() < deadline, "".join(seen)
+    kill_session(proc)  # SIGKILL to the trainer and its checkpoint workers
+    assert latest_checkpoint(tmp_path).name == "step_0000010"
+    assert_ok(run_train(_overrides(tiny_data, tmp_path, "train.resume=auto")))
+    want, got = losses(straight), losses(tmp_path)
+    assert sorted(got) == list(range(1, STEPS + 1))
+    for step in range(11, STEPS + 1):
+        assert got[step] == want[step], f"step {step}: {got[step]!r} != {want[step]!r}"  # bit for bit
+
+
+@pytest.mark.parametrize("layout", ["parallel.tp=2", "parallel.pp=2"])
+def test_resume_at_another_layout_within_1e_5(layout, straight, tiny_data, tmp_path):
+    ckpt = straight / "checkpoints" / "step_0000010"
+    assert read_meta(ckpt)["layout"] == {"tp": 1, "pp": 1, "dp": 1}
+    proc = run_train(_overrides(tiny_data, tmp_path, f"train.resume={ckpt}", layout), nproc=2)
+    assert_ok(proc)
+    want, got = losses(straight), losses(tmp_path)
+    assert sorted(got) == list(range(11, STEPS + 1))
+    for step in range(11, STEPS + 1):
+        assert got[step] == pytest.approx(want[step], abs=1e-5), f"step {step}"
+
+
+def test_crash_during_save_keeps_latest_at_previous_checkpoint(straight, tiny_data, tmp_path):
+    proc = run_train(_overrides(tiny_data, tmp_path), env={"MEGAFIN_FAULT_CRASH_IN_SAVE": "20"})
+    assert_ok(proc, 86)
+    ckpts = tmp_path / "checkpoints"
+    assert (ckpts / "step_0000020.partial").is_dir()  # the broken save is there...
+    assert not (ckpts / "step_0000020").exists()
+    assert latest_checkpoint(tmp_path).name == "step_0000010"  # ...but latest never pointed at it
+    # Resuming picks up the good checkpoint and ends where an uninterrupted run ends.
+    assert_ok(run_train(_overrides(tiny_data, tmp_path, "train.resume=auto")))
+    assert latest_checkpoint(tmp_path).name == "step_0000020"
+    assert not (ckpts / "step_0000020.partial").exists()
+    assert losses(tmp_path)[STEPS] == losses(straight)[STEPS]
+
+
+def test_keep_last_prunes_old_checkpoints(tiny_data, tmp_path):
+    assert_ok(run_train([*FAST, *data_overrides(tiny_data), "train.steps=6", "checkpoint.interval=2",
+                         "checkpoint.keep_last=2", f"run_dir={tmp_path}"]))
+    names = sorted(p.name for p in (tmp_path / "checkpoints").iterdir())
+    assert names == ["latest", "step_0000004", "step_0000006"]

@@ -1,0 +1,84 @@
+"""Helpers shared by the trainer tests: tiny data, running the CLI as a user does, reading metrics."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Optional, Sequence
+
+REPO = Path(__file__).resolve().parent.parent
+PY = sys.executable
+TINY_RECIPE = REPO / "recipes" / "tiny" / "cpt.yaml"
+# Quiet, fast, deterministic defaults for test runs of the tiny recipe.
+FAST = ["logging.wandb=false", "train.eval_interval=0", "checkpoint.interval=0", "checkpoint.save_at_end=false",
+        "train.resume=none", "train.threads=1"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def data_overrides(data_dir: Path) -> list[str]:
+    return [f"data.tokenizer={data_dir / 'tokenizer'}",
+            f"data.blend=[{{path: {data_dir / 'finance_text_document'}, weight: 0.7}}, "
+            f"{{path: {data_dir / 'general_text_document'}, weight: 0.3}}]"]
+
+
+def train_cmd(nproc: int = 1) -> list[str]:
+    if nproc == 1:
+        return [PY, "-m", "megafin.train"]
+    return [PY, "-m", "torch.distributed.run", "--nproc-per-node", str(nproc), "--master-port", str(free_port()),
+            "-m", "megafin.train"]
+
+
+def run_train(overrides: Sequence[str], nproc: int = 1, recipe: Path = TINY_RECIPE, timeout: float = 300,
+              env: Optional[dict] = None) -> subprocess.CompletedProcess:
+    """Run to completion. Output goes through files, not pipes: a process that dies hard leaves
+    dist_checkpointing's spawned queue manager alive holding inherited pipes, and a pipe reader would hang."""
+    full_env = {**os.environ, "PYTHONPATH": str(REPO), **(env or {})}
+    cmd = [*train_cmd(nproc), str(recipe), *overrides]
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        proc = subprocess.Popen(cmd, cwd=REPO, env=full_env, stdout=out, stderr=err, stdin=subprocess.DEVNULL,
+                                text=True, start_new_session=True)
+        try:
+            code = proc.wait(timeout=timeout)
+        finally:
+            kill_session(proc)  # reap whatever it spawned
+        out.seek(0)
+        err.seek(0)
+        return subprocess.CompletedProcess(cmd, code, out.read(), err.read())
+
+
+def start_train(overrides: Sequence[str], nproc: int = 1, env: Optional[dict] = None) -> subprocess.Popen:
+    """A training run in its own session, so the test can signal or kill it with everything it spawned."""
+    full_env = {**os.environ, "PYTHONPATH": str(REPO), **(env or {})}
+    return subprocess.Popen([*train_cmd(nproc), str(TINY_RECIPE), *overrides], cwd=REPO, env=full_env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+
+
+def kill_session(proc: subprocess.Popen, sig: int = signal.SIGKILL) -> None:
+    """Kill the run and its checkpoint workers (they can outlive their parent, see the notes)."""
+    try:
+        os.killpg(proc.pid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+    proc.wait(timeout=60)
+
+
+def losses(run_dir: Path) -> dict[int, Optional[float]]:
+    out = {}
+    for line in (Path(run_dir) / "metrics.jsonl").read_text().splitlines():
+        rec = json.loads(line)
+        out[rec["step"]] = rec["loss"]
+    return out
+
+
+def assert_ok(proc: subprocess.CompletedProcess, code: int = 0) -> None:
+    assert proc.returncode == code, f"exit {proc.returncode} (wanted {code})\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"
