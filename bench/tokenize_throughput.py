@@ -143,7 +143,8 @@ def main() -> int:
             ours = IndexedDataset(str(tmp / f"{c}_data_prep_text_document"))
             tok = load_tokenizer(tokdir)
             texts = [json.loads(l)["text"] for _, l in zip(range(3000), open(src))]
-            same_hf = all(list(ours[i]) == tok(t)["input_ids"] + [tok.eos_token_id] for i, t in enumerate(texts))
+            same_hf = all(list(ours[i]) == tok(t, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+                          for i, t in enumerate(texts))
             same_meg = None
             if "megatron_lm" in res:
                 mp = tmp / f"{c}_megatron_lm_text_document"
