@@ -31,19 +31,22 @@ class BadStepTracker:
         self.in_a_row = 0
         self.total = 0
 
-    def observe(self, loss: float, step: int) -> bool:
-        """True if the step's update should be applied. Raises TrainingDiverged at the limit."""
+    def observe(self, loss: float) -> bool:
+        """True if the step's update should be applied (the loss is finite)."""
         if math.isfinite(loss):
             self.in_a_row = 0
             return True
         self.in_a_row += 1
         self.total += 1
+        return False
+
+    def check(self, step: int) -> None:
+        """Raise TrainingDiverged once `limit` non-finite losses came in a row (after the step was logged)."""
         if self.in_a_row >= self.limit:
             raise TrainingDiverged(
                 f"train: {self.in_a_row} consecutive non-finite losses (last at step {step}); stopping. "
                 f"Lower optimizer.lr, check the data, or resume from an earlier checkpoint "
                 f"(train.max_bad_steps={self.limit})")
-        return False
 
 
 def _injected_nan_steps() -> set[int]:
@@ -216,7 +219,7 @@ class Trainer:
                 loss, _ = self._forward_backward(self.train_batches, self.progress.consumed_samples,
                                                  forward_only=False, nan=step in nan_steps)
                 record: dict[str, Any] = {"step": step, "loss": loss}
-                if bad.observe(loss, step):
+                if bad.observe(loss):
                     _, grad_norm, _ = self.optimizer.step()
                     record["grad_norm"] = float(grad_norm) if grad_norm is not None else None
                 else:
@@ -235,6 +238,7 @@ class Trainer:
                 if cfg.train.eval_interval and step % cfg.train.eval_interval == 0 and self.valid_batches:
                     record["val_loss"] = self.evaluate()
                 metrics.log(record)
+                bad.check(step)
                 stop_now = self._agree(stop.requested)
                 if stop_now or (cfg.checkpoint.interval and step % cfg.checkpoint.interval == 0):
                     self._save()
