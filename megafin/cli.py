@@ -40,6 +40,11 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("recipe", help="YAML recipe, e.g. recipes/tiny/cpt.yaml")
     train.add_argument("overrides", nargs="*", help="key=value overrides, e.g. parallel.tp=2 train.steps=10")
     train.set_defaults(func=_train)
+    from megafin.convert.cli import add_arguments as _convert_arguments, run as _convert
+
+    convert = sub.add_parser("convert", help="checkpoint conversion: from-hf | to-hf")
+    _convert_arguments(convert)
+    convert.set_defaults(func=_convert)
     return parser
 
 

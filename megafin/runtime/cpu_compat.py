@@ -10,8 +10,8 @@ Three mechanisms, each undoing one kind of assumption and nothing else:
    `torch.cuda` is `CpuCudaShim` (current_device -> cpu, synchronize -> no-op, RNG calls -> the CPU generator,
    nvtx -> no-op). Everything else passes through to the real torch.
 2. `_set_cuda_rng_state` in the RNG tracker sets the CPU generator's state.
-3. The few constructors that check `param.type() == 'torch.cuda.FloatTensor'` see CUDA type names for CPU tensors
-   while they run.
+3. The few methods that check `param.type() == 'torch.cuda.FloatTensor'` or call `tensor.cuda()` see CUDA type
+   names for CPU tensors, and `.cuda()` as the identity, while they run (`cpu_tensor_methods`).
 
 `apply()` is called once by megafin.runtime.distributed before any model or optimizer is built, and does nothing
 when CUDA is available: on a GPU none of this is active.
@@ -131,6 +131,10 @@ class CpuCudaShim(types.SimpleNamespace):
             manual_seed=lambda seed: torch.manual_seed(seed),
             manual_seed_all=lambda seed: torch.manual_seed(seed),
             nvtx=_NoopNvtx(),
+            random=types.SimpleNamespace(  # the RNG tracker's fork reads torch.cuda.random.get_rng_state
+                get_rng_state=lambda *a, **k: torch.get_rng_state(),
+                set_rng_state=lambda state, *a, **k: torch.set_rng_state(state),
+            ),
             FloatTensor=torch.FloatTensor,
             HalfTensor=torch.HalfTensor,
             BFloat16Tensor=torch.BFloat16Tensor,
@@ -207,27 +211,33 @@ _CUDA_TYPE_NAMES = {
 
 
 @contextlib.contextmanager
-def cuda_type_names() -> Iterator[None]:
-    """While active, `tensor.type()` reports CUDA type names for CPU float tensors (megatron checks the string)."""
-    original = torch.Tensor.type
+def cpu_tensor_methods() -> Iterator[None]:
+    """While active, `tensor.type()` reports CUDA type names for CPU float tensors (megatron checks the string)
+    and `tensor.cuda()` returns the tensor itself (megatron moves buffers to the GPU before collectives)."""
+    original_type, original_cuda = torch.Tensor.type, torch.Tensor.cuda
 
-    def spoofed(self: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
-        result = original(self, *args, **kwargs)
+    def spoofed_type(self: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
+        result = original_type(self, *args, **kwargs)
         if not args and not kwargs:
             return _CUDA_TYPE_NAMES.get(result, result)
         return result
 
-    torch.Tensor.type = spoofed  # type: ignore[method-assign]
+    def identity_cuda(self: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+        return self
+
+    torch.Tensor.type = spoofed_type  # type: ignore[method-assign]
+    torch.Tensor.cuda = identity_cuda  # type: ignore[method-assign]
     try:
         yield
     finally:
-        torch.Tensor.type = original  # type: ignore[method-assign]
+        torch.Tensor.type = original_type  # type: ignore[method-assign]
+        torch.Tensor.cuda = original_cuda  # type: ignore[method-assign]
 
 
-def _with_cuda_type_names(fn: Callable[..., Any]) -> Callable[..., Any]:
+def _with_cpu_tensor_methods(fn: Callable[..., Any]) -> Callable[..., Any]:
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        with cuda_type_names():
+        with cpu_tensor_methods():
             return fn(*args, **kwargs)
 
     wrapper.__megafin_cpu_compat__ = True  # type: ignore[attr-defined]
@@ -261,11 +271,12 @@ def apply() -> bool:
     from megatron.core.tensor_parallel import random as tp_random
 
     tp_random._set_cuda_rng_state = _set_cpu_rng_state
-    distrib_optimizer.DistributedOptimizer.__init__ = _with_cuda_type_names(
-        distrib_optimizer.DistributedOptimizer.__init__)
-    optimizer.Float16OptimizerWithFloat16Params.__init__ = _with_cuda_type_names(
-        optimizer.Float16OptimizerWithFloat16Params.__init__)
-    clip_grads.clip_grad_by_total_norm_fp32 = _with_cuda_type_names(clip_grads.clip_grad_by_total_norm_fp32)
+    DistOpt = distrib_optimizer.DistributedOptimizer
+    DistOpt.__init__ = _with_cpu_tensor_methods(DistOpt.__init__)  # param.type() checks
+    DistOpt.get_parameter_state_dp_zero = _with_cpu_tensor_methods(DistOpt.get_parameter_state_dp_zero)  # .cuda()
+    optimizer.Float16OptimizerWithFloat16Params.__init__ = _with_cpu_tensor_methods(
+        optimizer.Float16OptimizerWithFloat16Params.__init__)  # param.type() checks (bf16)
+    clip_grads.clip_grad_by_total_norm_fp32 = _with_cpu_tensor_methods(clip_grads.clip_grad_by_total_norm_fp32)
     for module in (optimizer, distrib_optimizer):  # they imported the function by name
         if hasattr(module, "clip_grad_by_total_norm_fp32"):
             module.clip_grad_by_total_norm_fp32 = clip_grads.clip_grad_by_total_norm_fp32

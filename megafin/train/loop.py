@@ -94,7 +94,13 @@ class Trainer:
             overlap_grad_reduce=par.overlap_grad_reduce,
             use_distributed_optimizer=par.distributed_optimizer,
         )
-        self.ddp = DistributedDataParallel(config=self.model.config, ddp_config=ddp_config, module=self.model)
+        module = self.model
+        if self.model.config.bf16:
+            # As Megatron-LM does: every parameter (norms included) in bf16, outputs cast back to fp32.
+            from megatron.core.transformer.module import Float16Module
+
+            module = Float16Module(self.model.config, self.model)
+        self.ddp = DistributedDataParallel(config=self.model.config, ddp_config=ddp_config, module=module)
         opt = cfg.optimizer
         dtype = self.model.config.params_dtype
         self.optimizer = get_megatron_optimizer(

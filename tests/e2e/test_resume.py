@@ -74,3 +74,18 @@ def test_keep_last_prunes_old_checkpoints(tiny_data, tmp_path):
                          "checkpoint.keep_last=2", f"run_dir={tmp_path}"]))
     names = sorted(p.name for p in (tmp_path / "checkpoints").iterdir())
     assert names == ["latest", "step_0000004", "step_0000006"]
+
+
+@pytest.mark.parametrize("variant,nproc", [(["parallel.distributed_optimizer=true"], 2), (["precision.dtype=bf16"], 1)],
+                         ids=["distributed-optimizer-dp2", "bf16"])
+def test_resume_is_bit_exact_for_distributed_optimizer_and_bf16(variant, nproc, tiny_data, tmp_path):
+    """The DistributedOptimizer (torch-Adam fallback, see megafin/train/optimizer_fixes.py) and the bf16 optimizer
+    save and resume exactly too."""
+    short = ["train.steps=8", "scheduler.warmup_steps=2", "checkpoint.interval=4"]
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    assert_ok(run_train([*_overrides(tiny_data, straight), *short, *variant], nproc=nproc))
+    ckpt = straight / "checkpoints" / "step_0000004"
+    assert_ok(run_train([*_overrides(tiny_data, resumed), *short, *variant, f"train.resume={ckpt}"], nproc=nproc))
+    want, got = losses(straight), losses(resumed)
+    assert sorted(got) == [5, 6, 7, 8]
+    assert [got[s] for s in got] == [want[s] for s in got]

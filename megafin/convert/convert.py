@@ -1,0 +1,273 @@
+"""`from_hf` and `to_hf`: the two conversions, each checking all input before writing, writing into a temporary
+sibling of the output and renaming it into place at the end (never a partial output)."""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Iterator, Optional
+
+from megafin.config.schema import Config, ModelConfig
+from megafin.convert.adapters import adapter_for_family, adapter_for_hf_config
+from megafin.convert.errors import ConvertError
+from megafin.convert.safetensors_io import DTYPE_NAMES, TORCH_DTYPE_JSON, HFWeights, parse_size, write_sharded
+
+META = "megafin.json"
+TOKENIZER_SUBDIR = "tokenizer"
+# Files of a Hugging Face tokenizer directory (the chat template lives in tokenizer_config.json or its own file).
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
+                   "tokenizer.model", "vocab.json", "merges.txt", "chat_template.jinja", "chat_template.json")
+_ST_DTYPE_NAMES = {"F32": "fp32", "BF16": "bf16", "F16": "fp16"}
+
+
+# ---------------------------------------------------------------------------------------------- output handling
+def _check_output(out: Path, force: bool) -> None:
+    if out.exists() and not force:
+        raise ConvertError(f"{out}: already exists (pass --force to replace it)")
+    if not out.parent.is_dir():
+        raise ConvertError(f"{out.parent}: parent directory of the output does not exist")
+
+
+@contextlib.contextmanager
+def _staging(out: Path, force: bool) -> Iterator[Path]:
+    """A temporary directory next to `out`; renamed to `out` if the block succeeds, removed otherwise."""
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if out.exists():
+        if not force:  # appeared meanwhile
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise ConvertError(f"{out}: already exists (pass --force to replace it)")
+        old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
+        os.replace(out, old / "x")
+        os.replace(tmp, out)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, out)
+
+
+def _copy_tokenizer(src: Path, dst: Path) -> list[str]:
+    dst.mkdir(parents=True, exist_ok=True)
+    copied = []
+    for name in TOKENIZER_FILES:
+        if (src / name).is_file():
+            shutil.copy2(src / name, dst / name)
+            copied.append(name)
+    return copied
+
+
+def _has_tokenizer(d: Path) -> bool:
+    return (d / "tokenizer.json").is_file() or (d / "tokenizer_config.json").is_file()
+
+
+# ---------------------------------------------------------------------------------------------- checks
+def check_layout(m: ModelConfig, tp: int, pp: int) -> None:
+    """TP/PP must divide the model as the trainer's validation requires."""
+    if tp < 1 or pp < 1:
+        raise ConvertError(f"--tp {tp} --pp {pp}: must be positive integers")
+    for name, value in (("num_attention_heads", m.num_attention_heads), ("num_query_groups", m.num_query_groups),
+                        ("ffn_hidden_size", m.ffn_hidden_size),
+                        ("make_vocab_size_divisible_by", m.make_vocab_size_divisible_by)):
+        if value % tp:
+            raise ConvertError(f"--tp {tp}: does not divide model.{name}={value}")
+    if m.num_layers % pp:
+        raise ConvertError(f"--pp {pp}: does not divide model.num_layers={m.num_layers}")
+
+
+def read_hf_input(hf_dir: Path, tp: int, pp: int) -> tuple[Any, ModelConfig, HFWeights, dict[str, Any]]:
+    """Everything from-hf checks before it builds anything: config, architecture, layout, shards, shapes."""
+    cfg_path = hf_dir / "config.json"
+    if not cfg_path.is_file():
+        raise ConvertError(f"{cfg_path}: missing (not a Hugging Face model directory)")
+    try:
+        hf_cfg = json.loads(cfg_path.read_text())
+    except ValueError as err:
+        raise ConvertError(f"{cfg_path}: not valid JSON ({err})") from None
+    adapter = adapter_for_hf_config(hf_cfg, str(cfg_path))
+    m = adapter.model_config(hf_cfg, str(cfg_path))
+    check_layout(m, tp, pp)
+    weights = HFWeights(hf_dir)
+    expected = adapter.hf_shapes(m, m.vocab_size)
+    present = set(weights.keys())
+    for key, shape in expected.items():
+        if key not in present:
+            raise ConvertError(f"{hf_dir}: tensor {key} is missing from the checkpoint (config.json expects it)")
+        got = weights.shape(key)
+        if got != shape:
+            raise ConvertError(f"{weights.file_of(key)}: tensor {key} has shape {list(got)}, but config.json "
+                               f"implies {list(shape)}")
+    allowed = set(expected) | adapter.optional_hf_keys(m)
+    for key in sorted(present - allowed):
+        if not key.endswith("rotary_emb.inv_freq"):
+            raise ConvertError(f"{weights.file_of(key)}: unexpected tensor {key} for {adapter.architecture} "
+                               f"with this config.json")
+    return adapter, m, weights, hf_cfg
+
+
+def checkpoint_config(ckpt: Path) -> tuple[Config, int]:
+    """The config snapshot and real vocab size a megafin checkpoint records in megafin.json."""
+    from megafin.config.errors import ConfigError
+    from megafin.config.load import build
+
+    meta_path = ckpt / META
+    if not meta_path.is_file():
+        raise ConvertError(f"{meta_path}: missing (not a megafin checkpoint directory)")
+    try:
+        meta = json.loads(meta_path.read_text())
+        cfg = build(Config, meta["config"], prefix="")
+    except (ValueError, KeyError) as err:
+        raise ConvertError(f"{meta_path}: no usable config snapshot ({err})") from None
+    except ConfigError as err:
+        raise ConvertError(f"{meta_path}: config snapshot: {err}") from None
+    vocab = int(meta.get("vocab_size") or cfg.model.vocab_size)
+    if vocab <= 0:
+        raise ConvertError(f"{meta_path}: no vocab_size recorded")
+    return cfg, vocab
+
+
+def _check_checkpoint_shapes(ckpt: Path, model: Any) -> None:
+    """Config snapshot vs the tensors on disk, before loading: one error naming the first key that differs."""
+    from megatron.core import dist_checkpointing
+    from megatron.core.dist_checkpointing.mapping import ShardedTensor, ShardedTensorFactory
+
+    try:
+        on_disk = dist_checkpointing.load_tensors_metadata(str(ckpt))
+    except Exception as err:
+        raise ConvertError(f"{ckpt}: cannot read the dist_checkpointing metadata ({type(err).__name__}: {err})") \
+            from None
+    for item in model.sharded_state_dict().values():
+        if isinstance(item, ShardedTensorFactory):
+            key, shape = item.key, None
+        elif isinstance(item, ShardedTensor):
+            key, shape = item.key, tuple(item.global_shape)
+        else:
+            continue
+        if key not in on_disk:
+            raise ConvertError(f"{ckpt}: tensor {key} is not in the checkpoint (the config in {META} expects it)")
+        got = tuple(on_disk[key].global_shape)
+        if shape is not None and got != shape:
+            raise ConvertError(f"{ckpt}: tensor {key} has shape {list(got)}, but the config in {META} implies "
+                               f"{list(shape)}")
+
+
+# ---------------------------------------------------------------------------------------------- from-hf
+def from_hf(hf_dir: str | Path, out: str | Path, tp: int = 1, pp: int = 1, dtype: str = "fp32",
+            force: bool = False) -> Path:
+    """HF checkpoint -> a megafin training checkpoint (dist_checkpointing, TP/PP-free on disk) at `out`."""
+    import torch
+
+    from megafin.checkpoint.manager import Progress, save_checkpoint
+    from megafin.config.load import config_to_dict
+    from megafin.convert.runtime import megatron_session, model_build_config
+    from megafin.model import build_model, padded_vocab_size
+
+    hf_dir, out = Path(hf_dir), Path(out)
+    _check_output(out, force)
+    if dtype not in ("fp32", "bf16"):
+        raise ConvertError(f"--dtype {dtype}: must be fp32 or bf16")
+    adapter, m, weights, hf_cfg = read_hf_input(hf_dir, tp, pp)
+    cfg = Config()
+    cfg.model = m
+    cfg.parallel.tp, cfg.parallel.pp = tp, pp
+    cfg.precision.dtype = dtype
+    src_dtype = _ST_DTYPE_NAMES.get(weights.dtype("model.embed_tokens.weight"), "fp32")
+    with _staging(out, force) as tmp:
+        if _has_tokenizer(hf_dir):
+            cfg.data.tokenizer = str((out / TOKENIZER_SUBDIR).resolve())
+        with megatron_session(1, 1, cfg.train.seed):
+            model = build_model(model_build_config(cfg, 1, 1), m.vocab_size)
+            state = model.state_dict()
+            wanted = {k for k in state if not k.endswith("_extra_state")}
+            if wanted != set(adapter.megatron_keys(m)):
+                raise ConvertError(f"internal: megafin model keys {sorted(wanted ^ set(adapter.megatron_keys(m)))} "
+                                   f"do not match the {adapter.family} adapter")
+            padded = padded_vocab_size(m.vocab_size, m.make_vocab_size_divisible_by)
+            with torch.no_grad():
+                for key, tensor in adapter.to_megatron(m, padded, weights.get):
+                    dst = state[key]
+                    if tuple(dst.shape) != tuple(tensor.shape):
+                        raise ConvertError(f"internal: {key} built as {list(tensor.shape)}, model has "
+                                           f"{list(dst.shape)}")
+                    dst.copy_(tensor)
+                    del tensor
+            meta = {"vocab_size": m.vocab_size, "config": config_to_dict(cfg),
+                    "converted_from": {"hf_dir": str(hf_dir.resolve()), "architecture": adapter.architecture,
+                                       "hf_dtype": src_dtype, "requested_layout": {"tp": tp, "pp": pp}}}
+            step_dir = save_checkpoint(tmp / "run", model, None, None, Progress(), keep_last=1, extra_meta=meta)
+            del model, state
+        if _has_tokenizer(hf_dir):
+            _copy_tokenizer(hf_dir, step_dir / TOKENIZER_SUBDIR)
+        if (hf_dir / "generation_config.json").is_file():
+            shutil.copy2(hf_dir / "generation_config.json", step_dir / "hf_generation_config.json")
+        # The checkpoint directory itself becomes `out` (the staging wrapper is dropped).
+        inner = tmp / "ckpt"
+        os.replace(step_dir, inner)
+        shutil.rmtree(tmp / "run")
+        for child in inner.iterdir():
+            os.replace(child, tmp / child.name)
+        inner.rmdir()
+    return out
+
+
+# ---------------------------------------------------------------------------------------------- to-hf
+def _tokenizer_ids(tok_dir: Path) -> tuple[Any, Any]:
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(tok_dir))
+    return tok.bos_token_id, tok.eos_token_id
+
+
+def to_hf(ckpt: str | Path, out: str | Path, dtype: Optional[str] = None, max_shard_size: str = "5GB",
+          tokenizer: Optional[str | Path] = None, force: bool = False) -> Path:
+    """A megafin checkpoint saved at any TP/PP -> a Hugging Face LlamaForCausalLM directory at `out`."""
+    from megafin.checkpoint.manager import load_checkpoint
+    from megafin.convert.runtime import megatron_session, model_build_config
+    from megafin.model import build_model
+
+    ckpt, out = Path(ckpt), Path(out)
+    _check_output(out, force)
+    max_bytes = parse_size(max_shard_size)
+    cfg, vocab = checkpoint_config(ckpt)
+    adapter = adapter_for_family(cfg.model.family, str(ckpt / META))
+    meta = json.loads((ckpt / META).read_text())
+    if dtype is None:
+        dtype = meta.get("converted_from", {}).get("hf_dtype") or \
+            ("fp32" if cfg.precision.dtype == "fp32" else "bf16")
+    if dtype not in DTYPE_NAMES:
+        raise ConvertError(f"--dtype {dtype}: must be bf16 or fp32")
+    tok_dir = Path(tokenizer) if tokenizer else (Path(cfg.data.tokenizer) if cfg.data.tokenizer else None)
+    if tok_dir is None or not _has_tokenizer(tok_dir):
+        where = f"--tokenizer {tok_dir}" if tokenizer else f"{ckpt / META}: config.data.tokenizer={str(tok_dir or '')!r}"
+        raise ConvertError(f"{where}: not a tokenizer directory (pass --tokenizer DIR)")
+    bos, eos = _tokenizer_ids(tok_dir)
+    torch_dtype = DTYPE_NAMES[dtype]
+    m = cfg.model
+    shapes = adapter.hf_shapes(m, vocab)
+    with _staging(out, force) as tmp:
+        with megatron_session(1, 1, cfg.train.seed):
+            model = build_model(model_build_config(cfg, 1, 1), vocab)
+            _check_checkpoint_shapes(ckpt, model)
+            try:
+                load_checkpoint(ckpt, model, None, None)
+            except ConvertError:
+                raise
+            except Exception as err:
+                raise ConvertError(f"{ckpt}: cannot load the checkpoint ({type(err).__name__}: "
+                                   f"{str(err).splitlines()[0] if str(err) else ''})") from None
+            state = model.state_dict()
+            write_sharded(tmp, shapes, adapter.to_hf(m, vocab, state.__getitem__), torch_dtype, max_bytes)
+            del model, state
+        hf_cfg = adapter.hf_config(m, vocab, TORCH_DTYPE_JSON[torch_dtype], bos, eos)
+        (tmp / "config.json").write_text(json.dumps(hf_cfg, indent=2) + "\n")
+        gen = {"bos_token_id": bos, "eos_token_id": eos, "do_sample": False}
+        if (ckpt / "hf_generation_config.json").is_file():
+            gen = json.loads((ckpt / "hf_generation_config.json").read_text())
+        (tmp / "generation_config.json").write_text(json.dumps(gen, indent=2) + "\n")
+        _copy_tokenizer(tok_dir, tmp)
+    return out
