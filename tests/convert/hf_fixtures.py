@@ -9,9 +9,11 @@ from typing import Sequence
 
 REPO = Path(__file__).resolve().parents[2]
 PY = sys.executable
-# Shapes that divide by TP=2 and PP=2; vocab 200 is padded to 256 inside megafin.
-TINY = dict(vocab_size=200, hidden_size=64, intermediate_size=128, num_hidden_layers=4, num_attention_heads=4,
+# Shapes that divide by TP=2 and PP=2; vocab 1000 is padded to 1024 inside megafin.
+TINY = dict(vocab_size=1000, hidden_size=64, intermediate_size=128, num_hidden_layers=4, num_attention_heads=4,
             num_key_value_heads=2, max_position_embeddings=256, rms_norm_eps=1e-5)
+CHAT_TEMPLATE = ("{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}\n{% endfor %}"
+                 "{% if add_generation_prompt %}<|assistant|>{% endif %}")
 LLAMA3_ROPE = {"rope_type": "llama3", "rope_theta": 500000.0, "factor": 8.0, "low_freq_factor": 1.0,
                "high_freq_factor": 4.0, "original_max_position_embeddings": 64}
 
@@ -38,7 +40,9 @@ def make_hf_llama(out: Path, tied: bool, seed: int = 0, dtype: str = "float32", 
     if tokenizer_dir is not None:
         from transformers import AutoTokenizer
 
-        AutoTokenizer.from_pretrained(str(tokenizer_dir)).save_pretrained(out)
+        tok = AutoTokenizer.from_pretrained(str(tokenizer_dir))
+        tok.chat_template = CHAT_TEMPLATE
+        tok.save_pretrained(out)
     return out
 
 

@@ -1,0 +1,50 @@
+"""Fixtures for the conversion tests: tiny random HF Llamas, their megafin conversions, reference logits."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.convert.hf_fixtures import make_hf_llama
+
+VARIANTS = {"untied": dict(tied=False), "tied": dict(tied=True), "untied_bf16": dict(tied=False, dtype="bfloat16")}
+
+
+@pytest.fixture(scope="session")
+def hf_models(tiny_data: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("hf")
+    return {name: make_hf_llama(root / name, seed=i, tokenizer_dir=tiny_data / "tokenizer", **kw)
+            for i, (name, kw) in enumerate(VARIANTS.items())}
+
+
+@pytest.fixture(scope="session")
+def tokens() -> torch.Tensor:
+    return torch.randint(0, 1000, (2, 20), generator=torch.Generator().manual_seed(7))
+
+
+@pytest.fixture(scope="session")
+def hf_logits(hf_models: dict[str, Path], tokens: torch.Tensor) -> dict[str, torch.Tensor]:
+    from transformers import AutoModelForCausalLM
+
+    out = {}
+    for name in ("untied", "tied"):
+        model = AutoModelForCausalLM.from_pretrained(hf_models[name], dtype=torch.float32).eval()
+        with torch.no_grad():
+            out[name] = model(tokens).logits
+    return out
+
+
+@pytest.fixture(scope="session")
+def converted(hf_models: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """from-hf of every variant, with the layout it is meant for recorded (TP=1, TP=2, PP=2)."""
+    from megafin.convert.convert import from_hf
+
+    root = tmp_path_factory.mktemp("mcore")
+    out = {}
+    for name, hf in hf_models.items():
+        out[name] = from_hf(hf, root / name)
+    for name in ("untied", "tied"):
+        out[f"{name}_tp2"] = from_hf(hf_models[name], root / f"{name}_tp2", tp=2)
+        out[f"{name}_pp2"] = from_hf(hf_models[name], root / f"{name}_pp2", pp=2)
+    return out

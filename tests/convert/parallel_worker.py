@@ -1,0 +1,52 @@
+"""Run under torchrun with 2 processes: load converted checkpoints at TP=2 or PP=2, save the full logits.
+
+usage: torchrun --nproc-per-node 2 parallel_worker.py TOKENS.pt OUT_DIR NAME=CKPT:TP:PP ...
+Rank 0 writes OUT_DIR/NAME.pt with logits [b, s, vocab] for each job. One process group for all jobs; megatron's
+model-parallel state is rebuilt per layout.
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+
+def main() -> None:
+    import torch.distributed as dist
+    from megatron.core import parallel_state
+
+    from megafin.convert.runtime import forward_logits, load_model
+    from megafin.runtime.distributed import detect_launch_env, init_distributed, shutdown_distributed
+
+    torch.set_num_threads(1)
+    if not torch.cuda.is_available():
+        # Tied embeddings at PP>1: megatron's LanguageModule.setup_embeddings_and_output_layer calls
+        # `weight.data.cuda()` (language_module.py:244) before its all-reduce, which megafin's cpu_compat does not
+        # cover yet (reported to the trainer owner). Test-only shim so the converted checkpoint can be checked.
+        torch.Tensor.cuda = lambda self, *args, **kwargs: self  # type: ignore[method-assign]
+    tokens = torch.load(sys.argv[1])
+    out_dir = Path(sys.argv[2])
+    jobs = [arg.split("=", 1) for arg in sys.argv[3:]]
+    first = True
+    for name, spec in jobs:
+        ckpt, tp, pp = spec.rsplit(":", 2)
+        if first:
+            init_distributed(detect_launch_env(), int(tp), int(pp), 1234)
+            first = False
+        else:
+            parallel_state.destroy_model_parallel()
+            parallel_state.initialize_model_parallel(tensor_model_parallel_size=int(tp),
+                                                     pipeline_model_parallel_size=int(pp))
+        model, _, vocab = load_model(Path(ckpt), int(tp), int(pp))
+        logits = forward_logits(model, tokens, vocab)
+        if dist.get_rank() == 0:
+            torch.save(logits, out_dir / f"{name}.pt")
+        dist.barrier()
+    shutdown_distributed()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,110 @@
+"""from-hf gives HF's logits at TP=1, TP=2 and PP=2 (fp32, 1e-4), and from-hf -> to-hf is bit-exact."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors import safe_open
+
+from tests.convert.hf_fixtures import CHAT_TEMPLATE, REPO
+from tests.helpers import free_port
+
+TOL = 1e-4
+
+
+def _hf_tensors(d: Path) -> dict[str, torch.Tensor]:
+    index = json.loads((d / "model.safetensors.index.json").read_text())["weight_map"]
+    out = {}
+    for name in sorted(set(index.values())):
+        with safe_open(str(d / name), framework="pt") as f:
+            for k in f.keys():
+                out[k] = f.get_tensor(k)
+    return out
+
+
+@pytest.mark.parametrize("variant", ["untied", "tied"])
+def test_from_hf_logits_match_hf_at_tp1(variant, converted, hf_logits, tokens):
+    from megafin.convert.runtime import forward_logits, load_model, megatron_session
+
+    with megatron_session():
+        model, _, vocab = load_model(converted[variant])
+        logits = forward_logits(model, tokens, vocab)
+    ref = hf_logits[variant]
+    assert logits.shape == ref.shape
+    diff = (logits - ref).abs().max().item()
+    print(f"{variant} tp1 max |logit diff| = {diff:.3g}")
+    assert diff < TOL
+    assert ref.abs().max() > 0.1  # the comparison is not between two near-zero tensors
+
+
+@pytest.fixture(scope="module")
+def parallel_logits(converted, tokens, tmp_path_factory) -> dict[str, torch.Tensor]:
+    """One torchrun job of 2 gloo processes: each checkpoint loaded at the layout it was converted for."""
+    d = tmp_path_factory.mktemp("parallel")
+    torch.save(tokens, d / "tokens.pt")
+    jobs = [f"{name}={converted[name]}:{2 if name.endswith('tp2') else 1}:{2 if name.endswith('pp2') else 1}"
+            for name in ("untied_tp2", "untied_pp2", "tied_tp2", "tied_pp2")]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", str(free_port()),
+           str(Path(__file__).with_name("parallel_worker.py")), str(d / "tokens.pt"), str(d), *jobs]
+    proc = subprocess.run(cmd, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True,
+                          text=True, timeout=300, stdin=subprocess.DEVNULL)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return {p.stem: torch.load(p) for p in d.glob("*_*.pt")}
+
+
+@pytest.mark.parametrize("name", ["untied_tp2", "untied_pp2", "tied_tp2", "tied_pp2"])
+def test_from_hf_logits_match_hf_at_tp2_and_pp2(name, parallel_logits, hf_logits):
+    ref = hf_logits[name.split("_")[0]]
+    got = parallel_logits[name]
+    assert got.shape == ref.shape
+    diff = (got - ref).abs().max().item()
+    print(f"{name} max |logit diff| = {diff:.3g}")
+    assert diff < TOL
+
+
+@pytest.mark.parametrize("variant", ["untied", "tied", "untied_bf16"])
+def test_from_hf_then_to_hf_is_bit_exact(variant, converted, hf_models, tmp_path):
+    from megafin.convert.convert import to_hf
+
+    out = to_hf(converted[variant], tmp_path / "hf", max_shard_size="60KB")
+    original, exported = _hf_tensors_any(hf_models[variant]), _hf_tensors(out)
+    assert sorted(exported) == sorted(original)
+    for key, t in original.items():
+        assert exported[key].dtype == t.dtype, key
+        assert torch.equal(exported[key], t), key
+    index = json.loads((out / "model.safetensors.index.json").read_text())
+    shards = sorted(set(index["weight_map"].values()))
+    assert len(shards) > 1 and all((out / s).is_file() for s in shards)
+    assert index["metadata"]["total_size"] == sum(t.numel() * t.element_size() for t in original.values())
+
+
+def _hf_tensors_any(d: Path) -> dict[str, torch.Tensor]:
+    if (d / "model.safetensors.index.json").is_file():
+        return _hf_tensors(d)
+    with safe_open(str(d / "model.safetensors"), framework="pt") as f:
+        return {k: f.get_tensor(k) for k in f.keys()}
+
+
+def test_export_loads_with_auto_classes(converted, hf_logits, tokens, tmp_path):
+    """config.json (GQA, llama3 rope scaling), tokenizer with the chat template: AutoModel/AutoTokenizer load it."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from megafin.convert.convert import to_hf
+
+    out = to_hf(converted["untied_pp2"], tmp_path / "hf", dtype="fp32")
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["architectures"] == ["LlamaForCausalLM"] and cfg["num_key_value_heads"] == 2
+    assert cfg["rope_scaling"]["rope_type"] == "llama3" and cfg["vocab_size"] == 1000
+    assert (out / "generation_config.json").is_file()
+    model = AutoModelForCausalLM.from_pretrained(out).eval()
+    with torch.no_grad():
+        assert torch.equal(model(tokens).logits, hf_logits["untied"])
+    tok = AutoTokenizer.from_pretrained(out)
+    assert tok.chat_template == CHAT_TEMPLATE
+    text = tok.apply_chat_template([{"role": "user", "content": "EPS?"}], tokenize=False, add_generation_prompt=True)
+    assert text == "<|user|>EPS?\n<|assistant|>"
