@@ -131,6 +131,25 @@ def checkpoint_config(ckpt: Path) -> tuple[Config, int]:
     return cfg, vocab
 
 
+def _check_data_files(ckpt: Path) -> None:
+    """Every data file the torch_dist metadata points into exists and is long enough."""
+    from torch.distributed.checkpoint import FileSystemReader
+
+    try:
+        storage = FileSystemReader(str(ckpt)).read_metadata().storage_data
+    except Exception as err:
+        raise ConvertError(f"{ckpt}/.metadata: unreadable ({type(err).__name__}: {err})") from None
+    needed: dict[str, int] = {}
+    for info in (storage or {}).values():
+        needed[info.relative_path] = max(needed.get(info.relative_path, 0), info.offset + info.length)
+    for name, end in sorted(needed.items()):
+        path = ckpt / name
+        if not path.is_file():
+            raise ConvertError(f"{path}: checkpoint data file is missing")
+        if path.stat().st_size < end:
+            raise ConvertError(f"{path}: checkpoint data file is truncated ({path.stat().st_size} < {end} bytes)")
+
+
 def _check_checkpoint_shapes(ckpt: Path, model: Any) -> None:
     """Config snapshot vs the tensors on disk, before loading: one error naming the first key that differs."""
     from megatron.core import dist_checkpointing
@@ -141,6 +160,7 @@ def _check_checkpoint_shapes(ckpt: Path, model: Any) -> None:
     except Exception as err:
         raise ConvertError(f"{ckpt}: cannot read the dist_checkpointing metadata ({type(err).__name__}: {err})") \
             from None
+    _check_data_files(ckpt)
     for item in model.sharded_state_dict().values():
         if isinstance(item, ShardedTensorFactory):
             key, shape = item.key, None
@@ -154,6 +174,26 @@ def _check_checkpoint_shapes(ckpt: Path, model: Any) -> None:
         if shape is not None and got != shape:
             raise ConvertError(f"{ckpt}: tensor {key} has shape {list(got)}, but the config in {META} implies "
                                f"{list(shape)}")
+
+
+def _load_or_explain(ckpt: Path, model: Any) -> None:
+    """load_checkpoint, with torch's CheckpointException (a BaseException carrying per-rank failures) and other
+    load failures turned into one line naming the checkpoint and the first underlying error."""
+    from torch.distributed.checkpoint.api import CheckpointException
+
+    from megafin.checkpoint.manager import load_checkpoint
+
+    try:
+        load_checkpoint(ckpt, model, None, None)
+    except (Exception, CheckpointException) as err:
+        cause: BaseException = err
+        if isinstance(err, CheckpointException) and err.failures:
+            cause = next(iter(err.failures.values()))
+            if isinstance(cause, tuple):  # (exception, traceback summary)
+                cause = cause[0]
+        text = str(cause).strip().splitlines()
+        raise ConvertError(f"{ckpt}: cannot load the checkpoint ({type(cause).__name__}: "
+                           f"{text[0] if text else ''})") from None
 
 
 # ---------------------------------------------------------------------------------------------- from-hf
@@ -226,7 +266,6 @@ def _tokenizer_ids(tok_dir: Path) -> tuple[Any, Any]:
 def to_hf(ckpt: str | Path, out: str | Path, dtype: Optional[str] = None, max_shard_size: str = "5GB",
           tokenizer: Optional[str | Path] = None, force: bool = False) -> Path:
     """A megafin checkpoint saved at any TP/PP -> a Hugging Face LlamaForCausalLM directory at `out`."""
-    from megafin.checkpoint.manager import load_checkpoint
     from megafin.convert.runtime import megatron_session, model_build_config
     from megafin.model import build_model
 
@@ -253,13 +292,7 @@ def to_hf(ckpt: str | Path, out: str | Path, dtype: Optional[str] = None, max_sh
         with megatron_session(1, 1, cfg.train.seed):
             model = build_model(model_build_config(cfg, 1, 1), vocab)
             _check_checkpoint_shapes(ckpt, model)
-            try:
-                load_checkpoint(ckpt, model, None, None)
-            except ConvertError:
-                raise
-            except Exception as err:
-                raise ConvertError(f"{ckpt}: cannot load the checkpoint ({type(err).__name__}: "
-                                   f"{str(err).splitlines()[0] if str(err) else ''})") from None
+            _load_or_explain(ckpt, model)
             state = model.state_dict()
             write_sharded(tmp, shapes, adapter.to_hf(m, vocab, state.__getitem__), torch_dtype, max_bytes)
             del model, state
