@@ -49,6 +49,7 @@ def load_model(ckpt: Path, tp: int = 1, pp: int = 1) -> tuple[torch.nn.Module, C
     from megafin.convert.convert import checkpoint_config
     from megafin.model import build_model
 
+    ckpt = Path(ckpt)
     cfg, vocab = checkpoint_config(ckpt)
     model = build_model(model_build_config(cfg, tp, pp), vocab)
     load_checkpoint(ckpt, model, None, None)
