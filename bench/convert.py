@@ -1,0 +1,145 @@
+"""Conversion speed and memory: a Llama-3.2-1B-shaped random bf16 HF checkpoint (made on disk here), converted
+from-hf and back to-hf by the `megafin convert` CLI in child processes; seconds and peak RSS of each, against
+copying the same bytes. Targets (issue 5): peak RSS under 1.5 GB, time within 2x of the copy.
+
+    python bench/convert.py [--workdir DIR] [--layers 16] [--keep]
+
+--layers shrinks the model for a quick run (the full 1B shape is 16 layers, ~2.5 GB in bf16).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+LLAMA_32_1B = dict(vocab_size=128256, hidden_size=2048, intermediate_size=8192, num_hidden_layers=16,
+                   num_attention_heads=32, num_key_value_heads=8, max_position_embeddings=131072,
+                   rms_norm_eps=1e-5, tie_word_embeddings=True, rope_theta=500000.0,
+                   rope_scaling={"rope_type": "llama3", "factor": 32.0, "low_freq_factor": 1.0,
+                                 "high_freq_factor": 4.0, "original_max_position_embeddings": 8192})
+TARGET_RSS_GB = 1.5
+
+
+def make_tokenizer(out: Path) -> None:
+    """A small byte-level tokenizer with Llama-3-like special tokens (the conversion only copies its files)."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    vocab = {"<|begin_of_text|>": 0, "<|end_of_text|>": 1, **{chr(c): i + 2 for i, c in enumerate(range(33, 127))}}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<|end_of_text|>"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.save(str(out / "tokenizer.json"))
+    (out / "tokenizer_config.json").write_text(json.dumps({
+        "tokenizer_class": "PreTrainedTokenizerFast", "bos_token": "<|begin_of_text|>",
+        "eos_token": "<|end_of_text|>",
+        "chat_template": "{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"}))
+
+
+def make_hf_checkpoint(out: Path, layers: int) -> int:
+    """Random bf16 weights written tensor by tensor (the megafin writer), ~5 GB shards as HF ships them."""
+    import torch
+
+    from megafin.convert.adapters.llama import LlamaAdapter
+    from megafin.convert.safetensors_io import parse_size, write_sharded
+
+    out.mkdir(parents=True)
+    cfg = dict(LLAMA_32_1B, num_hidden_layers=layers, architectures=["LlamaForCausalLM"], model_type="llama",
+               torch_dtype="bfloat16", bos_token_id=0, eos_token_id=1)
+    (out / "config.json").write_text(json.dumps(cfg, indent=2))
+    adapter = LlamaAdapter()
+    m = adapter.model_config(cfg, "bench")
+    shapes = adapter.hf_shapes(m, m.vocab_size)
+    gen = torch.Generator().manual_seed(0)
+
+    def tensors():
+        for key, shape in shapes.items():
+            yield key, (torch.randn(shape, generator=gen, dtype=torch.bfloat16) * 0.02)
+
+    index = write_sharded(out, shapes, tensors(), torch.bfloat16, parse_size("5GB"))
+    make_tokenizer(out)
+    return index["metadata"]["total_size"]
+
+
+def run_measured(cmd: list[str]) -> tuple[float, float]:
+    """Wall seconds and peak RSS (GB) of a child process (its own ru_maxrss, via wait4)."""
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    start = time.perf_counter()
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdin=subprocess.DEVNULL)
+    _, status, usage = os.wait4(proc.pid, 0)
+    seconds = time.perf_counter() - start
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode != 0:
+        raise SystemExit(f"bench: {' '.join(cmd)} exited {proc.returncode}")
+    return seconds, usage.ru_maxrss * 1024 / 1e9
+
+
+def copy_seconds(src: Path, dst: Path) -> float:
+    dst.mkdir()
+    start = time.perf_counter()
+    for f in sorted(src.glob("*.safetensors")):
+        shutil.copyfile(f, dst / f.name)
+    os.sync()
+    return time.perf_counter() - start
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--workdir", default=None, help="where to write (default: a temporary directory)")
+    parser.add_argument("--layers", type=int, default=16)
+    parser.add_argument("--keep", action="store_true", help="keep the files")
+    args = parser.parse_args()
+    work = Path(args.workdir or tempfile.mkdtemp(prefix="megafin-bench-convert-"))
+    work.mkdir(parents=True, exist_ok=True)
+    try:
+        hf = work / "hf"
+        t0 = time.perf_counter()
+        nbytes = make_hf_checkpoint(hf, args.layers)
+        print(f"made {hf}: {nbytes / 1e9:.2f} GB bf16 ({args.layers} layers) in {time.perf_counter() - t0:.1f} s",
+              flush=True)
+        copy_s = copy_seconds(hf, work / "copy")
+        shutil.rmtree(work / "copy")
+        mf = [sys.executable, "-m", "megafin", "convert"]
+        rows = []
+        s, rss = run_measured([*mf, "from-hf", "--hf", str(hf), "--out", str(work / "ckpt"), "--dtype", "bf16"])
+        rows.append(("from-hf", s, rss))
+        s, rss = run_measured([*mf, "to-hf", "--ckpt", str(work / "ckpt"), "--out", str(work / "back"),
+                               "--dtype", "bf16"])
+        rows.append(("to-hf", s, rss))
+        same = _same_tensors(hf, work / "back")
+        print(f"\ncopy of the same {nbytes / 1e9:.2f} GB: {copy_s:.1f} s")
+        print(f"{'direction':<10}{'seconds':>10}{'x copy':>9}{'peak RSS GB':>13}{'RSS target':>12}")
+        for name, s, rss in rows:
+            print(f"{name:<10}{s:>10.1f}{s / copy_s:>9.1f}{rss:>13.2f}{'ok' if rss < TARGET_RSS_GB else 'MISSED':>12}")
+        print(f"round trip bit-exact: {same}")
+        print(json.dumps({"bytes": nbytes, "layers": args.layers, "copy_s": copy_s,
+                          **{f"{n}_s": s for n, s, _ in rows}, **{f"{n}_peak_rss_gb": r for n, _, r in rows},
+                          "bit_exact": same}))
+    finally:
+        if not args.keep:
+            shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+def _same_tensors(a: Path, b: Path) -> bool:
+    """Compare every tensor of the two checkpoints, one at a time."""
+    import torch
+
+    from megafin.convert.safetensors_io import HFWeights
+
+    wa, wb = HFWeights(a), HFWeights(b)
+    if sorted(wa.keys()) != sorted(wb.keys()):
+        return False
+    return all(torch.equal(wa.get(k), wb.get(k)) for k in wa.keys())
+
+
+if __name__ == "__main__":
+    sys.exit(main())
