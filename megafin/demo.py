@@ -22,6 +22,14 @@ def prepare_data(out: Path = OUT / "data") -> Path:
     tokenizer = train_tokenizer(texts, vocab_size=1000, out_dir=out / "tokenizer")
     for name, path in corpora.items():
         pretrain([str(path)], str(tokenizer), str(out / name), quiet=True)
+    # Packed outputs for the post-training stages (docs/formats.md).
+    from data_prep.packed import mix, preference, sft
+
+    sft([str(SAMPLES / "sft_sample.jsonl")], str(tokenizer), str(out / "sft"), seq_length=256, quiet=True)
+    mix([str(corpora["finance"]), str(corpora["general"])], [str(SAMPLES / "sft_sample.jsonl")], str(tokenizer),
+        str(out / "cpt_it"), seq_length=256, cpt_ratio=0.5, quiet=True)
+    preference([str(SAMPLES / "preference_sample.jsonl")], str(tokenizer), str(out / "preference"), seq_length=256,
+               quiet=True)
     print(f"demo: tokenizer and indexed corpora in {out}/", flush=True)
     return out
 

@@ -8,11 +8,13 @@ from pathlib import Path
 from megafin.config.errors import ConfigError
 from megafin.config.schema import Config
 
-STAGES = ("cpt",)
+STAGES = ("cpt", "cpt_it", "sft", "dpo")
+# Which data_prep output each stage trains on (the `kind` in a packed dataset's meta.json).
+PACKED_KIND = {"cpt_it": "mix", "sft": "sft", "dpo": "preference"}
 ATTENTION_BACKENDS = ("auto", "te", "triton", "sdpa", "local")
 DTYPES = ("fp32", "bf16", "fp8")
 DECAYS = ("cosine", "linear", "constant")
-DATA_FORMATS = ("pretrain",)
+DATA_FORMATS = ("pretrain", "packed")
 
 
 def _cuda_available() -> bool:
@@ -105,17 +107,47 @@ def validate(cfg: Config, world_size: int) -> None:
              "data.tokenizer", "a directory with tokenizer.json or tokenizer_config.json", data.tokenizer)
     _require(len(data.blend) > 0, "data.blend", "at least one {path, weight} entry", "[]")
     for i, entry in enumerate(data.blend):
-        for suffix in (".bin", ".idx"):
-            _require(Path(entry.path + suffix).is_file(), f"data.blend[{i}].path",
-                     f"an indexed dataset prefix with {entry.path}{suffix} present (run data_prep pretrain)",
-                     entry.path)
         _require(entry.weight > 0, f"data.blend[{i}].weight", "a positive number", entry.weight)
+    if cfg.stage in PACKED_KIND:
+        _require(data.format == "packed", "data.format", f"packed for stage {cfg.stage} (data_prep sft/mix/preference)",
+                 data.format)
+    if data.format == "pretrain":
+        for i, entry in enumerate(data.blend):
+            for suffix in (".bin", ".idx"):
+                _require(Path(entry.path + suffix).is_file(), f"data.blend[{i}].path",
+                         f"an indexed dataset prefix with {entry.path}{suffix} present (run data_prep pretrain)",
+                         entry.path)
+    else:
+        _validate_packed(cfg)
     parts = data.split.split(",")
     ok = len(parts) == 3 and all(p.strip().replace(".", "", 1).isdigit() for p in parts)
     _require(ok and float(parts[0]) > 0, "data.split", "three non-negative numbers 'train,valid,test' with train > 0",
              data.split)
     if cfg.train.eval_interval > 0:
         _require(float(parts[1]) > 0, "data.split", "a valid share > 0 when train.eval_interval > 0", data.split)
+
+
+def _validate_packed(cfg: Config) -> None:
+    import json
+
+    from megafin.data.build import packed_prefix_files
+
+    data = cfg.data
+    _require(len(data.blend) == 1, "data.blend", "exactly one packed dataset prefix for data.format=packed",
+             f"{len(data.blend)} entries")
+    prefix = data.blend[0].path
+    for path in packed_prefix_files(prefix):
+        _require(Path(path).is_file(), "data.blend[0].path",
+                 f"a data_prep packed output prefix with {path} present", prefix)
+    meta = json.loads(Path(f"{prefix}_meta.json").read_text())
+    _require(meta.get("format") == "megafin-packed", "data.blend[0].path",
+             f"{prefix}_meta.json with format megafin-packed", meta.get("format"))
+    want = PACKED_KIND.get(cfg.stage)
+    if want is not None:
+        _require(meta.get("kind") == want, "data.blend[0].path",
+                 f"packed data of kind {want!r} for stage {cfg.stage} ({prefix}_meta.json)", meta.get("kind"))
+    _require(int(meta.get("seq_length", 0)) <= data.seq_length, "data.seq_length",
+             f"at least the packs' seq_length={meta.get('seq_length')} ({prefix}_meta.json)", data.seq_length)
 
 
 def world_size_from_env() -> int:

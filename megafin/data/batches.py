@@ -23,9 +23,8 @@ class MicroBatches:
 
     def global_batch(self, consumed_samples: int) -> Iterator[Any]:
         """This rank's micro-batches of the global batch that starts at `consumed_samples`."""
-        n = len(self.dataset)
         per_round = self.micro_batch_size * self.dp_size
         for m in range(self.num_micro_batches):
             start = consumed_samples + m * per_round + self.dp_rank * self.micro_batch_size
-            idx = [(start + i) % n for i in range(self.micro_batch_size)]
+            idx = [start + i for i in range(self.micro_batch_size)]  # datasets map indices past an epoch themselves
             yield self.collate([self.dataset[i] for i in idx])

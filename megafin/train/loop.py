@@ -75,7 +75,7 @@ class Trainer:
         from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
 
         from megafin.data.batches import MicroBatches
-        from megafin.data.pretrain import build_pretrain_datasets, collate
+        from megafin.data.build import build_datasets
         from megafin.data.tokenizer import HFTokenizerAdapter
         from megafin.model import build_model
         from megafin.train.optimizer_fixes import fix_torch_adam_step_state
@@ -130,8 +130,8 @@ class Trainer:
         n_train = cfg.train.steps * G
         n_valid = (cfg.train.steps // cfg.train.eval_interval + 1) * cfg.train.eval_iters * G \
             if cfg.train.eval_interval else 0
-        train_ds, valid_ds = build_pretrain_datasets(cfg, tokenizer, n_train, n_valid,
-                                                      cache_dir=str(Path(cfg.run_dir) / "dataset_cache"))
+        train_ds, valid_ds, collate = build_datasets(cfg, tokenizer, n_train, n_valid,
+                                                     cache_dir=str(Path(cfg.run_dir) / "dataset_cache"))
         dp_rank = parallel_state.get_data_parallel_rank()
         self.train_batches = MicroBatches(train_ds, collate, G, par.micro_batch_size, dp_rank, self.dp_size)
         self.valid_batches = MicroBatches(valid_ds, collate, G, par.micro_batch_size, dp_rank, self.dp_size) \

@@ -17,6 +17,17 @@ def lm_loss(loss_mask: torch.Tensor, output_tensor: torch.Tensor) -> tuple[torch
     return loss_sum, num_tokens, {"lm loss": report}
 
 
+def packed_seq_params(batch: dict, device: torch.device) -> Any:
+    """THD parameters for a packed micro-batch (None for a plain [b, s] batch)."""
+    if "cu_seqlens" not in batch:
+        return None
+    from megatron.core.packed_seq_params import PackedSeqParams
+
+    cu = batch["cu_seqlens"].to(device)
+    return PackedSeqParams(qkv_format="thd", cu_seqlens_q=cu, cu_seqlens_kv=cu, max_seqlen_q=batch["max_seqlen"],
+                           max_seqlen_kv=batch["max_seqlen"])
+
+
 def forward_step_fn(nan_loss: bool = False) -> Any:
     """megatron-core forward_step_func over an iterator of dicts (tokens, labels, loss_mask, position_ids).
     `nan_loss` poisons the loss (fault injection: the same path a real divergence takes)."""
@@ -29,7 +40,7 @@ def forward_step_fn(nan_loss: bool = False) -> Any:
         labels = batch["labels"].to(device, non_blocking=True)
         position_ids = batch["position_ids"].to(device, non_blocking=True)
         loss_mask = batch["loss_mask"].to(device, non_blocking=True)
-        output = model(tokens, position_ids, None, labels=labels)
+        output = model(tokens, position_ids, None, labels=labels, packed_seq_params=packed_seq_params(batch, device))
         if nan_loss:
             output = output * float("nan")
         return output, partial(lm_loss, loss_mask)
