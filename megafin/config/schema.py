@@ -117,6 +117,16 @@ class PrecisionConfig:
 
 
 @dataclass
+class DPOConfig:
+    loss: str = "dpo"  # dpo | rpo (dpo + NLL on chosen) | ipo
+    beta: float = 0.1
+    rpo_alpha: float = 1.0  # weight of the length-normalized NLL on chosen responses (loss: rpo)
+    label_smoothing: float = 0.0  # conservative DPO (loss: dpo)
+    reference: str = ""  # checkpoint of the frozen reference; "" = train.init_from (the policy's starting point)
+    reference_logps: str = "precompute"  # precompute (once, stored in RUN_DIR) | online (every step; pp=1)
+
+
+@dataclass
 class Config:
     run_dir: str = "runs/default"
     stage: str = "cpt"
@@ -129,3 +139,4 @@ class Config:
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     precision: PrecisionConfig = field(default_factory=PrecisionConfig)
+    dpo: DPOConfig = field(default_factory=DPOConfig)

@@ -70,6 +70,18 @@ def validate(cfg: Config, world_size: int) -> None:
         _require(_cuda_available() and _te_available(), "parallel.sequence_parallel",
                  "false without CUDA and Transformer Engine (the local RMSNorm does not support it)", True)
 
+    if cfg.stage == "dpo":
+        d = cfg.dpo
+        _require(d.loss in ("dpo", "rpo", "ipo"), "dpo.loss", "one of dpo, rpo, ipo", d.loss)
+        _require(d.beta > 0, "dpo.beta", "a positive number", d.beta)
+        _require(0 <= d.label_smoothing < 0.5, "dpo.label_smoothing", "a number in [0, 0.5)", d.label_smoothing)
+        _require(d.reference_logps in ("precompute", "online"), "dpo.reference_logps", "precompute or online",
+                 d.reference_logps)
+        if d.reference_logps == "online":
+            _require(par.pp == 1, "dpo.reference_logps", "precompute when parallel.pp > 1", "online")
+        if d.reference:
+            _require(Path(d.reference).is_dir(), "dpo.reference", "an existing checkpoint directory", d.reference)
+
     # Precision.
     _require(cfg.precision.dtype in DTYPES, "precision.dtype", f"one of {', '.join(DTYPES)}", cfg.precision.dtype)
     if cfg.precision.dtype == "fp8":

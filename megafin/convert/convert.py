@@ -110,6 +110,23 @@ def read_hf_input(hf_dir: Path, tp: int, pp: int) -> tuple[Any, ModelConfig, HFW
     return adapter, m, weights, hf_cfg
 
 
+def _known_keys(cls: type, raw: Any) -> Any:
+    """The part of a config snapshot this schema knows: a checkpoint written by a newer (or older) megafin with
+    other sections still converts; only model, precision, data.tokenizer and train.seed matter here."""
+    import dataclasses
+    import typing
+
+    if not isinstance(raw, dict):
+        return raw
+    hints = typing.get_type_hints(cls)
+    out = {}
+    for f in dataclasses.fields(cls):
+        if f.name in raw:
+            tp = hints[f.name]
+            out[f.name] = _known_keys(tp, raw[f.name]) if dataclasses.is_dataclass(tp) else raw[f.name]
+    return out
+
+
 def checkpoint_config(ckpt: Path) -> tuple[Config, int]:
     """The config snapshot and real vocab size a megafin checkpoint records in megafin.json."""
     from megafin.config.errors import ConfigError
@@ -120,7 +137,7 @@ def checkpoint_config(ckpt: Path) -> tuple[Config, int]:
         raise ConvertError(f"{meta_path}: missing (not a megafin checkpoint directory)")
     try:
         meta = json.loads(meta_path.read_text())
-        cfg = build(Config, meta["config"], prefix="")
+        cfg = build(Config, _known_keys(Config, meta["config"]), prefix="")
     except (ValueError, KeyError) as err:
         raise ConvertError(f"{meta_path}: no usable config snapshot ({err})") from None
     except ConfigError as err:
@@ -129,71 +146,6 @@ def checkpoint_config(ckpt: Path) -> tuple[Config, int]:
     if vocab <= 0:
         raise ConvertError(f"{meta_path}: no vocab_size recorded")
     return cfg, vocab
-
-
-def _check_data_files(ckpt: Path) -> None:
-    """Every data file the torch_dist metadata points into exists and is long enough."""
-    from torch.distributed.checkpoint import FileSystemReader
-
-    try:
-        storage = FileSystemReader(str(ckpt)).read_metadata().storage_data
-    except Exception as err:
-        raise ConvertError(f"{ckpt}/.metadata: unreadable ({type(err).__name__}: {err})") from None
-    needed: dict[str, int] = {}
-    for info in (storage or {}).values():
-        needed[info.relative_path] = max(needed.get(info.relative_path, 0), info.offset + info.length)
-    for name, end in sorted(needed.items()):
-        path = ckpt / name
-        if not path.is_file():
-            raise ConvertError(f"{path}: checkpoint data file is missing")
-        if path.stat().st_size < end:
-            raise ConvertError(f"{path}: checkpoint data file is truncated ({path.stat().st_size} < {end} bytes)")
-
-
-def _check_checkpoint_shapes(ckpt: Path, model: Any) -> None:
-    """Config snapshot vs the tensors on disk, before loading: one error naming the first key that differs."""
-    from megatron.core import dist_checkpointing
-    from megatron.core.dist_checkpointing.mapping import ShardedTensor, ShardedTensorFactory
-
-    try:
-        on_disk = dist_checkpointing.load_tensors_metadata(str(ckpt))
-    except Exception as err:
-        raise ConvertError(f"{ckpt}: cannot read the dist_checkpointing metadata ({type(err).__name__}: {err})") \
-            from None
-    _check_data_files(ckpt)
-    for item in model.sharded_state_dict().values():
-        if isinstance(item, ShardedTensorFactory):
-            key, shape = item.key, None
-        elif isinstance(item, ShardedTensor):
-            key, shape = item.key, tuple(item.global_shape)
-        else:
-            continue
-        if key not in on_disk:
-            raise ConvertError(f"{ckpt}: tensor {key} is not in the checkpoint (the config in {META} expects it)")
-        got = tuple(on_disk[key].global_shape)
-        if shape is not None and got != shape:
-            raise ConvertError(f"{ckpt}: tensor {key} has shape {list(got)}, but the config in {META} implies "
-                               f"{list(shape)}")
-
-
-def _load_or_explain(ckpt: Path, model: Any) -> None:
-    """load_checkpoint, with torch's CheckpointException (a BaseException carrying per-rank failures) and other
-    load failures turned into one line naming the checkpoint and the first underlying error."""
-    from torch.distributed.checkpoint.api import CheckpointException
-
-    from megafin.checkpoint.manager import load_checkpoint
-
-    try:
-        load_checkpoint(ckpt, model, None, None)
-    except (Exception, CheckpointException) as err:
-        cause: BaseException = err
-        if isinstance(err, CheckpointException) and err.failures:
-            cause = next(iter(err.failures.values()))
-            if isinstance(cause, tuple):  # (exception, traceback summary)
-                cause = cause[0]
-        text = str(cause).strip().splitlines()
-        raise ConvertError(f"{ckpt}: cannot load the checkpoint ({type(cause).__name__}: "
-                           f"{text[0] if text else ''})") from None
 
 
 # ---------------------------------------------------------------------------------------------- from-hf
@@ -266,8 +218,8 @@ def _tokenizer_ids(tok_dir: Path) -> tuple[Any, Any]:
 def to_hf(ckpt: str | Path, out: str | Path, dtype: Optional[str] = None, max_shard_size: str = "5GB",
           tokenizer: Optional[str | Path] = None, force: bool = False) -> Path:
     """A megafin checkpoint saved at any TP/PP -> a Hugging Face LlamaForCausalLM directory at `out`."""
-    from megafin.convert.runtime import megatron_session, model_build_config
-    from megafin.model import build_model
+    from megafin.convert.dcp_reader import DistCheckpointReader
+    from megafin.model.llama import padded_vocab_size
 
     ckpt, out = Path(ckpt), Path(out)
     _check_output(out, force)
@@ -284,23 +236,36 @@ def to_hf(ckpt: str | Path, out: str | Path, dtype: Optional[str] = None, max_sh
     if tok_dir is None or not _has_tokenizer(tok_dir):
         where = f"--tokenizer {tok_dir}" if tokenizer else f"{ckpt / META}: config.data.tokenizer={str(tok_dir or '')!r}"
         raise ConvertError(f"{where}: not a tokenizer directory (pass --tokenizer DIR)")
-    bos, eos = _tokenizer_ids(tok_dir)
     torch_dtype = DTYPE_NAMES[dtype]
     m = cfg.model
     shapes = adapter.hf_shapes(m, vocab)
-    with _staging(out, force) as tmp:
-        with megatron_session(1, 1, cfg.train.seed):
-            model = build_model(model_build_config(cfg, 1, 1), vocab)
-            _check_checkpoint_shapes(ckpt, model)
-            _load_or_explain(ckpt, model)
-            state = model.state_dict()
-            write_sharded(tmp, shapes, adapter.to_hf(m, vocab, state.__getitem__), torch_dtype, max_bytes)
-            del model, state
-        hf_cfg = adapter.hf_config(m, vocab, TORCH_DTYPE_JSON[torch_dtype], bos, eos)
-        (tmp / "config.json").write_text(json.dumps(hf_cfg, indent=2) + "\n")
-        gen = {"bos_token_id": bos, "eos_token_id": eos, "do_sample": False}
-        if (ckpt / "hf_generation_config.json").is_file():
-            gen = json.loads((ckpt / "hf_generation_config.json").read_text())
-        (tmp / "generation_config.json").write_text(json.dumps(gen, indent=2) + "\n")
-        _copy_tokenizer(tok_dir, tmp)
+    reader = DistCheckpointReader(ckpt)
+    try:
+        reader.check_files()
+        padded = padded_vocab_size(vocab, m.make_vocab_size_divisible_by)
+        for key, want in adapter.sharded_shapes(m, padded).items():
+            got = reader.shape(key)
+            if got is None:
+                raise ConvertError(f"{ckpt}: tensor {key} is not in the checkpoint (the config in {META} expects it)")
+            if got != want:
+                raise ConvertError(f"{ckpt}: tensor {key} has shape {list(got)}, but the config in {META} implies "
+                                   f"{list(want)}")
+        with _staging(out, force) as tmp:
+            write_sharded(tmp, shapes, adapter.to_hf(m, vocab, lambda k: reader.read(*adapter.sharded_location(k))),
+                          torch_dtype, max_bytes)
+            _write_hf_metadata(tmp, adapter, m, vocab, torch_dtype, ckpt, tok_dir)
+    finally:
+        reader.close()
     return out
+
+
+def _write_hf_metadata(tmp: Path, adapter: Any, m: ModelConfig, vocab: int, torch_dtype: Any, ckpt: Path,
+                       tok_dir: Path) -> None:
+    bos, eos = _tokenizer_ids(tok_dir)
+    hf_cfg = adapter.hf_config(m, vocab, TORCH_DTYPE_JSON[torch_dtype], bos, eos)
+    (tmp / "config.json").write_text(json.dumps(hf_cfg, indent=2) + "\n")
+    gen = {"bos_token_id": bos, "eos_token_id": eos, "do_sample": False}
+    if (ckpt / "hf_generation_config.json").is_file():
+        gen = json.loads((ckpt / "hf_generation_config.json").read_text())
+    (tmp / "generation_config.json").write_text(json.dumps(gen, indent=2) + "\n")
+    _copy_tokenizer(tok_dir, tmp)

@@ -89,7 +89,8 @@ def _start_wandb(cfg: Config, run_dir: Path) -> Any:
 
 def _format(m: dict[str, Any]) -> str:
     parts = [f"step {m['step']}"]
-    for key, fmt in (("loss", "{:.4f}"), ("val_loss", "{:.4f}"), ("grad_norm", "{:.3f}"), ("lr", "{:.3e}"),
+    for key, fmt in (("loss", "{:.4f}"), ("val_loss", "{:.4f}"), ("reward_accuracy", "{:.2f}"),
+                     ("reward_margin", "{:.3f}"), ("val_reward_accuracy", "{:.2f}"), ("grad_norm", "{:.3f}"), ("lr", "{:.3e}"),
                      ("tokens_per_s", "{:.0f}"), ("step_time_s", "{:.3f}"), ("mfu", "{:.1%}")):
         if m.get(key) is not None:
             parts.append(f"{key} " + fmt.format(m[key]))

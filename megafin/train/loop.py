@@ -125,7 +125,9 @@ class Trainer:
         if par.overlap_grad_reduce:
             config.grad_sync_func = self.ddp.start_grad_sync
 
-        self.progress = self._resume()
+        from megafin.train.stages import build_stage
+
+        self.stage = build_stage(cfg)
         G, S = par.global_batch_size, cfg.data.seq_length
         n_train = cfg.train.steps * G
         n_valid = (cfg.train.steps // cfg.train.eval_interval + 1) * cfg.train.eval_iters * G \
@@ -136,6 +138,9 @@ class Trainer:
         self.train_batches = MicroBatches(train_ds, collate, G, par.micro_batch_size, dp_rank, self.dp_size)
         self.valid_batches = MicroBatches(valid_ds, collate, G, par.micro_batch_size, dp_rank, self.dp_size) \
             if valid_ds is not None and cfg.train.eval_interval else None
+        self.packed = cfg.data.format == "packed"
+        self.stage.prepare(self)  # e.g. DPO reference log-probs, before the policy moves
+        self.progress = self._resume()
         self.flops_per_token = flops_per_token(cfg.model, self.vocab_size, S)
         self.peak = PeakFlops.for_this_device(cfg.logging.peak_tflops)
         self.num_params = sum(p.numel() for p in self.model.parameters())
@@ -162,43 +167,42 @@ class Trainer:
             print(f"megafin: {text}", flush=True)
 
     # ---------------------------------------------------------------- steps
-    def _forward_backward(self, batches: MicroBatchesLike, consumed: int, forward_only: bool,
-                          nan: bool = False) -> tuple[float, float]:
+    def _forward_backward(self, batches: Any, consumed: int, forward_only: bool,
+                          nan: bool = False) -> dict[str, Any]:
+        """One global batch through megatron-core's schedule; the stage's metrics, reduced over the whole batch."""
         from megatron.core.pipeline_parallel import get_forward_backward_func
 
-        from megafin.train.losses import forward_step_fn
-
         par = self.cfg.parallel
-        losses = get_forward_backward_func()(
-            forward_step_func=forward_step_fn(nan_loss=nan),
+        reports = get_forward_backward_func()(
+            forward_step_func=self.stage.forward_step(nan_loss=nan),
             data_iterator=batches.global_batch(consumed),
             model=[self.ddp],
             num_microbatches=batches.num_micro_batches,
-            seq_length=self.cfg.data.seq_length,
-            micro_batch_size=par.micro_batch_size,
+            seq_length=self.cfg.data.seq_length * (par.micro_batch_size if self.packed else 1),
+            micro_batch_size=1 if self.packed else par.micro_batch_size,
             forward_only=forward_only,
         )
-        # [sum of token losses, target tokens] over the global batch, on every rank.
-        total = torch.zeros(2, dtype=torch.float64)
+        width = 2 + len(self.stage.metric_names)
+        totals = torch.zeros(width, dtype=torch.float64)
         if self.ps.is_pipeline_last_stage():
-            for item in losses:
-                total += item["lm loss"].detach().to("cpu", torch.float64)
-        dist.all_reduce(total, group=self.ps.get_data_parallel_group())
-        dist.all_reduce(total, group=self.ps.get_pipeline_model_parallel_group())
-        loss = (total[0] / total[1]).item() if total[1] > 0 else float("nan")
-        return loss, total[1].item()
+            for item in reports:
+                totals += item["report"].detach().to("cpu", torch.float64)
+        # Sums over data-parallel replicas, then from the last pipeline stage to every rank (others hold zeros).
+        dist.all_reduce(totals, group=self.ps.get_data_parallel_group())
+        dist.all_reduce(totals, group=self.ps.get_pipeline_model_parallel_group())
+        return self.stage.summarize(totals)
 
-    def evaluate(self) -> float:
+    def evaluate(self) -> dict[str, Any]:
         self.ddp.eval()
+        sums: dict[str, float] = {}
+        G = self.cfg.parallel.global_batch_size
         with torch.no_grad():
-            sums, count = 0.0, 0.0
-            G = self.cfg.parallel.global_batch_size
             for i in range(self.cfg.train.eval_iters):
-                loss, n = self._forward_backward(self.valid_batches, i * G, forward_only=True)
-                sums += loss * n
-                count += n
+                for key, value in self._forward_backward(self.valid_batches, i * G, forward_only=True).items():
+                    if value is not None:
+                        sums[key] = sums.get(key, 0.0) + value
         self.ddp.train()
-        return sums / count
+        return {f"val_{k}": v / self.cfg.train.eval_iters for k, v in sums.items() if k != "target_tokens"}
 
     def fit(self) -> int:
         from megafin.metrics.metrics import MetricsLogger
@@ -222,9 +226,10 @@ class Trainer:
                 t0 = time.perf_counter()
                 self.ddp.zero_grad_buffer()
                 self.optimizer.zero_grad()
-                loss, _ = self._forward_backward(self.train_batches, self.progress.consumed_samples,
-                                                 forward_only=False, nan=step in nan_steps)
-                record: dict[str, Any] = {"step": step, "loss": loss}
+                stats = self._forward_backward(self.train_batches, self.progress.consumed_samples,
+                                               forward_only=False, nan=step in nan_steps)
+                loss = stats["loss"]
+                record: dict[str, Any] = {"step": step, **stats}
                 if bad.observe(loss):
                     _, grad_norm, _ = self.optimizer.step()
                     record["grad_norm"] = float(grad_norm) if grad_norm is not None else None
@@ -242,7 +247,7 @@ class Trainer:
                     mfu=self.peak.mfu(tokens_per_s * self.flops_per_token, dist.get_world_size()),
                 )
                 if cfg.train.eval_interval and step % cfg.train.eval_interval == 0 and self.valid_batches:
-                    record["val_loss"] = self.evaluate()
+                    record.update(self.evaluate())
                 metrics.log(record)
                 bad.check(step)
                 stop_now = self._agree(stop.requested)
@@ -278,4 +283,3 @@ class Trainer:
         self._say(f"saved checkpoint {path}")
 
 
-MicroBatchesLike = Any

@@ -253,3 +253,43 @@ class LlamaAdapter:
         if not m.tie_embeddings:
             keys.append("output_layer.weight")
         return keys
+
+    # ------------------------------------------------------------------ dist_checkpointing keys
+    # megatron state-dict key suffix (per layer) -> sharded key suffix in a torch_dist checkpoint. The local spec's
+    # norms are saved under Transformer Engine's names (fused into the following linear), so checkpoints move
+    # between the local and TE specs.
+    _SHARDED_LAYER_KEYS = {
+        "input_layernorm.weight": "self_attention.linear_qkv.layer_norm_weight",
+        "self_attention.linear_qkv.weight": "self_attention.linear_qkv.weight",
+        "self_attention.linear_proj.weight": "self_attention.linear_proj.weight",
+        "pre_mlp_layernorm.weight": "mlp.linear_fc1.layer_norm_weight",
+        "mlp.linear_fc1.weight": "mlp.linear_fc1.weight",
+        "mlp.linear_fc2.weight": "mlp.linear_fc2.weight",
+    }
+
+    def sharded_location(self, key: str) -> tuple[str, int | None]:
+        """megatron state-dict key -> (sharded key of the global tensor, layer index on its leading axis or None)."""
+        if key.startswith("decoder.layers."):
+            _, _, i, rest = key.split(".", 3)
+            return "decoder.layers." + self._SHARDED_LAYER_KEYS[rest], int(i)
+        return key, None
+
+    def sharded_shapes(self, m: ModelConfig, padded_vocab: int) -> dict[str, tuple[int, ...]]:
+        """Global shapes of the model's tensors in a torch_dist checkpoint (independent of the saved TP/PP)."""
+        H, L, F = m.hidden_size, m.num_layers, m.ffn_hidden_size
+        d = H // m.num_attention_heads
+        shapes = {"embedding.word_embeddings.weight": (padded_vocab, H)}
+        layer = {
+            "self_attention.linear_qkv.layer_norm_weight": (L, H),
+            "self_attention.linear_qkv.weight": (L, (m.num_attention_heads + 2 * m.num_query_groups) * d, H),
+            "self_attention.linear_proj.weight": (L, H, m.num_attention_heads * d),
+            "mlp.linear_fc1.layer_norm_weight": (L, H),
+            "mlp.linear_fc1.weight": (L, 2 * F, H),
+            "mlp.linear_fc2.weight": (L, H, F),
+        }
+        shapes.update({"decoder.layers." + k: v for k, v in layer.items()})
+        shapes["decoder.final_layernorm.weight"] = (H,)
+        if not m.tie_embeddings:
+            shapes["output_layer.weight"] = (padded_vocab, H)
+        return shapes
+

@@ -1,0 +1,219 @@
+"""DPO-family preference alignment (DPO, RPO = DPO + NLL on chosen, IPO) on packed pairs, as NeMo-Aligner did.
+
+Pairs come from `data_prep preference`: in every pack, document 2k is the chosen and 2k+1 the rejected response
+(prompt + response, loss mask on the response). A sequence's log-prob is the sum of its target tokens' log-probs,
+taken from GPTModel's per-token (vocab-parallel) cross entropy.
+
+Losses, per pair, with delta = (pi_c - ref_c) - (pi_r - ref_r):
+- dpo: -(1 - ls) * logsigmoid(beta * delta) - ls * logsigmoid(-beta * delta)   (ls: dpo.label_smoothing)
+- ipo: (delta_avg - 1 / (2 * beta))^2 with per-token averaged log-ratios (as TRL and the IPO authors do)
+- rpo: dpo + rpo_alpha * NLL(chosen) / |chosen|   (Pang et al. 2024: NLL length-normalized per sequence)
+Implicit rewards: beta * (pi - ref). The loss is a mean over all pairs of the global batch.
+
+The frozen reference is the policy's starting point (`train.init_from`) unless `dpo.reference` names another
+checkpoint. Its log-probs are computed once before training over every pack (each data-parallel rank takes a
+share) and kept in RUN_DIR/reference_logps/ (one file per data-parallel shard), so a resumed run reuses them;
+`dpo.reference_logps: online` instead runs the reference model next to the policy at every step (pp=1 only).
+"""
+from __future__ import annotations
+
+import json
+import math
+from functools import partial
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+
+from megafin.train.stages import Stage, per_token_loss
+
+CACHE_DIR = "reference_logps"
+
+
+def sequence_sums(values: torch.Tensor, cu_seqlens: torch.Tensor, num_docs: int) -> torch.Tensor:
+    """Per-document sums of per-token values over a THD micro-batch (the padding document dropped)."""
+    from kernels import segment_sum
+
+    return segment_sum(values, cu_seqlens.to(values.device))[:num_docs]
+
+
+class DPOStage(Stage):
+    metric_names = ("pref_loss", "nll", "reward_chosen", "reward_rejected", "reward_margin", "reward_accuracy")
+
+    def __init__(self, cfg: Any) -> None:
+        super().__init__(cfg)
+        self.d = cfg.dpo
+        self.reference: dict[int, np.ndarray] = {}  # pack id -> reference log-prob of each of its documents
+        self.ref_model: Any = None
+
+    # ------------------------------------------------------------------ loss
+    def pair_losses(self, logp: torch.Tensor, ntok: torch.Tensor, ref: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Per-pair tensors from per-sequence policy log-probs, target-token counts and reference log-probs."""
+        beta = self.d.beta
+        pc, pr, rc, rr = logp[0::2], logp[1::2], ref[0::2], ref[1::2]
+        nc, nr = ntok[0::2].clamp(min=1), ntok[1::2].clamp(min=1)
+        chosen_ratio, rejected_ratio = pc - rc, pr - rr
+        if self.d.loss == "ipo":
+            delta = chosen_ratio / nc - rejected_ratio / nr
+            pref = (delta - 1.0 / (2.0 * beta)) ** 2
+        else:
+            delta = chosen_ratio - rejected_ratio
+            ls = self.d.label_smoothing
+            pref = -(1.0 - ls) * F.logsigmoid(beta * delta) - ls * F.logsigmoid(-beta * delta)
+        nll = -pc / nc
+        total = pref + self.d.rpo_alpha * nll if self.d.loss == "rpo" else pref
+        reward_c, reward_r = beta * chosen_ratio.detach(), beta * rejected_ratio.detach()
+        return {"loss": total, "pref_loss": pref, "nll": nll, "reward_chosen": reward_c, "reward_rejected": reward_r}
+
+    def loss(self, batch: dict, output_tensor: torch.Tensor, ref_output: Any = None
+             ) -> tuple[torch.Tensor, torch.Tensor, dict]:
+        device = output_tensor.device
+        mask = batch["loss_mask"].reshape(-1).to(device).float()
+        num_docs = batch["num_docs"]
+        logp = sequence_sums(-output_tensor.reshape(-1).float() * mask, batch["cu_seqlens"], num_docs)
+        ntok = sequence_sums(mask, batch["cu_seqlens"], num_docs)
+        if ref_output is not None:
+            ref = sequence_sums(-ref_output.reshape(-1).float() * mask, batch["cu_seqlens"], num_docs)
+        else:
+            ref = torch.from_numpy(self._lookup(batch)).to(device=device, dtype=torch.float32)
+        out = self.pair_losses(logp, ntok, ref)
+        pairs = out["loss"].numel()
+        margin = out["reward_chosen"] - out["reward_rejected"]
+        loss_sum = out["loss"].sum()
+        report = torch.stack([loss_sum.detach(), torch.tensor(float(pairs), device=device),
+                              out["pref_loss"].detach().sum(), out["nll"].detach().sum(),
+                              out["reward_chosen"].sum(), out["reward_rejected"].sum(), margin.sum(),
+                              (margin > 0).float().sum()])
+        return loss_sum, torch.tensor(pairs, dtype=torch.int, device=device), {"report": report}
+
+    def _lookup(self, batch: dict) -> np.ndarray:
+        """Reference log-probs of the micro-batch's documents, in order, from the precomputed cache."""
+        values = []
+        for pid in batch["pack_ids"]:
+            values.append(self.reference[pid])
+        return np.concatenate(values).astype(np.float32)
+
+    def forward_step(self, nan_loss: bool = False) -> Callable:
+        if self.ref_model is None:
+            return super().forward_step(nan_loss)
+
+        def forward_step(data_iterator: Any, model: Any) -> tuple[torch.Tensor, Callable]:
+            batch = next(data_iterator)
+            with torch.no_grad():
+                ref_out = per_token_loss(self.ref_model, batch)
+            return per_token_loss(model, batch, nan_loss), partial(self.loss, batch, ref_output=ref_out)
+
+        return forward_step
+
+    # ----------------------------------------------------------- reference
+    def prepare(self, trainer: Any) -> None:
+        from megafin.checkpoint.manager import load_checkpoint
+
+        ref_ckpt = self.d.reference or self.cfg.train.init_from
+        if self.d.reference_logps == "online":
+            from megafin.model import build_model
+
+            self.ref_model = build_model(self.cfg, trainer.vocab_size)
+            if ref_ckpt:
+                load_checkpoint(ref_ckpt, self.ref_model, None, None)
+            else:  # no checkpoint: the reference is the policy's own (random) initialization
+                self.ref_model.load_state_dict(trainer.model.state_dict())
+            self.ref_model.eval().requires_grad_(False)
+            return
+        cache = Path(self.cfg.run_dir) / CACHE_DIR
+        if not self._load_cache(cache, trainer):
+            if ref_ckpt:
+                load_checkpoint(ref_ckpt, trainer.model, None, None)
+            self._compute_cache(cache, trainer)
+            self._load_cache(cache, trainer)
+
+    def _all_pack_ids(self, trainer: Any) -> np.ndarray:
+        packs = trainer.train_batches.dataset.packs
+        return np.arange(len(packs))
+
+    def _load_cache(self, cache: Path, trainer: Any) -> bool:
+        meta_path = cache / "meta.json"
+        if not meta_path.is_file():
+            return False
+        meta = json.loads(meta_path.read_text())
+        self.reference = {}
+        for shard in meta["shards"]:
+            data = np.load(cache / shard)
+            offsets = data["offsets"]
+            for k, pid in enumerate(data["pack_ids"].tolist()):
+                self.reference[pid] = data["values"][offsets[k]:offsets[k + 1]]
+        missing = [int(p) for p in self._all_pack_ids(trainer) if int(p) not in self.reference]
+        if missing:
+            raise RuntimeError(f"{cache}: reference log-probs missing for {len(missing)} packs (e.g. {missing[:3]}); "
+                               f"delete the directory to recompute")
+        return True
+
+    def _compute_cache(self, cache: Path, trainer: Any) -> None:
+        """Forward-only passes of the reference over every pack; data-parallel rank r takes packs r, r+D, ..."""
+        from megatron.core import parallel_state as ps
+        from megatron.core.pipeline_parallel import get_forward_backward_func
+
+        from megafin.data.packed import collate_packed
+
+        dataset = trainer.train_batches.dataset
+        packs = dataset.packs
+        dp_rank, dp_size = ps.get_data_parallel_rank(), ps.get_data_parallel_world_size()
+        mbs, seq = self.cfg.parallel.micro_batch_size, self.cfg.data.seq_length
+        mine = self._all_pack_ids(trainer)[dp_rank::dp_size]
+        # Every data-parallel rank runs the same number of micro-batches (pipeline stages must agree).
+        total = len(self._all_pack_ids(trainer))
+        n_micro = math.ceil(math.ceil(total / dp_size) / mbs)
+        pad_id = int(packs.meta.get("pad_id", 0))
+        batches = []
+        for m in range(n_micro):
+            ids = mine[m * mbs:(m + 1) * mbs].tolist()
+            samples = [{"pack_id": pid, "tokens": t, "loss_mask": lm, "doc_lens": dl}
+                       for pid in ids for t, lm, dl in [packs[pid]]]
+            if not samples:  # a short shard repeats its first pack so shapes stay fixed; the result is dropped
+                t, lm, dl = packs[int(mine[0])]
+                samples = [{"pack_id": -1, "tokens": t, "loss_mask": lm, "doc_lens": dl}]
+            batches.append(collate_packed(samples, seq, pad_id))
+        results: dict[int, np.ndarray] = {}
+
+        def record(batch: dict, output_tensor: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, dict]:
+            mask = batch["loss_mask"].reshape(-1).float()
+            logp = sequence_sums(-output_tensor.reshape(-1).float().cpu() * mask, batch["cu_seqlens"],
+                                 batch["num_docs"]).numpy()
+            doc_pack = np.asarray(batch["doc_pack"])
+            for s_idx, pid in enumerate(batch["pack_ids"]):
+                if pid >= 0:
+                    results[pid] = logp[doc_pack == s_idx].astype(np.float64)
+            zero = output_tensor.sum() * 0.0
+            return zero, torch.tensor(1, dtype=torch.int), {"report": torch.zeros(2)}
+
+        def forward_step(data_iterator: Any, model: Any) -> tuple[torch.Tensor, Callable]:
+            batch = next(data_iterator)
+            return per_token_loss(model, batch), partial(record, batch)
+
+        was_training = trainer.ddp.training
+        trainer.ddp.eval()
+        with torch.no_grad():
+            get_forward_backward_func()(
+                forward_step_func=forward_step, data_iterator=iter(batches), model=[trainer.ddp],
+                num_microbatches=n_micro, seq_length=seq * mbs, micro_batch_size=1, forward_only=True)
+        trainer.ddp.train(was_training)
+        # The last pipeline stage holds the values; its first tensor-parallel rank writes this shard.
+        if ps.is_pipeline_last_stage() and ps.get_tensor_model_parallel_rank() == 0:
+            cache.mkdir(parents=True, exist_ok=True)
+            ids = sorted(results)
+            values = [results[i] for i in ids]
+            offsets = np.concatenate([[0], np.cumsum([len(v) for v in values])])
+            np.savez(cache / f"dp{dp_rank:05d}-of-{dp_size:05d}.npz", pack_ids=np.asarray(ids, dtype=np.int64),
+                     offsets=offsets, values=np.concatenate(values) if values else np.zeros(0))
+        dist.barrier()
+        if dist.get_rank() == dist.get_world_size() - 1:  # a last-stage rank: writes the marker after all shards
+            meta = {"shards": [f"dp{r:05d}-of-{dp_size:05d}.npz" for r in range(dp_size)],
+                    "reference": self.d.reference or self.cfg.train.init_from or "policy initialization",
+                    "data": self.cfg.data.blend[0].path, "num_packs": total}
+            tmp = cache / "meta.json.tmp"
+            tmp.write_text(json.dumps(meta, indent=2))
+            tmp.replace(cache / "meta.json")
+        dist.barrier()
