@@ -1,7 +1,8 @@
 """Run under torchrun with 2 processes: load converted checkpoints at TP=2 or PP=2, save the full logits.
 
-usage: torchrun --nproc-per-node 2 parallel_worker.py TOKENS.pt OUT_DIR NAME=CKPT:TP:PP ...
-Rank 0 writes OUT_DIR/NAME.pt with logits [b, s, vocab] for each job. One process group for all jobs; megatron's
+usage: torchrun --nproc-per-node 2 parallel_worker.py TOKENS.pt OUT_DIR NAME=CKPT:TP:PP[@SAVE_RUN_DIR] ...
+Rank 0 writes OUT_DIR/NAME.pt with logits [b, s, vocab] for each job; with @SAVE_RUN_DIR the loaded model is also
+saved there at this layout by the trainer's save_checkpoint (a checkpoint saved at TP=2 or PP=2 for to-hf). One process group for all jobs; megatron's
 model-parallel state is rebuilt per layout.
 """
 from __future__ import annotations
@@ -32,6 +33,7 @@ def main() -> None:
     jobs = [arg.split("=", 1) for arg in sys.argv[3:]]
     first = True
     for name, spec in jobs:
+        spec, _, save_to = spec.partition("@")
         ckpt, tp, pp = spec.rsplit(":", 2)
         if first:
             init_distributed(detect_launch_env(), int(tp), int(pp), 1234)
@@ -44,6 +46,12 @@ def main() -> None:
         logits = forward_logits(model, tokens, vocab)
         if dist.get_rank() == 0:
             torch.save(logits, out_dir / f"{name}.pt")
+        if save_to:
+            from megafin.checkpoint.manager import Progress, read_meta, save_checkpoint
+
+            meta = read_meta(ckpt)
+            save_checkpoint(save_to, model, None, None, Progress(), keep_last=1,
+                            extra_meta={k: meta[k] for k in ("vocab_size", "config")})
         dist.barrier()
     shutdown_distributed()
 

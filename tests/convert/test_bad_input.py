@@ -107,8 +107,8 @@ def test_checkpoint_config_not_matching_weights_names_the_key(converted, tmp_pat
     meta = json.loads((ckpt / "megafin.json").read_text())
     meta["config"]["model"]["ffn_hidden_size"] = 96
     (ckpt / "megafin.json").write_text(json.dumps(meta))
-    with pytest.raises(ConvertError, match=r"tensor decoder.layers.mlp.linear_fc2.weight has shape \[4, 64, 128\], "
-                                           r"but the config in megafin.json implies \[4, 64, 96\]"):
+    with pytest.raises(ConvertError, match=r"tensor decoder.layers.mlp.linear_fc1.weight has shape \[4, 256, 64\], "
+                                           r"but the config in megafin.json implies \[4, 192, 64\]"):
         to_hf(ckpt, tmp_path / "out")
     _assert_nothing_written(tmp_path / "out")
 
