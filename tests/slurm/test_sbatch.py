@@ -1,0 +1,132 @@
+"""slurm/cpt.sbatch on a real single-node Slurm (CPU profile: gloo, 2 tasks = DP 2).
+
+- a plain submission finishes and its metrics equal a direct torchrun run of the same recipe;
+- USR1 to the batch shell (what `--signal=B:USR1@N` does before the time limit; sent here with
+  `scancel --signal=USR1 --batch` once a few steps are written, so the test does not wait for Slurm's coarse
+  timer) -> checkpoint, exit 75, `scontrol requeue`, resume from latest, losses bit-equal to the uninterrupted run;
+- bad submissions fail fast with the trainer's one-line message and are never requeued.
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import FAST, REPO, data_overrides, run_train
+
+STEPS = 20
+CPT = REPO / "slurm" / "cpt.sbatch"
+TERMINAL = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "BOOT_FAIL", "DEADLINE",
+            "PREEMPTED"}
+COMPARED = ("loss", "grad_norm", "lr", "consumed_samples", "skipped")
+
+
+def _overrides(tiny_data: Path) -> list[str]:
+    return [*FAST, *data_overrides(tiny_data), f"train.steps={STEPS}"]
+
+
+def _records(run_dir: Path) -> list[dict]:
+    return [{k: rec.get(k) for k in ("step", *COMPARED)}
+            for rec in map(json.loads, (Path(run_dir) / "metrics.jsonl").read_text().splitlines())]
+
+
+@pytest.fixture(scope="module")
+def reference(tiny_data, tmp_path_factory) -> list[dict]:
+    """The uninterrupted run, launched directly with torchrun (2 processes, DP 2)."""
+    run_dir = tmp_path_factory.mktemp("torchrun_ref")
+    proc = run_train([*_overrides(tiny_data), f"run_dir={run_dir}"], nproc=2)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    records = _records(run_dir)
+    assert [r["step"] for r in records] == list(range(1, STEPS + 1))
+    return records
+
+
+def submit(slurm, out_dir: Path, args: list[str], ntasks: int = 2, sbatch_flags: tuple[str, ...] = (),
+           script: Path = CPT) -> tuple[int, Path]:
+    """`sbatch` the way a user on a CPU cluster would (docs/slurm.md), from the repo root."""
+    env = {**slurm.env, "MEGAFIN_PROFILE": "cpu", "MEGAFIN_HOME": str(REPO), "MEGAFIN_PYTHON": sys.executable,
+           "PYTHONPATH": str(REPO), "RUN_DIR": str(out_dir / "run")}
+    out = out_dir / "job-%j.out"
+    proc = slurm.run("sbatch", "--parsable", "--gpus-per-node=0", "--nodes=1", f"--ntasks-per-node={ntasks}",
+                     f"--ntasks={ntasks}", f"--output={out}", *sbatch_flags, str(script), *args, env=env, cwd=REPO)
+    assert proc.returncode == 0, proc.stderr
+    job = int(proc.stdout.strip().split(";")[0])
+    return job, out_dir / f"job-{job}.out"
+
+
+def wait_for(slurm, job: int, timeout: float) -> str:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        state = slurm.job_field(job, "JobState")
+        if state in TERMINAL:
+            return state
+        time.sleep(0.5)
+    slurm.run("scancel", str(job))
+    raise AssertionError(f"job {job} not finished after {timeout:.0f}s (state {state})")
+
+
+def test_sbatch_cpt_two_tasks_matches_torchrun(slurm, tiny_data, reference, tmp_path):
+    job, out = submit(slurm, tmp_path, ["recipes/tiny/cpt.yaml", *_overrides(tiny_data)])
+    state = wait_for(slurm, job, 180)
+    log = out.read_text()
+    assert state == "COMPLETED", log[-4000:]
+    assert slurm.job_field(job, "ExitCode") == "0:0"
+    assert "world 2 = tp 1 x pp 1 x dp 2" in log and "srun launch" in log, log[-4000:]
+    assert _records(tmp_path / "run") == reference
+
+
+def test_usr1_checkpoints_requeues_and_resumes_bit_exact(slurm, tiny_data, reference, tmp_path):
+    # --time and --signal as a user would set them; the test delivers the same USR1 to the batch shell itself.
+    job, out = submit(slurm, tmp_path, ["recipes/tiny/cpt.yaml", *_overrides(tiny_data)],
+                      sbatch_flags=("--time=10", "--signal=B:USR1@60"))
+    metrics = tmp_path / "run" / "metrics.jsonl"
+    deadline = time.time() + 120
+    while not (metrics.is_file() and len(metrics.read_text().splitlines()) >= 3):
+        assert slurm.job_field(job, "JobState") in ("PENDING", "RUNNING", "CONFIGURING"), out.read_text()[-4000:]
+        assert time.time() < deadline, "no training steps after 120 s"
+        time.sleep(0.2)
+    sent = slurm.run("scancel", "--signal=USR1", "--batch", str(job))
+    assert sent.returncode == 0, sent.stderr
+    state = wait_for(slurm, job, 180)
+    log = out.read_text()
+    assert state == "COMPLETED", log[-6000:]
+    assert slurm.job_field(job, "Restarts") == "1", log[-6000:]
+    assert "megafin-slurm: received SIGUSR1" in log
+    assert "megafin: received SIGUSR1; saving a checkpoint" in log
+    assert "exit 75: resume with train.resume=auto" in log
+    assert "requeueing job" in log
+    assert "attempt 1:" in log and "resumed from" in log
+    stopped_at = int(log.split("stopped on SIGUSR1 after step ")[1].split(";")[0])
+    assert 3 <= stopped_at < STEPS, "the signal must land mid-run"
+    assert _records(tmp_path / "run") == reference  # each step once, bit-equal losses, grad norms and lr
+
+
+@pytest.mark.parametrize("case", ["unknown_recipe", "invalid_override", "too_many_tasks"])
+def test_bad_submission_fails_fast_without_requeue(case, slurm, tiny_data, tmp_path):
+    args, ntasks = ["recipes/tiny/cpt.yaml", *_overrides(tiny_data)], 2
+    if case == "unknown_recipe":
+        args[0] = "recipes/tiny/nope.yaml"
+        message = "megafin: config error: recipe: file not found: recipes/tiny/nope.yaml"
+    elif case == "invalid_override":
+        args.append("parallel.tp=two")
+        message = "megafin: config error: parallel.tp: expected an integer, got 'two'"
+    else:  # 3 ranks cannot be tp=2 x pp=1 x dp
+        args.append("parallel.tp=2")
+        ntasks = 3
+        message = "megafin: config error: parallel.tp: expected tp*pp=2 to divide the world size 3"
+    t0 = time.time()
+    job, out = submit(slurm, tmp_path, args, ntasks=ntasks)
+    state = wait_for(slurm, job, 90)
+    log = out.read_text()
+    assert state == "FAILED", log
+    assert slurm.job_field(job, "ExitCode") == "2:0", log
+    assert slurm.job_field(job, "Restarts") == "0", log
+    assert message in log, log
+    assert "config error (exit 2): not requeueing" in log
+    assert time.time() - t0 < 60, "a config error must fail fast"
+    time.sleep(1)
+    assert slurm.job_field(job, "JobState") == "FAILED"  # and stays failed: no requeue loop
