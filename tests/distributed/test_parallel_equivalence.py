@@ -1,31 +1,61 @@
-"""TP=2, PP=2 and DP=2 (2 gloo processes each) train the tiny recipe to the single-process losses."""
+"""Every tiny recipe trains under 2 gloo processes at TP=2, PP=2 and DP=2 to the single-process losses (1e-5).
+
+CPT on the indexed corpora; SFT, CPT+IT and DPO on data_prep's packed outputs (THD batches, per-document
+attention; DPO with its reference log-prob pass run under the same layout)."""
 from __future__ import annotations
+
+import json
 
 import pytest
 
-from tests.helpers import FAST, assert_ok, data_overrides, losses, run_train
+from tests.helpers import FAST, REPO, assert_ok, losses, run_train
 
-STEPS = 6
 # Same schedule in every run (decay_steps fixed), so runs of different lengths see the same learning rates.
-SCHEDULE = ["scheduler.decay_steps=20", "scheduler.warmup_steps=3"]
+SCHEDULE = ["scheduler.decay_steps=20", "scheduler.warmup_steps=2"]
+STEPS = {"cpt": 6, "sft": 5, "cpt_it": 5, "dpo": 5}
+LAYOUTS = {"tp2": ["parallel.tp=2"], "pp2": ["parallel.pp=2"], "dp2": []}
+CASES = [("cpt", "tp2"), ("cpt", "pp2"), ("cpt", "dp2"), ("sft", "tp2"), ("sft", "pp2"), ("sft", "dp2"),
+         ("cpt_it", "tp2"), ("cpt_it", "pp2"), ("dpo", "tp2"), ("dpo", "pp2"), ("dpo", "dp2")]
+
+
+def recipe_overrides(recipe: str, tiny_data, run_dir) -> list[str]:
+    data = {"cpt": [f"data.blend=[{{path: {tiny_data / 'finance_text_document'}, weight: 0.7}}, "
+                    f"{{path: {tiny_data / 'general_text_document'}, weight: 0.3}}]"],
+            "sft": [f"data.blend=[{{path: {tiny_data / 'sft'}, weight: 1}}]"],
+            "cpt_it": [f"data.blend=[{{path: {tiny_data / 'cpt_it'}, weight: 1}}]"],
+            "dpo": [f"data.blend=[{{path: {tiny_data / 'preference'}, weight: 1}}]"]}[recipe]
+    return [*FAST, f"data.tokenizer={tiny_data / 'tokenizer'}", *data, *SCHEDULE, f"train.steps={STEPS[recipe]}",
+            f"run_dir={run_dir}"]
 
 
 @pytest.fixture(scope="module")
-def single_losses(tiny_data, tmp_path_factory):
-    run_dir = tmp_path_factory.mktemp("single")
-    assert_ok(run_train([*FAST, *data_overrides(tiny_data), *SCHEDULE, f"train.steps={STEPS}",
-                         f"run_dir={run_dir}"]))
-    return losses(run_dir)
+def single(tiny_data, tmp_path_factory):
+    cache = {}
+
+    def get(recipe: str) -> dict:
+        if recipe not in cache:
+            run_dir = tmp_path_factory.mktemp(f"single_{recipe}")
+            assert_ok(run_train(recipe_overrides(recipe, tiny_data, run_dir), recipe=REPO / f"recipes/tiny/{recipe}.yaml"))
+            cache[recipe] = run_dir
+        return cache[recipe]
+
+    return get
 
 
-@pytest.mark.parametrize("layout", [["parallel.tp=2"], ["parallel.pp=2"], []], ids=["tp2", "pp2", "dp2"])
-def test_two_process_layout_matches_single_process(layout, single_losses, tiny_data, tmp_path):
-    proc = run_train([*FAST, *data_overrides(tiny_data), *SCHEDULE, f"train.steps={STEPS}", f"run_dir={tmp_path}",
-                      *layout], nproc=2)
+@pytest.mark.parametrize("recipe,layout", CASES, ids=[f"{r}-{l}" for r, l in CASES])
+def test_two_process_layout_matches_single_process(recipe, layout, single, tiny_data, tmp_path):
+    base = single(recipe)
+    proc = run_train([*recipe_overrides(recipe, tiny_data, tmp_path), *LAYOUTS[layout]], nproc=2,
+                     recipe=REPO / f"recipes/tiny/{recipe}.yaml")
     assert_ok(proc)
-    got = losses(tmp_path)
-    assert sorted(got) == list(range(1, STEPS + 1))
-    for step in range(1, STEPS + 1):
-        assert got[step] == pytest.approx(single_losses[step], abs=1e-5), f"step {step}: {got} vs {single_losses}"
-    # The loss must actually move, or matching would prove nothing.
-    assert single_losses[STEPS] < single_losses[1] - 0.3
+    want, got = losses(base), losses(tmp_path)
+    assert sorted(got) == list(range(1, STEPS[recipe] + 1))
+    for step in sorted(got):
+        assert got[step] == pytest.approx(want[step], abs=1e-5), f"step {step}: {got} vs {want}"
+    # The loss must move, or matching would prove little.
+    assert abs(want[STEPS[recipe]] - want[1]) > 0.05
+    if recipe == "dpo":  # every DPO metric agrees too, not only the loss
+        rec = lambda d: json.loads((d / "metrics.jsonl").read_text().splitlines()[-1])  # noqa: E731
+        a, b = rec(base), rec(tmp_path)
+        for key in ("pref_loss", "nll", "reward_chosen", "reward_rejected", "reward_accuracy"):
+            assert b[key] == pytest.approx(a[key], abs=1e-5), key
