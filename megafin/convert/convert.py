@@ -151,13 +151,12 @@ def checkpoint_config(ckpt: Path) -> tuple[Config, int]:
 # ---------------------------------------------------------------------------------------------- from-hf
 def from_hf(hf_dir: str | Path, out: str | Path, tp: int = 1, pp: int = 1, dtype: str = "fp32",
             force: bool = False) -> Path:
-    """HF checkpoint -> a megafin training checkpoint (dist_checkpointing, TP/PP-free on disk) at `out`."""
-    import torch
+    """HF checkpoint -> a megafin training checkpoint (dist_checkpointing torch_dist, TP/PP-free on disk) at `out`.
 
-    from megafin.checkpoint.manager import Progress, save_checkpoint
+    Streams: each HF tensor is read, fused into megatron's layout and written before the next is read."""
     from megafin.config.load import config_to_dict
-    from megafin.convert.runtime import megatron_session, model_build_config
-    from megafin.model import build_model, padded_vocab_size
+    from megafin.convert.dcp_writer import write_model_checkpoint
+    from megafin.model.llama import padded_vocab_size
 
     hf_dir, out = Path(hf_dir), Path(out)
     _check_output(out, force)
@@ -169,41 +168,21 @@ def from_hf(hf_dir: str | Path, out: str | Path, tp: int = 1, pp: int = 1, dtype
     cfg.parallel.tp, cfg.parallel.pp = tp, pp
     cfg.precision.dtype = dtype
     src_dtype = _ST_DTYPE_NAMES.get(weights.dtype("model.embed_tokens.weight"), "fp32")
+    padded = padded_vocab_size(m.vocab_size, m.make_vocab_size_divisible_by)
     with _staging(out, force) as tmp:
         if _has_tokenizer(hf_dir):
             cfg.data.tokenizer = str((out / TOKENIZER_SUBDIR).resolve())
-        with megatron_session(1, 1, cfg.train.seed):
-            model = build_model(model_build_config(cfg, 1, 1), m.vocab_size)
-            state = model.state_dict()
-            wanted = {k for k in state if not k.endswith("_extra_state")}
-            if wanted != set(adapter.megatron_keys(m)):
-                raise ConvertError(f"internal: megafin model keys {sorted(wanted ^ set(adapter.megatron_keys(m)))} "
-                                   f"do not match the {adapter.family} adapter")
-            padded = padded_vocab_size(m.vocab_size, m.make_vocab_size_divisible_by)
-            with torch.no_grad():
-                for key, tensor in adapter.to_megatron(m, padded, weights.get):
-                    dst = state[key]
-                    if tuple(dst.shape) != tuple(tensor.shape):
-                        raise ConvertError(f"internal: {key} built as {list(tensor.shape)}, model has "
-                                           f"{list(dst.shape)}")
-                    dst.copy_(tensor)
-                    del tensor
-            meta = {"vocab_size": m.vocab_size, "config": config_to_dict(cfg),
-                    "converted_from": {"hf_dir": str(hf_dir.resolve()), "architecture": adapter.architecture,
-                                       "hf_dtype": src_dtype, "requested_layout": {"tp": tp, "pp": pp}}}
-            step_dir = save_checkpoint(tmp / "run", model, None, None, Progress(), keep_last=1, extra_meta=meta)
-            del model, state
-        if _has_tokenizer(hf_dir):
-            _copy_tokenizer(hf_dir, step_dir / TOKENIZER_SUBDIR)
+            _copy_tokenizer(hf_dir, tmp / TOKENIZER_SUBDIR)
+        write_model_checkpoint(tmp, adapter, cfg, padded, adapter.to_megatron(m, padded, weights.get),
+                               DTYPE_NAMES[dtype])
         if (hf_dir / "generation_config.json").is_file():
-            shutil.copy2(hf_dir / "generation_config.json", step_dir / "hf_generation_config.json")
-        # The checkpoint directory itself becomes `out` (the staging wrapper is dropped).
-        inner = tmp / "ckpt"
-        os.replace(step_dir, inner)
-        shutil.rmtree(tmp / "run")
-        for child in inner.iterdir():
-            os.replace(child, tmp / child.name)
-        inner.rmdir()
+            shutil.copy2(hf_dir / "generation_config.json", tmp / "hf_generation_config.json")
+        # What the trainer's save_checkpoint records, for a model saved by one process.
+        meta = {"step": 0, "consumed_samples": 0, "consumed_tokens": 0, "layout": {"tp": 1, "pp": 1, "dp": 1},
+                "vocab_size": m.vocab_size, "config": config_to_dict(cfg),
+                "converted_from": {"hf_dir": str(hf_dir.resolve()), "architecture": adapter.architecture,
+                                   "hf_dtype": src_dtype, "requested_layout": {"tp": tp, "pp": pp}}}
+        (tmp / META).write_text(json.dumps(meta, indent=2))
     return out
 
 
