@@ -15,7 +15,8 @@ from megafin.checkpoint.signals import EXIT_CONFIG_ERROR
 def quiet_third_party() -> None:
     # Expected on CPU and on GPU nodes without Apex/TE; megafin logs its own backend choice.
     for pattern in (".*Apex is not installed.*", ".*Transformer Engine and Apex are not installed.*",
-                    ".*full scope is deprecated.*"):
+                    ".*full scope is deprecated.*", ".*Please use DTensor instead.*",
+                    ".*`load_state_dict` is deprecated.*"):
         warnings.filterwarnings("ignore", message=pattern)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
 

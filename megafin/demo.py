@@ -1,6 +1,8 @@
-"""`make demo`: raw text -> tokenizer -> indexed corpora -> a CPT run of the tiny recipe, on CPU.
+"""`make demo`: FinDAP's recipe end to end on the tiny model, on CPU.
 
-Everything lands in demo_out/: data/ (tokenizer, .bin/.idx, stats) and runs/cpt/ (metrics.jsonl, checkpoints).
+raw text -> tokenizer -> indexed corpora and packed SFT/CPT+IT/preference data (data_prep) -> joint CPT+IT run
+-> DPO-family (RPO) run starting from the CPT+IT checkpoint. Everything lands in demo_out/: data/ and
+runs/{cpt_it,dpo}/ (metrics.jsonl, config.yaml, checkpoints/). Extra arguments are overrides for both runs.
 """
 from __future__ import annotations
 
@@ -35,16 +37,24 @@ def prepare_data(out: Path = OUT / "data") -> Path:
 
 
 def main() -> int:
+    from megafin.checkpoint.manager import latest_checkpoint
     from megafin.cli import main as megafin_main, quiet_third_party
 
     quiet_third_party()
-
     prepare_data()
-    recipe = REPO / "recipes" / "tiny" / "cpt.yaml"
-    print(f"demo: megafin train {recipe.relative_to(REPO)}", flush=True)
-    code = megafin_main(["train", str(recipe), *sys.argv[1:]])
+    overrides = sys.argv[1:]
+    recipes = REPO / "recipes" / "tiny"
+    print("demo: [1/2] joint CPT+IT: megafin train recipes/tiny/cpt_it.yaml", flush=True)
+    code = megafin_main(["train", str(recipes / "cpt_it.yaml"), *overrides])
+    if code != 0:
+        return code
+    start = latest_checkpoint(OUT / "runs" / "cpt_it")
+    print(f"demo: [2/2] RPO from {start}: megafin train recipes/tiny/dpo.yaml train.init_from={start}", flush=True)
+    code = megafin_main(["train", str(recipes / "dpo.yaml"), f"train.init_from={start}", *overrides])
     if code == 0:
-        print(f"demo: metrics in {OUT / 'runs/cpt/metrics.jsonl'}, checkpoints in {OUT / 'runs/cpt/checkpoints'}/")
+        for run in ("cpt_it", "dpo"):
+            print(f"demo: {run}: metrics {OUT / 'runs' / run / 'metrics.jsonl'}, "
+                  f"checkpoints {OUT / 'runs' / run / 'checkpoints'}/")
     return code
 
 

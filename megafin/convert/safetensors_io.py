@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator
 
 import torch
-from safetensors import safe_open
 
 from megafin.convert.errors import ConvertError
 
@@ -40,36 +39,66 @@ def parse_size(text: str) -> int:
     return size
 
 
+_ST_TORCH = {"F32": torch.float32, "BF16": torch.bfloat16, "F16": torch.float16, "F64": torch.float64,
+             "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
+             "BOOL": torch.bool}
+
+
+def read_header(path: Path) -> dict[str, Any]:
+    """The tensor entries of a safetensors file ({key: {dtype, shape, data_offsets}}), with the data start."""
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as f:
+            raw = f.read(8)
+            if len(raw) < 8:
+                raise ValueError("shorter than 8 bytes")
+            (n,) = struct.unpack("<Q", raw)
+            if n > min(size - 8, 100_000_000):
+                raise ValueError(f"header length {n} exceeds the file")
+            header = json.loads(f.read(n))
+    except (OSError, ValueError) as err:
+        raise ConvertError(f"{path}: not a readable safetensors file ({err})") from None
+    header.pop("__metadata__", None)
+    data_start = 8 + n
+    for key, entry in header.items():
+        begin, end = entry["data_offsets"]
+        if entry.get("dtype") not in _ST_TORCH or data_start + end > size:
+            raise ConvertError(f"{path}: tensor {key} has an unknown dtype or lies past the end of the file")
+        entry["start"] = data_start + begin
+        entry["nbytes"] = end - begin
+    return header
+
+
 class HFWeights:
-    """The tensors of an HF checkpoint directory (model.safetensors or an index with shards), validated."""
+    """The tensors of an HF checkpoint directory (model.safetensors or an index with shards), validated.
+
+    Tensors are read with plain file reads into fresh tensors (no mmap): a memory-mapped source would keep every
+    page it touched resident in this process."""
 
     def __init__(self, hf_dir: Path) -> None:
         self.dir = hf_dir
         index = hf_dir / INDEX
         if index.is_file():
             try:
-                weight_map: dict[str, str] = json.loads(index.read_text())["weight_map"]
-            except (ValueError, KeyError, TypeError) as err:
+                weight_map: dict[str, str] | None = json.loads(index.read_text())["weight_map"]
+                assert isinstance(weight_map, dict)
+            except (ValueError, KeyError, TypeError, AssertionError) as err:
                 raise ConvertError(f"{index}: not a safetensors index (needs a weight_map): {err}") from None
             shards = sorted(set(weight_map.values()))
             for name in shards:
                 if not (hf_dir / name).is_file():
                     raise ConvertError(f"{hf_dir / name}: shard listed in {INDEX} is missing")
         elif (hf_dir / SINGLE).is_file():
-            weight_map = None  # type: ignore[assignment]
+            weight_map = None
             shards = [SINGLE]
         else:
             raise ConvertError(f"{hf_dir}: no {SINGLE} or {INDEX} (only safetensors checkpoints are read)")
-        self.handles: dict[str, Any] = {}
+        self.entries: dict[str, dict[str, Any]] = {}
         self.where: dict[str, str] = {}
         for name in shards:
             path = hf_dir / name
-            try:
-                handle = safe_open(str(path), framework="pt")
-            except Exception as err:  # safetensors raises its own error types for bad headers
-                raise ConvertError(f"{path}: not a readable safetensors file ({err})") from None
-            self.handles[name] = handle
-            keys = set(handle.keys())
+            header = read_header(path)
+            keys = set(header)
             if weight_map is not None:
                 listed = {k for k, v in weight_map.items() if v == name}
                 if keys != listed:
@@ -79,6 +108,7 @@ class HFWeights:
                     raise ConvertError(f"{path}: does not match the index: {what}")
             for k in keys:
                 self.where[k] = name
+                self.entries[k] = header[k]
 
     def keys(self) -> list[str]:
         return list(self.where)
@@ -87,15 +117,29 @@ class HFWeights:
         return self.dir / self.where[key]
 
     def shape(self, key: str) -> tuple[int, ...]:
-        return tuple(self.handles[self.where[key]].get_slice(key).get_shape())
+        return tuple(self.entries[key]["shape"])
 
     def dtype(self, key: str) -> str:
-        return self.handles[self.where[key]].get_slice(key).get_dtype()
+        return self.entries[key]["dtype"]
 
     def get(self, key: str) -> torch.Tensor:
         if key not in self.where:
             raise ConvertError(f"{self.dir}: tensor {key} is missing")
-        return self.handles[self.where[key]].get_tensor(key)
+        e = self.entries[key]
+        t = torch.empty(e["shape"], dtype=_ST_TORCH[e["dtype"]])
+        if t.nbytes != e["nbytes"]:
+            raise ConvertError(f"{self.file_of(key)}: tensor {key}: {e['nbytes']} bytes for shape {e['shape']}")
+        if t.nbytes:
+            with open(self.file_of(key), "rb", buffering=0) as f:
+                f.seek(e["start"])
+                buf = memoryview(t.view(-1).view(torch.uint8).numpy())
+                done = 0
+                while done < t.nbytes:
+                    n = f.readinto(buf[done:])
+                    if not n:
+                        raise ConvertError(f"{self.file_of(key)}: tensor {key} is truncated")
+                    done += n
+        return t
 
 
 def plan_shards(shapes: dict[str, tuple[int, ...]], dtype: torch.dtype, max_bytes: int) -> list[list[str]]:

@@ -22,8 +22,9 @@ def flops_per_token(m: ModelConfig, vocab_size: int, seq_length: int) -> float:
     return 6.0 * matmul_params + 12.0 * L * h * seq_length
 
 
-def measure_matmul_tflops(n: int = 1024, repeats: int = 3) -> float:
-    """fp32 matmul throughput on this CPU with the current thread count (the notes' 140-170 GFLOP/s on 2 cores)."""
+def measure_matmul_tflops(n: int = 1024, repeats: int = 8) -> float:
+    """fp32 matmul throughput on this CPU with the current thread count (the notes' 140-170 GFLOP/s on 2 cores).
+    Best of several runs; other processes loading the CPU at start-up make it low and the MFU high."""
     a = torch.randn(n, n)
     b = torch.randn(n, n)
     torch.mm(a, b)

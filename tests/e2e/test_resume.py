@@ -89,3 +89,24 @@ def test_resume_is_bit_exact_for_distributed_optimizer_and_bf16(variant, nproc, 
     want, got = losses(straight), losses(resumed)
     assert sorted(got) == [5, 6, 7, 8]
     assert [got[s] for s in got] == [want[s] for s in got]
+
+
+def test_dpo_resume_is_bit_exact_and_reuses_reference_logps(tiny_data, tmp_path):
+    """Stop a DPO run after its step-3 checkpoint, resume in the same run directory: the reference log-probs are
+    read back (not recomputed) and steps 4-6 equal an uninterrupted run bit for bit."""
+    from tests.helpers import REPO
+
+    recipe = REPO / "recipes/tiny/dpo.yaml"
+    common = [*FAST, f"data.tokenizer={tiny_data / 'tokenizer'}",
+              f"data.blend=[{{path: {tiny_data / 'preference'}, weight: 1}}]", "scheduler.decay_steps=6",
+              "scheduler.warmup_steps=1", "checkpoint.interval=3"]
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    assert_ok(run_train([*common, "train.steps=6", f"run_dir={straight}"], recipe=recipe))
+    assert_ok(run_train([*common, "train.steps=3", f"run_dir={resumed}"], recipe=recipe))
+    cache = resumed / "reference_logps" / "meta.json"
+    stamp = cache.stat().st_mtime_ns
+    proc = run_train([*common, "train.steps=6", "train.resume=auto", f"run_dir={resumed}"], recipe=recipe)
+    assert_ok(proc)
+    assert cache.stat().st_mtime_ns == stamp  # reused, not recomputed
+    want, got = losses(straight), losses(resumed)
+    assert [got[s] for s in (4, 5, 6)] == [want[s] for s in (4, 5, 6)]
