@@ -132,7 +132,7 @@ class HFWeights:
         if t.nbytes:
             with open(self.file_of(key), "rb", buffering=0) as f:
                 f.seek(e["start"])
-                buf = memoryview(t.view(-1).view(torch.uint8).numpy())
+                buf = memoryview(t.reshape(-1).view(torch.uint8).numpy())
                 done = 0
                 while done < t.nbytes:
                     n = f.readinto(buf[done:])

@@ -50,6 +50,16 @@ def test_shard_not_matching_index_is_named(hf_models, tmp_path):
     _from_hf_fails(hf, tmp_path / "out", match=f"{wrong}: does not match the index: tensor {key} listed")
 
 
+@pytest.mark.parametrize("damage, match", [("truncate", "lies past the end of the file"),
+                                           ("garbage", "not a readable safetensors file")])
+def test_damaged_shard_is_named(damage, match, hf_models, tmp_path):
+    hf = _copy(hf_models["untied"], tmp_path / "hf")
+    victim = hf / _shards(hf)[2]
+    data = victim.read_bytes()
+    victim.write_bytes(data[:-10] if damage == "truncate" else b"\xff" * 64)
+    _from_hf_fails(hf, tmp_path / "out", match=f"{victim.name}: .*{match}")
+
+
 def test_config_not_matching_weights_names_the_key(hf_models, tmp_path):
     hf = _copy(hf_models["untied"], tmp_path / "hf")
     cfg = json.loads((hf / "config.json").read_text())
