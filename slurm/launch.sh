@@ -29,6 +29,20 @@ EXIT_CONFIG_ERROR=2
 EXIT_SIGNAL_CHECKPOINTED=75
 
 say() { echo "megafin-slurm: $*"; }
+
+# Signals first, so that one arriving while this script sets up cannot kill the batch shell. `--signal=B:USR1@N`
+# signals only this shell: forward() passes it to srun, which passes it to every rank.
+STEP_PID=
+SIGNALLED=
+INTERRUPTED=
+forward() {
+    SIGNALLED="$1"
+    INTERRUPTED=1
+    say "received SIG$1; forwarding to the ranks (they checkpoint at the end of the step and exit 75)"
+    [[ -n "$STEP_PID" ]] && kill -s "$1" "$STEP_PID" 2>/dev/null
+}
+trap 'forward USR1' USR1
+trap 'forward TERM' TERM
 die() { echo "megafin-slurm: error: $*" >&2; exit "$EXIT_CONFIG_ERROR"; }
 
 [[ -n "${SLURM_JOB_ID:-}" ]] || die "run this through sbatch (no SLURM_JOB_ID): sbatch slurm/${MEGAFIN_STAGE:-cpt}.sbatch"
@@ -106,7 +120,8 @@ case "$LAUNCHER" in
     srun)
         CMD=("${SRUN[@]}" --ntasks="$NTASKS" "$MEGAFIN_PYTHON" -m megafin.train "$RECIPE" "${OVERRIDES[@]}") ;;
     torchrun)
-        CMD=("${SRUN[@]}" --ntasks="$NNODES" --ntasks-per-node=1 "$MEGAFIN_PYTHON" -m torch.distributed.run
+        CMD=("${SRUN[@]}" --ntasks="$NNODES" --ntasks-per-node=1 bash "$MEGAFIN_HOME/slurm/torchrun_node.sh"
+             "$MEGAFIN_PYTHON" -m torch.distributed.run
              --nnodes="$NNODES" --nproc-per-node="$TASKS_PER_NODE" --rdzv-backend=c10d
              --rdzv-endpoint="$MASTER_ADDR:$MASTER_PORT" --rdzv-id="$SLURM_JOB_ID"
              -m megafin.train "$RECIPE" "${OVERRIDES[@]}") ;;
@@ -117,20 +132,12 @@ say "job $SLURM_JOB_ID attempt $RESTART: stage $STAGE, $NNODES node(s) x $TASKS_
 say "$(printf '%q ' "${CMD[@]}")"
 
 # ---------------------------------------------------------------- run, forward USR1/TERM, requeue on 75
-# `--signal=B:USR1@N` signals only this batch shell: forward it to srun, which forwards it to every rank; each
-# rank then saves at the end of its step and exits 75. srun runs in the background so the trap fires at once.
-STEP_PID=
-SIGNALLED=
-INTERRUPTED=
-forward() {
-    SIGNALLED="$1"
-    INTERRUPTED=1
-    say "received SIG$1; forwarding to the ranks (they checkpoint at the end of the step and exit $EXIT_SIGNAL_CHECKPOINTED)"
-    [[ -n "$STEP_PID" ]] && kill -s "$1" "$STEP_PID" 2>/dev/null
-}
-trap 'forward USR1' USR1
-trap 'forward TERM' TERM
-
+# srun runs in the background so the trap fires at once; each rank saves at the end of its step and exits 75.
+if [[ -n "$SIGNALLED" ]]; then
+    say "SIG$SIGNALLED arrived before training started"
+    [[ "$SIGNALLED" == USR1 ]] && (( RESTART < ${MEGAFIN_MAX_REQUEUES:-50} )) && scontrol requeue "$SLURM_JOB_ID" && exit 0
+    exit 1
+fi
 "${CMD[@]}" &
 STEP_PID=$!
 while :; do
@@ -157,6 +164,14 @@ case "$CODE" in
             fi
             say "scontrol requeue failed (was the job submitted with --requeue?); resubmit to resume"
         fi ;;
+    $(( 128 + 10 )))
+        if [[ "$SIGNALLED" == USR1 ]] && (( RESTART < ${MEGAFIN_MAX_REQUEUES:-50} )); then
+            # USR1 reached the ranks before the trainer installed its handler (still starting up): nothing since
+            # the last checkpoint was saved, but requeueing still resumes from it.
+            say "ranks ended by SIGUSR1 during start-up (exit 138, no new checkpoint); requeueing job $SLURM_JOB_ID to resume from the last one"
+            scontrol requeue "$SLURM_JOB_ID" && exit 0
+        fi
+        say "training exited with $CODE: not requeueing" ;;
     "$EXIT_CONFIG_ERROR") say "config error (exit 2): not requeueing; the trainer's message is above" ;;
     *) say "training exited with $CODE: not requeueing" ;;
 esac

@@ -46,10 +46,10 @@ def reference(tiny_data, tmp_path_factory) -> list[dict]:
 
 
 def submit(slurm, out_dir: Path, args: list[str], ntasks: int = 2, sbatch_flags: tuple[str, ...] = (),
-           script: Path = CPT) -> tuple[int, Path]:
+           script: Path = CPT, env: dict | None = None) -> tuple[int, Path]:
     """`sbatch` the way a user on a CPU cluster would (docs/slurm.md), from the repo root."""
     env = {**slurm.env, "MEGAFIN_PROFILE": "cpu", "MEGAFIN_HOME": str(REPO), "MEGAFIN_PYTHON": sys.executable,
-           "PYTHONPATH": str(REPO), "RUN_DIR": str(out_dir / "run")}
+           "PYTHONPATH": str(REPO), "RUN_DIR": str(out_dir / "run"), **(env or {})}
     out = out_dir / "job-%j.out"
     proc = slurm.run("sbatch", "--parsable", "--gpus-per-node=0", "--nodes=1", f"--ntasks-per-node={ntasks}",
                      f"--ntasks={ntasks}", f"--output={out}", *sbatch_flags, str(script), *args, env=env, cwd=REPO)
@@ -67,6 +67,16 @@ def wait_for(slurm, job: int, timeout: float) -> str:
         time.sleep(0.5)
     slurm.run("scancel", str(job))
     raise AssertionError(f"job {job} not finished after {timeout:.0f}s (state {state})")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def time_limit_job(slurm, tmp_path_factory):
+    """Submitted first and left running beside the training tests: Slurm's own `--signal=B:USR1@50` timer on a
+    `--time=1` job, with a stand-in trainer (tests/slurm/fake_trainer.sh) so it costs no CPU. Checked at the end."""
+    out_dir = tmp_path_factory.mktemp("time_limit")
+    return submit(slurm, out_dir, ["recipes/tiny/cpt.yaml", "train.resume=none"], ntasks=1,
+                  sbatch_flags=("--time=1", "--signal=B:USR1@50", "--job-name=megafin-time-limit"),
+                  env={"MEGAFIN_PYTHON": str(REPO / "tests" / "slurm" / "fake_trainer.sh")})
 
 
 def test_sbatch_cpt_two_tasks_matches_torchrun(slurm, tiny_data, reference, tmp_path):
@@ -103,6 +113,19 @@ def test_usr1_checkpoints_requeues_and_resumes_bit_exact(slurm, tiny_data, refer
     stopped_at = int(log.split("stopped on SIGUSR1 after step ")[1].split(";")[0])
     assert 3 <= stopped_at < STEPS, "the signal must land mid-run"
     assert _records(tmp_path / "run") == reference  # each step once, bit-equal losses, grad norms and lr
+
+
+def test_time_limit_signal_from_slurm_requeues_and_resumes(slurm, time_limit_job):
+    """The real `--time`/`--signal=B:USR1@N` path: slurmctld signals the batch shell, the launcher forwards USR1 to
+    the srun step, the (stand-in) trainer exits 75, the job requeues itself and the next attempt resumes."""
+    job, out = time_limit_job
+    state = wait_for(slurm, job, 150)
+    log = out.read_text()
+    assert state == "COMPLETED", log
+    assert slurm.job_field(job, "Restarts") == "1", log
+    assert "megafin-slurm: received SIGUSR1; forwarding" in log, log
+    assert "requeueing job" in log, log
+    assert "fake-trainer: resuming (train.resume=auto)" in log, log
 
 
 @pytest.mark.parametrize("case", ["unknown_recipe", "invalid_override", "too_many_tasks"])
