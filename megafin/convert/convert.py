@@ -156,7 +156,6 @@ def from_hf(hf_dir: str | Path, out: str | Path, tp: int = 1, pp: int = 1, dtype
     Streams: each HF tensor is read, fused into megatron's layout and written before the next is read."""
     from megafin.config.load import config_to_dict
     from megafin.convert.dcp_writer import write_model_checkpoint
-    from megafin.model.llama import padded_vocab_size
 
     hf_dir, out = Path(hf_dir), Path(out)
     _check_output(out, force)
@@ -187,18 +186,49 @@ def from_hf(hf_dir: str | Path, out: str | Path, tp: int = 1, pp: int = 1, dtype
 
 
 # ---------------------------------------------------------------------------------------------- to-hf
-def _tokenizer_ids(tok_dir: Path) -> tuple[Any, Any]:
-    from transformers import AutoTokenizer
+def padded_vocab_size(vocab_size: int, divisible_by: int) -> int:
+    """As megafin.model.llama.padded_vocab_size (not imported: that module pulls in megatron-core)."""
+    return -(-vocab_size // divisible_by) * divisible_by
 
-    tok = AutoTokenizer.from_pretrained(str(tok_dir))
-    return tok.bos_token_id, tok.eos_token_id
+
+def _special_token_id(tok_dir: Path, name: str) -> Any:
+    """bos/eos id from tokenizer_config.json + tokenizer.json without importing transformers; None if absent."""
+    try:
+        cfg = json.loads((tok_dir / "tokenizer_config.json").read_text())
+        token = cfg.get(name)
+        if isinstance(token, dict):
+            token = token.get("content")
+        if token is None:
+            return None
+        for entry in (cfg.get("added_tokens_decoder") or {}).items():
+            if entry[1].get("content") == token:
+                return int(entry[0])
+        tok = json.loads((tok_dir / "tokenizer.json").read_text())
+        for added in tok.get("added_tokens", []):
+            if added.get("content") == token:
+                return int(added["id"])
+        vocab = (tok.get("model") or {}).get("vocab")
+        if isinstance(vocab, dict) and token in vocab:
+            return int(vocab[token])
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    raise LookupError(name)
+
+
+def _tokenizer_ids(tok_dir: Path) -> tuple[Any, Any]:
+    try:
+        return _special_token_id(tok_dir, "bos_token"), _special_token_id(tok_dir, "eos_token")
+    except LookupError:
+        from transformers import AutoTokenizer
+
+        tok = AutoTokenizer.from_pretrained(str(tok_dir))
+        return tok.bos_token_id, tok.eos_token_id
 
 
 def to_hf(ckpt: str | Path, out: str | Path, dtype: Optional[str] = None, max_shard_size: str = "5GB",
           tokenizer: Optional[str | Path] = None, force: bool = False) -> Path:
     """A megafin checkpoint saved at any TP/PP -> a Hugging Face LlamaForCausalLM directory at `out`."""
     from megafin.convert.dcp_reader import DistCheckpointReader
-    from megafin.model.llama import padded_vocab_size
 
     ckpt, out = Path(ckpt), Path(out)
     _check_output(out, force)

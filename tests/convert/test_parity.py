@@ -153,6 +153,7 @@ def test_export_loads_with_auto_classes(converted, hf_logits, tokens, tmp_path):
     with torch.no_grad():
         assert torch.equal(model(tokens).logits, hf_logits["untied"])
     tok = AutoTokenizer.from_pretrained(out)
+    assert (cfg["bos_token_id"], cfg["eos_token_id"]) == (tok.bos_token_id, tok.eos_token_id)
     assert tok.chat_template == CHAT_TEMPLATE
     text = tok.apply_chat_template([{"role": "user", "content": "EPS?"}], tokenize=False, add_generation_prompt=True)
     assert text == "<|user|>EPS?\n<|assistant|>"
