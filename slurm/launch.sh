@@ -18,7 +18,7 @@
 #   MEGAFIN_SETUP      OPTIONAL HOOK: a shell file sourced before launching (module load, conda activate, ...)
 #   MEGAFIN_SRUN_ARGS  OPTIONAL HOOK: extra srun flags, e.g. a container (--container-image=... for pyxis)
 #   MEGAFIN_MAX_REQUEUES  stop requeueing after this many restarts (default 50)
-#   MASTER_ADDR / MASTER_PORT  rendezvous (default: first node of the job, 20000 + job id % 20000)
+#   MASTER_ADDR / MASTER_PORT  rendezvous (default: first node's NodeAddr, 20000 + job id % 20000)
 #
 # Exit codes (the trainer's, see megafin/checkpoint/signals.py): 0 done; 2 config error (never requeued);
 # 3 diverged (never requeued); 75 checkpoint written on SIGUSR1/SIGTERM -> `scontrol requeue` and the next
@@ -104,8 +104,10 @@ OVERRIDES+=("${ARGS[@]}")
 
 # ---------------------------------------------------------------- rendezvous
 if [[ -z "${MASTER_ADDR:-}" ]]; then
-    MASTER_ADDR=$(scontrol show hostnames "${SLURM_JOB_NODELIST:-}" 2>/dev/null | head -n 1)
-    MASTER_ADDR="${MASTER_ADDR:-127.0.0.1}"
+    # The first node, by the address Slurm itself uses to reach it (NodeAddr; usually its host name).
+    FIRST_NODE=$(scontrol show hostnames "${SLURM_JOB_NODELIST:-}" 2>/dev/null | head -n 1)
+    MASTER_ADDR=$(scontrol -o show node "$FIRST_NODE" 2>/dev/null | grep -o 'NodeAddr=[^ ]*' | cut -d= -f2)
+    MASTER_ADDR="${MASTER_ADDR:-${FIRST_NODE:-127.0.0.1}}"
 fi
 export MASTER_ADDR
 export MASTER_PORT="${MASTER_PORT:-$(( 20000 + SLURM_JOB_ID % 20000 ))}"

@@ -1,5 +1,7 @@
 """A real single-node Slurm cluster (munge, slurmctld, slurmd) on loopback in a scratch directory.
 
+Addresses are 127.0.0.1 (SlurmctldHost=host(127.0.0.1), NodeAddr=127.0.0.1), so the host name need not resolve.
+
 Installs Debian's packages when missing (root + apt-get), writes a private slurm.conf on free ports, starts the
 daemons in the foreground as our own children and stops them by PID. Also usable by hand:
 `python -m tests.slurm.cluster /tmp/slurm-scratch` starts one and waits for Ctrl-C.
@@ -69,10 +71,6 @@ class Cluster:
     def start(self, timeout: float = 60) -> "Cluster":
         self.scratch.mkdir(parents=True, exist_ok=True)
         ensure_installed(self.scratch / "apt.log")
-        try:
-            socket.gethostbyname(self.host)
-        except OSError:
-            raise ClusterUnavailable(f"host name {self.host!r} does not resolve (add it to /etc/hosts)") from None
         self._start_munge()
         self._write_conf()
         for daemon in ("slurmctld", "slurmd"):
@@ -121,7 +119,7 @@ class Cluster:
         cpus = max(4, os.cpu_count() or 1)
         self.conf.write_text(f"""\
 ClusterName=megafin{os.getpid()}
-SlurmctldHost={self.host}
+SlurmctldHost={self.host}(127.0.0.1)
 SlurmctldPort={_free_port()}
 SlurmdPort={_free_port()}
 SlurmUser=root
@@ -148,7 +146,7 @@ SchedulerType=sched/builtin
 SchedulerParameters=sched_interval=1
 KillWait=10
 MinJobAge=600
-NodeName={self.host} CPUs={cpus} RealMemory={_mem_mb()} State=UNKNOWN
+NodeName={self.host} NodeAddr=127.0.0.1 CPUs={cpus} RealMemory={_mem_mb()} State=UNKNOWN
 PartitionName=debug Nodes={self.host} Default=YES MaxTime=INFINITE State=UP
 """)
 
