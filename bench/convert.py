@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import shutil
 import subprocess
 import sys
@@ -69,17 +68,32 @@ def make_hf_checkpoint(out: Path, layers: int) -> int:
     return index["metadata"]["total_size"]
 
 
-def run_measured(cmd: list[str]) -> tuple[float, float]:
-    """Wall seconds and peak RSS (GB) of a child process (its own ru_maxrss, via wait4)."""
+# The child reports its own high-water RSS (VmHWM, reset at exec). wait4's ru_maxrss would not do: on Linux a child
+# inherits, through fork+exec, the parent's RSS at fork time as a floor of its maxrss (here: the bench itself, which
+# just generated the random checkpoint).
+_CHILD = """import sys
+from megafin.cli import main
+code = main(sys.argv[2:])
+try:
+    hwm_kb = int(next(l for l in open('/proc/self/status') if l.startswith('VmHWM')).split()[1])
+except (OSError, StopIteration):
+        hwm_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+open(sys.argv[1], 'w').write(str(hwm_kb))
+sys.exit(code)
+"""
+
+
+def run_measured(args: list[str], work: Path) -> tuple[float, float]:
+    """Wall seconds and peak RSS (GB) of `megafin convert ARGS` in a child process."""
     env = {**os.environ, "PYTHONPATH": str(REPO)}
+    rss_file = work / "rss.txt"
     start = time.perf_counter()
-    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdin=subprocess.DEVNULL)
-    _, status, usage = os.wait4(proc.pid, 0)
+    proc = subprocess.run([sys.executable, "-c", _CHILD, str(rss_file), *args], cwd=REPO, env=env,
+                          stdin=subprocess.DEVNULL)
     seconds = time.perf_counter() - start
-    proc.returncode = os.waitstatus_to_exitcode(status)
     if proc.returncode != 0:
-        raise SystemExit(f"bench: {' '.join(cmd)} exited {proc.returncode}")
-    return seconds, usage.ru_maxrss * 1024 / 1e9
+        raise SystemExit(f"bench: megafin {' '.join(args)} exited {proc.returncode}")
+    return seconds, int(rss_file.read_text()) * 1024 / 1e9
 
 
 def copy_seconds(src: Path, dst: Path) -> float:
@@ -107,12 +121,12 @@ def main() -> int:
               flush=True)
         copy_s = copy_seconds(hf, work / "copy")
         shutil.rmtree(work / "copy")
-        mf = [sys.executable, "-m", "megafin", "convert"]
         rows = []
-        s, rss = run_measured([*mf, "from-hf", "--hf", str(hf), "--out", str(work / "ckpt"), "--dtype", "bf16"])
+        s, rss = run_measured(["convert", "from-hf", "--hf", str(hf), "--out", str(work / "ckpt"), "--dtype", "bf16"],
+                              work)
         rows.append(("from-hf", s, rss))
-        s, rss = run_measured([*mf, "to-hf", "--ckpt", str(work / "ckpt"), "--out", str(work / "back"),
-                               "--dtype", "bf16"])
+        s, rss = run_measured(["convert", "to-hf", "--ckpt", str(work / "ckpt"), "--out", str(work / "back"),
+                               "--dtype", "bf16"], work)
         rows.append(("to-hf", s, rss))
         same = _same_tensors(hf, work / "back")
         print(f"\ncopy of the same {nbytes / 1e9:.2f} GB: {copy_s:.1f} s")
