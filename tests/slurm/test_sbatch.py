@@ -81,7 +81,7 @@ def time_limit_job(slurm, tmp_path_factory):
 
 def test_sbatch_cpt_two_tasks_matches_torchrun(slurm, tiny_data, reference, tmp_path):
     job, out = submit(slurm, tmp_path, ["recipes/tiny/cpt.yaml", *_overrides(tiny_data)])
-    state = wait_for(slurm, job, 180)
+    state = wait_for(slurm, job, 300)
     log = out.read_text()
     assert state == "COMPLETED", log[-4000:]
     assert slurm.job_field(job, "ExitCode") == "0:0"
@@ -94,14 +94,14 @@ def test_usr1_checkpoints_requeues_and_resumes_bit_exact(slurm, tiny_data, refer
     job, out = submit(slurm, tmp_path, ["recipes/tiny/cpt.yaml", *_overrides(tiny_data)],
                       sbatch_flags=("--time=10", "--signal=B:USR1@60"))
     metrics = tmp_path / "run" / "metrics.jsonl"
-    deadline = time.time() + 120
+    deadline = time.time() + 240
     while not (metrics.is_file() and len(metrics.read_text().splitlines()) >= 3):
         assert slurm.job_field(job, "JobState") in ("PENDING", "RUNNING", "CONFIGURING"), out.read_text()[-4000:]
-        assert time.time() < deadline, "no training steps after 120 s"
+        assert time.time() < deadline, "no training steps after 240 s"
         time.sleep(0.2)
     sent = slurm.run("scancel", "--signal=USR1", "--batch", str(job))
     assert sent.returncode == 0, sent.stderr
-    state = wait_for(slurm, job, 180)
+    state = wait_for(slurm, job, 300)
     log = out.read_text()
     assert state == "COMPLETED", log[-6000:]
     assert slurm.job_field(job, "Restarts") == "1", log[-6000:]
@@ -119,7 +119,7 @@ def test_time_limit_signal_from_slurm_requeues_and_resumes(slurm, time_limit_job
     """The real `--time`/`--signal=B:USR1@N` path: slurmctld signals the batch shell, the launcher forwards USR1 to
     the srun step, the (stand-in) trainer exits 75, the job requeues itself and the next attempt resumes."""
     job, out = time_limit_job
-    state = wait_for(slurm, job, 150)
+    state = wait_for(slurm, job, 240)
     log = out.read_text()
     assert state == "COMPLETED", log
     assert slurm.job_field(job, "Restarts") == "1", log
@@ -128,28 +128,33 @@ def test_time_limit_signal_from_slurm_requeues_and_resumes(slurm, time_limit_job
     assert "fake-trainer: resuming (train.resume=auto)" in log, log
 
 
-@pytest.mark.parametrize("case", ["unknown_recipe", "invalid_override", "too_many_tasks"])
+@pytest.mark.parametrize("case", ["unknown_recipe", "invalid_override", "too_many_tasks", "gpu_profile_no_gpus"])
 def test_bad_submission_fails_fast_without_requeue(case, slurm, tiny_data, tmp_path):
-    args, ntasks = ["recipes/tiny/cpt.yaml", *_overrides(tiny_data)], 2
+    args, ntasks, env = ["recipes/tiny/cpt.yaml", *_overrides(tiny_data)], 2, {}
+    verdict = "config error (exit 2): not requeueing"
     if case == "unknown_recipe":
         args[0] = "recipes/tiny/nope.yaml"
         message = "megafin: config error: recipe: file not found: recipes/tiny/nope.yaml"
     elif case == "invalid_override":
         args.append("parallel.tp=two")
         message = "megafin: config error: parallel.tp: expected an integer, got 'two'"
-    else:  # 3 ranks cannot be tp=2 x pp=1 x dp
+    elif case == "too_many_tasks":  # 3 ranks cannot be tp=2 x pp=1 x dp
         args.append("parallel.tp=2")
         ntasks = 3
         message = "megafin: config error: parallel.tp: expected tp*pp=2 to divide the world size 3"
+    else:  # the default GPU profile on a job without GPUs: the launcher refuses before starting any rank
+        env = {"MEGAFIN_PROFILE": "gpu"}
+        message = "megafin-slurm: error: MEGAFIN_PROFILE=gpu but the job has no GPUs"
+        verdict = message
     t0 = time.time()
-    job, out = submit(slurm, tmp_path, args, ntasks=ntasks)
+    job, out = submit(slurm, tmp_path, args, ntasks=ntasks, env=env)
     state = wait_for(slurm, job, 90)
     log = out.read_text()
     assert state == "FAILED", log
     assert slurm.job_field(job, "ExitCode") == "2:0", log
     assert slurm.job_field(job, "Restarts") == "0", log
     assert message in log, log
-    assert "config error (exit 2): not requeueing" in log
+    assert verdict in log
     assert time.time() - t0 < 60, "a config error must fail fast"
     time.sleep(1)
     assert slurm.job_field(job, "JobState") == "FAILED"  # and stays failed: no requeue loop
