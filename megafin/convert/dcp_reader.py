@@ -10,7 +10,6 @@ chunks overlap it is resharding. Peak memory: one region plus one chunk.
 from __future__ import annotations
 
 import io
-import os
 from pathlib import Path
 from typing import Any, Optional
 

@@ -1,8 +1,9 @@
-"""megatron-core in the converter's process: a session, the model of a checkpoint, forward and greedy decoding.
+"""megatron-core in a process: a session, the model of a checkpoint, forward and greedy decoding.
 
-Conversions run as one process (a gloo world of 1, TP=1/PP=1): dist_checkpointing reshards whatever layout a
-checkpoint was saved at. `forward_logits`/`greedy_decode` also work at TP>1/PP>1 (one rank per process, e.g. under
-torchrun), which is how the tests check that a converted checkpoint gives HF's logits at every layout.
+The conversions themselves do not build the model (they stream tensors; from-hf only builds a tiny template of it
+in a session of one process to learn its checkpoint keys). These helpers are how a converted checkpoint is checked:
+`load_model` goes through the trainer's own `load_checkpoint`, and `forward_logits`/`greedy_decode` work at TP>1/PP>1
+(one rank per process, e.g. under torchrun) as well as in a world of one.
 """
 from __future__ import annotations
 
