@@ -78,8 +78,11 @@ TASKS_PER_NODE=$(( NTASKS / NNODES ))
 CPUS_PER_TASK="${SLURM_CPUS_PER_TASK:-1}"
 case "$PROFILE" in
     gpu)
-        GPUS_ON_NODE="${SLURM_GPUS_ON_NODE:-0}"
-        (( GPUS_ON_NODE > 0 )) || die "MEGAFIN_PROFILE=gpu but the job has no GPUs (add --gpus-per-node=N, or use MEGAFIN_PROFILE=cpu with --gpus-per-node=0)"
+        GPUS_ON_NODE="${SLURM_GPUS_ON_NODE:-}"
+        if [[ -z "$GPUS_ON_NODE" ]]; then  # a site that does not manage GPUs as a Slurm resource
+            GPUS_ON_NODE=$(nvidia-smi -L 2>/dev/null | grep -c '^GPU' || true)
+        fi
+        (( ${GPUS_ON_NODE:-0} > 0 )) || die "MEGAFIN_PROFILE=gpu but the job has no GPUs (add --gpus-per-node=N, or use MEGAFIN_PROFILE=cpu with --gpus-per-node=0)"
         (( TASKS_PER_NODE <= GPUS_ON_NODE )) || die "$TASKS_PER_NODE tasks per node but $GPUS_ON_NODE GPUs: use --ntasks-per-node=$GPUS_ON_NODE"
         # NCCL: defaults that are safe on most clusters; override any of them with --export.
         export CUDA_DEVICE_MAX_CONNECTIONS="${CUDA_DEVICE_MAX_CONNECTIONS:-1}"     # Megatron TP/SP comm overlap
@@ -96,8 +99,9 @@ case "$PROFILE" in
     *) die "MEGAFIN_PROFILE must be gpu or cpu, got '$PROFILE'" ;;
 esac
 [[ -n "${RUN_DIR:-}" ]] && OVERRIDES+=("run_dir=$RUN_DIR")
-# shellcheck disable=SC2206
-[[ -n "${MEGAFIN_OVERRIDES:-}" ]] && OVERRIDES+=(${MEGAFIN_OVERRIDES})
+# Split on whitespace only (read -a: no glob expansion of values such as data.blend=[...]).
+read -r -a EXTRA_OVERRIDES <<< "${MEGAFIN_OVERRIDES:-}"
+OVERRIDES+=("${EXTRA_OVERRIDES[@]}")
 OVERRIDES+=("${ARGS[@]}")
 # A requeued attempt always continues from the last checkpoint, whatever the submission said (last wins).
 (( RESTART > 0 )) && OVERRIDES+=("train.resume=auto")
@@ -113,8 +117,7 @@ export MASTER_ADDR
 export MASTER_PORT="${MASTER_PORT:-$(( 20000 + SLURM_JOB_ID % 20000 ))}"
 
 LAUNCHER="${MEGAFIN_LAUNCHER:-srun}"
-# shellcheck disable=SC2206
-SRUN_EXTRA=(${MEGAFIN_SRUN_ARGS:-})
+read -r -a SRUN_EXTRA <<< "${MEGAFIN_SRUN_ARGS:-}"
 # --wait: once one rank has exited, give the others this long, then end the step (a crashed rank must not leave
 # the rest blocked in a collective until the process-group timeout).
 SRUN=(srun --wait="${MEGAFIN_SRUN_WAIT:-120}" --kill-on-bad-exit=0 "${SRUN_EXTRA[@]}")
