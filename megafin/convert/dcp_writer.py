@@ -67,7 +67,7 @@ class DistCheckpointWriter:
 
         self.dir = out_dir
         self.dtype = dtype
-        self.f = open(out_dir / DATA_FILE, "wb")
+        self.f = open(out_dir / DATA_FILE, "wb", buffering=0)  # torch.save to a buffered file is ~2.5x slower
         self.storage: dict[Any, Any] = {}
         self.meta: dict[str, Any] = {
             key: TensorStorageMetadata(properties=TensorProperties(dtype=dtype), size=torch.Size(shape), chunks=[])
