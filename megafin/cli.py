@@ -3,13 +3,14 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 import warnings
 from typing import Optional, Sequence
 
 from megafin.config import ConfigError, load_config, validate
 from megafin.config.validate import world_size_from_env
-from megafin.checkpoint.signals import EXIT_CONFIG_ERROR
+from megafin.checkpoint.signals import EXIT_CONFIG_ERROR, STOP_REQUEST
 
 
 def quiet_third_party() -> None:
@@ -21,12 +22,21 @@ def quiet_third_party() -> None:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
 
 
+def _launch_rank() -> int:
+    for var in ("RANK", "SLURM_PROCID"):
+        if os.environ.get(var):
+            return int(os.environ[var])
+    return 0
+
+
 def _train(args: argparse.Namespace) -> int:
+    STOP_REQUEST.install()  # before the heavy imports: a SIGTERM/SIGUSR1 during start-up stops at the first step
     try:
         cfg = load_config(args.recipe, args.overrides)
         validate(cfg, world_size_from_env())
     except ConfigError as err:
-        print(f"megafin: config error: {err}", file=sys.stderr, flush=True)
+        if _launch_rank() == 0:  # every rank fails the same way; one line in the log is enough
+            print(f"megafin: config error: {err}", file=sys.stderr, flush=True)
         return EXIT_CONFIG_ERROR
     from megafin.runtime.distributed import detect_launch_env
     from megafin.train.loop import run_training
@@ -46,7 +56,22 @@ def build_parser() -> argparse.ArgumentParser:
     convert = sub.add_parser("convert", help="checkpoint conversion: from-hf | to-hf")
     _convert_arguments(convert)
     convert.set_defaults(func=_convert)
+    evaluate = sub.add_parser("eval", help="evaluate a checkpoint on a financial task")
+    tasks = evaluate.add_subparsers(dest="kind", required=True)
+    cls = tasks.add_parser("classification", help="greedy answer vs gold label (FPB, FiQA-SA, TFNS, headlines)")
+    cls.add_argument("--ckpt", required=True, help="a megafin checkpoint directory (RUN/checkpoints/step_N)")
+    cls.add_argument("--task", required=True, choices=["fpb", "fiqa_sa", "tfns", "headline"])
+    cls.add_argument("--data", required=True, help="the task's JSONL (schemas: ../shared/data/SOURCES.md)")
+    cls.add_argument("--limit", type=int, default=None, help="first N examples only")
+    cls.add_argument("--out", default=None, help="also write the result as JSON here")
+    cls.set_defaults(func=_eval_classification)
     return parser
+
+
+def _eval_classification(args: argparse.Namespace) -> int:
+    from megafin.eval.classification import main as run
+
+    return run(args)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

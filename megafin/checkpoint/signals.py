@@ -31,11 +31,18 @@ class StopRequest:
             print(f"megafin: received {self.signal_name}; saving a checkpoint at the end of this step", flush=True)
 
     def install(self) -> "StopRequest":
-        for sig in HANDLED_SIGNALS:
-            self._previous[sig] = signal.signal(sig, self._handle)
+        """Idempotent: the CLI installs it before the heavy imports (a signal during start-up then stops the run
+        cleanly at its first step instead of killing it), and the training loop uses the same request."""
+        if not self._previous:
+            for sig in HANDLED_SIGNALS:
+                self._previous[sig] = signal.signal(sig, self._handle)
         return self
 
     def uninstall(self) -> None:
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
         self._previous.clear()
+
+
+# The process's one stop request: installed by `megafin train` as early as possible, polled by the loop.
+STOP_REQUEST = StopRequest()

@@ -89,6 +89,11 @@ class DPOStage(Stage):
                               (margin > 0).float().sum()])
         return loss_sum, torch.tensor(pairs, dtype=torch.int, device=device), {"report": report}
 
+    def summarize(self, totals: torch.Tensor) -> dict:
+        out = super().summarize(totals)
+        out["pairs"] = int(totals[1].item())
+        return out
+
     def _lookup(self, batch: dict) -> np.ndarray:
         """Reference log-probs of the micro-batch's documents, in order, from the precomputed cache."""
         values = []

@@ -12,7 +12,7 @@ import torch.distributed as dist
 import yaml
 
 from megafin.checkpoint.manager import Progress, latest_checkpoint, load_checkpoint, save_checkpoint
-from megafin.checkpoint.signals import EXIT_DIVERGED, EXIT_OK, EXIT_SIGNAL_CHECKPOINTED, StopRequest
+from megafin.checkpoint.signals import EXIT_DIVERGED, EXIT_OK, EXIT_SIGNAL_CHECKPOINTED, STOP_REQUEST
 from megafin.config.load import config_to_dict
 from megafin.config.schema import Config
 from megafin.runtime.distributed import LaunchEnv, init_distributed, shutdown_distributed
@@ -208,7 +208,7 @@ class Trainer:
         from megafin.metrics.metrics import MetricsLogger
 
         cfg = self.cfg
-        stop = StopRequest().install()
+        stop = STOP_REQUEST.install()
         bad = BadStepTracker(cfg.train.max_bad_steps)
         nan_steps = _injected_nan_steps()
         metrics = MetricsLogger(cfg, enabled=self.is_logger, resumed_step=self.progress.step)
