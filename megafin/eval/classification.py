@@ -30,7 +30,7 @@ def evaluate(ckpt: str | Path, task: str, data: str | Path, limit: Optional[int]
         for row in rows:
             prompt = tok.apply_chat_template([{"role": "user", "content": row["prompt"]}], add_generation_prompt=True,
                                              tokenize=True)
-            if isinstance(prompt, dict):  # transformers 5 returns a BatchEncoding
+            if hasattr(prompt, "keys"):  # transformers 5 returns a BatchEncoding (a UserDict)
                 prompt = prompt["input_ids"]
             out = greedy_decode(model, list(prompt), vocab, max_new_tokens, eos_token_id=stop)
             answer = tok.decode(out, skip_special_tokens=True).strip().lower()

@@ -277,6 +277,10 @@ def apply() -> bool:
     optimizer.Float16OptimizerWithFloat16Params.__init__ = _with_cpu_tensor_methods(
         optimizer.Float16OptimizerWithFloat16Params.__init__)  # param.type() checks (bf16)
     clip_grads.clip_grad_by_total_norm_fp32 = _with_cpu_tensor_methods(clip_grads.clip_grad_by_total_norm_fp32)
+    from megatron.core.models.common.language_module.language_module import LanguageModule
+
+    LanguageModule.setup_embeddings_and_output_layer = _with_cpu_tensor_methods(  # tied embeddings at pp>1: .cuda()
+        LanguageModule.setup_embeddings_and_output_layer)
     for module in (optimizer, distrib_optimizer):  # they imported the function by name
         if hasattr(module, "clip_grad_by_total_norm_fp32"):
             module.clip_grad_by_total_norm_fp32 = clip_grads.clip_grad_by_total_norm_fp32

@@ -13,39 +13,43 @@ from tests.helpers import FAST, REPO, assert_ok, losses, run_train
 # Same schedule in every run (decay_steps fixed), so runs of different lengths see the same learning rates.
 SCHEDULE = ["scheduler.decay_steps=20", "scheduler.warmup_steps=2"]
 STEPS = {"cpt": 6, "sft": 5, "cpt_it": 5, "dpo": 5}
-LAYOUTS = {"tp2": ["parallel.tp=2"], "pp2": ["parallel.pp=2"], "dp2": []}
-CASES = [("cpt", "tp2"), ("cpt", "pp2"), ("cpt", "dp2"), ("sft", "tp2"), ("sft", "pp2"), ("sft", "dp2"),
+LAYOUTS = {"tp2": ["parallel.tp=2"], "pp2": ["parallel.pp=2"], "dp2": [],
+           "pp2-tied": ["parallel.pp=2", "model.tie_embeddings=true"]}
+CASES = [("cpt", "tp2"), ("cpt", "pp2"), ("cpt", "dp2"), ("cpt", "pp2-tied"), ("sft", "tp2"), ("sft", "pp2"), ("sft", "dp2"),
          ("cpt_it", "tp2"), ("cpt_it", "pp2"), ("dpo", "tp2"), ("dpo", "pp2"), ("dpo", "dp2")]
 
 
-def recipe_overrides(recipe: str, tiny_data, run_dir) -> list[str]:
+def recipe_overrides(recipe: str, tiny_data, run_dir, layout: str = "") -> list[str]:
     data = {"cpt": [f"data.blend=[{{path: {tiny_data / 'finance_text_document'}, weight: 0.7}}, "
                     f"{{path: {tiny_data / 'general_text_document'}, weight: 0.3}}]"],
             "sft": [f"data.blend=[{{path: {tiny_data / 'sft'}, weight: 1}}]"],
             "cpt_it": [f"data.blend=[{{path: {tiny_data / 'cpt_it'}, weight: 1}}]"],
             "dpo": [f"data.blend=[{{path: {tiny_data / 'preference'}, weight: 1}}]"]}[recipe]
+    tied = ["model.tie_embeddings=true"] if layout.endswith("tied") else []
     return [*FAST, f"data.tokenizer={tiny_data / 'tokenizer'}", *data, *SCHEDULE, f"train.steps={STEPS[recipe]}",
-            f"run_dir={run_dir}"]
+            f"run_dir={run_dir}", *tied]
 
 
 @pytest.fixture(scope="module")
 def single(tiny_data, tmp_path_factory):
     cache = {}
 
-    def get(recipe: str) -> dict:
-        if recipe not in cache:
+    def get(recipe: str, layout: str) -> dict:
+        key = (recipe, layout.endswith("tied"))
+        if key not in cache:
             run_dir = tmp_path_factory.mktemp(f"single_{recipe}")
-            assert_ok(run_train(recipe_overrides(recipe, tiny_data, run_dir), recipe=REPO / f"recipes/tiny/{recipe}.yaml"))
-            cache[recipe] = run_dir
-        return cache[recipe]
+            assert_ok(run_train(recipe_overrides(recipe, tiny_data, run_dir, layout),
+                                recipe=REPO / f"recipes/tiny/{recipe}.yaml"))
+            cache[key] = run_dir
+        return cache[key]
 
     return get
 
 
 @pytest.mark.parametrize("recipe,layout", CASES, ids=[f"{r}-{l}" for r, l in CASES])
 def test_two_process_layout_matches_single_process(recipe, layout, single, tiny_data, tmp_path):
-    base = single(recipe)
-    proc = run_train([*recipe_overrides(recipe, tiny_data, tmp_path), *LAYOUTS[layout]], nproc=2,
+    base = single(recipe, layout)
+    proc = run_train([*recipe_overrides(recipe, tiny_data, tmp_path, layout), *LAYOUTS[layout]], nproc=2,
                      recipe=REPO / f"recipes/tiny/{recipe}.yaml")
     assert_ok(proc)
     want, got = losses(base), losses(tmp_path)

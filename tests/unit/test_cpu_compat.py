@@ -8,6 +8,8 @@ Where each patched path is exercised end to end:
   (Float16OptimizerWithFloat16Params) and DistributedOptimizer (`.cuda()` in get_parameter_state_dp_zero):
   test_resume_is_bit_exact_for_distributed_optimizer_and_bf16.
 - RNG tracker (`_set_cuda_rng_state`, `torch.cuda.get_rng_state`): here, and every run via model_parallel seed.
+- LanguageModule.setup_embeddings_and_output_layer (`.cuda()` when tied embeddings span pipeline stages):
+  test_parallel_equivalence[cpt-pp2-tied].
 """
 from __future__ import annotations
 
@@ -95,9 +97,10 @@ def test_tensor_method_context_is_scoped():
 
 
 def test_wrapped_megatron_methods():
+    from megatron.core.models.common.language_module.language_module import LanguageModule
     from megatron.core.optimizer import clip_grads, distrib_optimizer, optimizer
 
-    for fn in (distrib_optimizer.DistributedOptimizer.__init__,
+    for fn in (LanguageModule.setup_embeddings_and_output_layer,distrib_optimizer.DistributedOptimizer.__init__,
                distrib_optimizer.DistributedOptimizer.get_parameter_state_dp_zero,
                optimizer.Float16OptimizerWithFloat16Params.__init__,
                clip_grads.clip_grad_by_total_norm_fp32):
