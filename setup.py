@@ -34,6 +34,7 @@ setup(
             "pyarrow",
             "tiktoken",
             "tensorboard",
+            "trl",  # the DPO/RPO/IPO parity tests and the TRL throughput benches
         ],
         # GPU-only pieces: not installable on a CPU machine; see README "GPU".
         "gpu": ["transformer-engine[pytorch]", "flash-attn"],

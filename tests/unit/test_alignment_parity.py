@@ -14,7 +14,7 @@ import torch
 from megafin.config import load_config
 from megafin.data.packed import collate_packed
 
-pytest.importorskip("trl")
+pytest.importorskip("trl", reason="trl is in the test extra (pip install -e .[test]); without it there is no peer")
 VOCAB = 1024
 
 
