@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from finance_tasks import (REPO, hf_model, megafin_model_overrides, preference_records,  # noqa: E402
+from finance_tasks import (REPO, hf_model, padded_vocab, step_timer, megafin_model_overrides, preference_records,  # noqa: E402
                            require_shared, train_tokenizer, write_jsonl)
 
 WARMUP = 2
@@ -54,7 +54,7 @@ def run_megafin(work: Path, tok: Path, prefix: Path, vocab: int, steps: int, pac
 
 def run_trl(work: Path, tok: Path, rows: list[dict], vocab: int, steps: int, batch: int) -> float:
     from datasets import Dataset
-    from transformers import AutoTokenizer, TrainerCallback
+    from transformers import AutoTokenizer
     from trl import DPOConfig, DPOTrainer
 
     torch.set_num_threads(2)
@@ -64,12 +64,6 @@ def run_trl(work: Path, tok: Path, rows: list[dict], vocab: int, steps: int, bat
                                "rejected": [{"role": "assistant", "content": r["rejected"]}]} for r in rows])
     times: list[float] = []
 
-    class StepTimer(TrainerCallback):
-        def on_step_begin(self, args, state, control, **kw):  # noqa: ANN001
-            self.t0 = time.perf_counter()
-
-        def on_step_end(self, args, state, control, **kw):  # noqa: ANN001
-            times.append(time.perf_counter() - self.t0)
 
     args = DPOConfig(output_dir=str(work / "trl"), beta=0.1, loss_type=["sigmoid"], learning_rate=5e-4,
                      lr_scheduler_type="constant", per_device_train_batch_size=batch, max_steps=steps, max_length=512,
@@ -79,7 +73,7 @@ def run_trl(work: Path, tok: Path, rows: list[dict], vocab: int, steps: int, bat
 
     policy = hf_model(vocab)
     trainer = DPOTrainer(model=policy, ref_model=copy.deepcopy(policy), args=args, train_dataset=data,
-                         processing_class=AutoTokenizer.from_pretrained(tok), callbacks=[StepTimer()])
+                         processing_class=AutoTokenizer.from_pretrained(tok), callbacks=[step_timer(times)])
     trainer.train()
     return batch / statistics.median(times[WARMUP:])
 
@@ -98,10 +92,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         tok = train_tokenizer(rows, work / "tok")
-        from transformers import AutoTokenizer
-
-        vocab = len(AutoTokenizer.from_pretrained(tok))
-        vocab = (vocab + 127) // 128 * 128
+        vocab = padded_vocab(tok)
         src = write_jsonl(rows, work / "pairs.jsonl")
         res = preference([str(src)], str(tok), str(work / "pref"), seq_length=512, quiet=True)
         pairs_per_pack = res.meta["num_pairs"] / res.meta["num_packs"]

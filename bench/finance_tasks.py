@@ -73,3 +73,26 @@ def hf_model(vocab_size: int):
 def megafin_model_overrides(vocab_size: int) -> list[str]:
     return [f"model.{k}={v}" for k, v in SHAPE.items()] + [f"model.vocab_size={vocab_size}",
                                                            "model.max_position_embeddings=1024"]
+
+
+def padded_vocab(tokenizer_dir: Path) -> int:
+    """The tokenizer's size rounded up to megafin's padding (128), used for both engines' models."""
+    from transformers import AutoTokenizer
+
+    return (len(AutoTokenizer.from_pretrained(tokenizer_dir)) + 127) // 128 * 128
+
+
+def step_timer(times: list[float]):
+    """A transformers TrainerCallback appending each optimizer step's wall time to `times`."""
+    import time
+
+    from transformers import TrainerCallback
+
+    class StepTimer(TrainerCallback):
+        def on_step_begin(self, args, state, control, **kw):  # noqa: ANN001
+            self.t0 = time.perf_counter()
+
+        def on_step_end(self, args, state, control, **kw):  # noqa: ANN001
+            times.append(time.perf_counter() - self.t0)
+
+    return StepTimer()

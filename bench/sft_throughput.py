@@ -18,13 +18,12 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from finance_tasks import (REPO, hf_model, megafin_model_overrides, require_shared, sft_records,  # noqa: E402
+from finance_tasks import (REPO, hf_model, padded_vocab, step_timer, megafin_model_overrides, require_shared, sft_records,  # noqa: E402
                            train_tokenizer, write_jsonl)
 
 WARMUP = 2
@@ -51,7 +50,7 @@ def run_megafin(work: Path, tok: Path, prefix: Path, vocab: int, steps: int, pac
 
 def run_trl(work: Path, tok: Path, rows: list[dict], vocab: int, steps: int, batch: int, packing: bool) -> float:
     from datasets import Dataset
-    from transformers import AutoTokenizer, TrainerCallback
+    from transformers import AutoTokenizer
     from trl import SFTConfig, SFTTrainer
 
     torch.set_num_threads(2)
@@ -61,19 +60,13 @@ def run_trl(work: Path, tok: Path, rows: list[dict], vocab: int, steps: int, bat
     times: list[float] = []
     tokens: list[int] = []
 
-    class StepTimer(TrainerCallback):
-        def on_step_begin(self, args, state, control, **kw):  # noqa: ANN001
-            self.t0 = time.perf_counter()
-
-        def on_step_end(self, args, state, control, **kw):  # noqa: ANN001
-            times.append(time.perf_counter() - self.t0)
 
     args = SFTConfig(output_dir=str(work / f"trl_{packing}"), learning_rate=5e-4, lr_scheduler_type="constant",
                      per_device_train_batch_size=batch, max_steps=steps, max_length=SEQ, packing=packing,
                      report_to=[], use_cpu=True, bf16=False, logging_steps=1000, save_strategy="no",
                      dataloader_num_workers=0, seed=0)
     trainer = SFTTrainer(model=hf_model(vocab), args=args, train_dataset=data,
-                         processing_class=AutoTokenizer.from_pretrained(tok), callbacks=[StepTimer()])
+                         processing_class=AutoTokenizer.from_pretrained(tok), callbacks=[step_timer(times)])
     collate = trainer.data_collator
 
     def counting_collator(examples: list) -> dict:  # the real (non-pad) tokens of every batch TRL trains on
@@ -100,9 +93,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         tok = train_tokenizer(rows, work / "tok")
-        from transformers import AutoTokenizer
-
-        vocab = (len(AutoTokenizer.from_pretrained(tok)) + 127) // 128 * 128
+        vocab = padded_vocab(tok)
         src = write_jsonl(rows, work / "sft.jsonl")
         res = sft([str(src)], str(tok), str(work / "sft"), seq_length=SEQ, quiet=True)
         tokens_per_pack = res.meta["num_tokens"] / res.meta["num_packs"]

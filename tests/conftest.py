@@ -39,3 +39,13 @@ def tiny_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from megafin.demo import prepare_data
 
     return prepare_data(tmp_path_factory.mktemp("tiny_data"))
+
+
+@pytest.fixture(scope="module")
+def megatron_world():
+    """megatron-core process groups (gloo, world of one) in the test process, torn down after the module."""
+    from megafin.runtime.distributed import detect_launch_env, init_distributed, shutdown_distributed
+
+    init_distributed(detect_launch_env(), tp=1, pp=1, seed=11)
+    yield
+    shutdown_distributed()

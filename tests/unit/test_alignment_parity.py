@@ -18,13 +18,6 @@ pytest.importorskip("trl", reason="trl is in the test extra (pip install -e .[te
 VOCAB = 1024
 
 
-@pytest.fixture(scope="module")
-def megatron_world():
-    from megafin.runtime.distributed import detect_launch_env, init_distributed, shutdown_distributed
-
-    init_distributed(detect_launch_env(), tp=1, pp=1, seed=11)
-    yield
-    shutdown_distributed()
 
 
 def _hf_model(seed: int):

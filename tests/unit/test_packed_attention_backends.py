@@ -8,13 +8,6 @@ import torch
 from megafin.config import load_config
 
 
-@pytest.fixture(scope="module")
-def megatron_world():
-    from megafin.runtime.distributed import detect_launch_env, init_distributed, shutdown_distributed
-
-    init_distributed(detect_launch_env(), tp=1, pp=1, seed=7)
-    yield
-    shutdown_distributed()
 
 
 def _model(backend: str):
