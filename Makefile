@@ -23,7 +23,7 @@ demo: $(STAMP)
 
 # pytest exits 5 when it collected nothing: make fails on any non-zero exit, so that cannot pass silently.
 test: $(STAMP)
-	$(BIN)/python -m pytest tests -q -p no:cacheprovider $(PYTEST_ARGS)
+	$(BIN)/python -m pytest tests -q -p no:cacheprovider --durations=15 $(PYTEST_ARGS)
 
 clean:
 	rm -rf $(VENV) demo_out

@@ -7,7 +7,7 @@ from tests.helpers import FAST, assert_ok, data_overrides, run_train
 
 
 def test_metrics_jsonl_wandb_offline_and_tensorboard(tiny_data, tmp_path):
-    proc = run_train([*FAST, *data_overrides(tiny_data), "train.steps=3", "logging.wandb=true",
+    proc = run_train([*FAST, *data_overrides(tiny_data), "train.steps=3", "scheduler.warmup_steps=1", "logging.wandb=true",
                       "logging.tensorboard=true", f"run_dir={tmp_path}"], env={"WANDB_API_KEY": "", "WANDB_MODE": ""})
     assert_ok(proc)
     records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
