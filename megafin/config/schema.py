@@ -34,6 +34,9 @@ class ModelConfig:
     init_std: float = 0.02
     # auto | te | triton | sdpa | local. auto: TE with CUDA+TE, triton with CUDA, sdpa on CPU.
     attention_backend: str = "auto"
+    # Per-token log-probs for the losses. auto | megatron | triton. triton: the packed log-prob kernel, which never
+    # materializes [tokens, vocab] logits; auto picks it on CUDA, megatron's vocab-parallel cross entropy on CPU.
+    logprob_backend: str = "auto"
 
 
 @dataclass

@@ -42,6 +42,12 @@ def validate(cfg: Config, world_size: int) -> None:
              m.rope_scaling.type)
     _require(m.attention_backend in ATTENTION_BACKENDS, "model.attention_backend",
              f"one of {', '.join(ATTENTION_BACKENDS)}", m.attention_backend)
+    _require(m.logprob_backend in ("auto", "megatron", "triton"), "model.logprob_backend",
+             "one of auto, megatron, triton", m.logprob_backend)
+    for key in ("attention_backend", "logprob_backend"):
+        if getattr(m, key) == "triton":
+            _require(_cuda_available() or os.environ.get("TRITON_INTERPRET") == "1", f"model.{key}",
+                     "triton only on CUDA (or with TRITON_INTERPRET=1, for testing)", "triton")
     if m.attention_backend == "te":
         _require(_cuda_available() and _te_available(), "model.attention_backend",
                  "te only with CUDA and transformer_engine installed (use auto or sdpa)", "te")

@@ -89,6 +89,12 @@ def _layout_independent_layer(layer_cls: type, seed: int) -> type:
     return SeededLayer
 
 
+def resolve_logprob_backend(requested: str) -> str:
+    if requested == "auto":
+        return "triton" if torch.cuda.is_available() else "megatron"
+    return requested
+
+
 def build_model(cfg: Config, vocab_size: int, pre_process: bool | None = None,
                 post_process: bool | None = None) -> GPTModel:
     """This rank's pipeline stage of the model (the whole model at pp=1)."""
@@ -100,7 +106,12 @@ def build_model(cfg: Config, vocab_size: int, pre_process: bool | None = None,
     scaling = m.rope_scaling
     spec = llama_layer_spec(m.attention_backend)
     spec.module = _layout_independent_layer(spec.module, cfg.train.seed)
-    model = GPTModel(
+    model_cls = GPTModel
+    if resolve_logprob_backend(m.logprob_backend) == "triton":
+        from megafin.model.kernel_logprob import KernelLogprobGPTModel
+
+        model_cls = KernelLogprobGPTModel
+    model = model_cls(
         config=transformer_config(cfg),
         transformer_layer_spec=spec,
         vocab_size=padded_vocab_size(vocab_size, m.make_vocab_size_divisible_by),
