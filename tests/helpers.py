@@ -14,6 +14,9 @@ from typing import Optional, Sequence
 REPO = Path(__file__).resolve().parent.parent
 PY = sys.executable
 TINY_RECIPE = REPO / "recipes" / "tiny" / "cpt.yaml"
+# A 2-layer GQA Llama for in-process model tests (fast under the Triton interpreter too).
+TINY_MODEL = ["model.num_layers=2", "model.hidden_size=64", "model.num_attention_heads=4", "model.num_query_groups=2",
+              "model.ffn_hidden_size=96", "model.max_position_embeddings=64"]
 # Quiet, fast, deterministic defaults for test runs of the tiny recipe.
 FAST = ["logging.wandb=false", "train.eval_interval=0", "checkpoint.interval=0", "checkpoint.save_at_end=false",
         "train.resume=none", "train.threads=1"]

@@ -4,8 +4,6 @@ from __future__ import annotations
 from functools import partial
 from typing import Any, Callable, Optional, Tuple
 
-import numpy as np
-
 from megafin.config.schema import Config
 from megafin.data.tokenizer import HFTokenizerAdapter
 
@@ -32,4 +30,4 @@ def packed_prefix_files(prefix: str) -> list[str]:
                                        for ext in (".bin", ".idx")]
 
 
-__all__ = ["build_datasets", "packed_prefix_files", "np"]
+__all__ = ["build_datasets", "packed_prefix_files"]

@@ -135,10 +135,6 @@ class DPOStage(Stage):
             self._compute_cache(cache, trainer)
             self._load_cache(cache, trainer)
 
-    def _all_pack_ids(self, trainer: Any) -> np.ndarray:
-        packs = trainer.train_batches.dataset.packs
-        return np.arange(len(packs))
-
     def _load_cache(self, cache: Path, trainer: Any) -> bool:
         meta_path = cache / "meta.json"
         if not meta_path.is_file():
@@ -150,7 +146,8 @@ class DPOStage(Stage):
             offsets = data["offsets"]
             for k, pid in enumerate(data["pack_ids"].tolist()):
                 self.reference[pid] = data["values"][offsets[k]:offsets[k + 1]]
-        missing = [int(p) for p in self._all_pack_ids(trainer) if int(p) not in self.reference]
+        num_packs = len(trainer.train_batches.dataset.packs)  # train and validation shares alike
+        missing = [p for p in range(num_packs) if p not in self.reference]
         if missing:
             raise RuntimeError(f"{cache}: reference log-probs missing for {len(missing)} packs (e.g. {missing[:3]}); "
                                f"delete the directory to recompute")
@@ -167,9 +164,9 @@ class DPOStage(Stage):
         packs = dataset.packs
         dp_rank, dp_size = ps.get_data_parallel_rank(), ps.get_data_parallel_world_size()
         mbs, seq = self.cfg.parallel.micro_batch_size, self.cfg.data.seq_length
-        mine = self._all_pack_ids(trainer)[dp_rank::dp_size]
+        total = len(packs)
+        mine = np.arange(total)[dp_rank::dp_size]
         # Every data-parallel rank runs the same number of micro-batches (pipeline stages must agree).
-        total = len(self._all_pack_ids(trainer))
         n_micro = math.ceil(math.ceil(total / dp_size) / mbs)
         pad_id = int(packs.meta.get("pad_id", 0))
         batches = []

@@ -29,7 +29,6 @@ class BadStepTracker:
     def __init__(self, limit: int) -> None:
         self.limit = limit
         self.in_a_row = 0
-        self.total = 0
 
     def observe(self, loss: float) -> bool:
         """True if the step's update should be applied (the loss is finite)."""
@@ -37,7 +36,6 @@ class BadStepTracker:
             self.in_a_row = 0
             return True
         self.in_a_row += 1
-        self.total += 1
         return False
 
     def check(self, step: int) -> None:

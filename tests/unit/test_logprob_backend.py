@@ -9,6 +9,7 @@ import torch
 
 from megafin.config import load_config
 from megafin.data.packed import collate_packed
+from tests.helpers import TINY_MODEL
 
 pytest.importorskip("triton")
 
@@ -16,9 +17,7 @@ pytest.importorskip("triton")
 def _model(backend: str, tie: bool):
     from megafin.model import build_model
 
-    cfg = load_config(None, ["model.num_layers=2", "model.hidden_size=64", "model.num_attention_heads=4",
-                             "model.num_query_groups=2", "model.ffn_hidden_size=96", "model.max_position_embeddings=64",
-                             f"model.logprob_backend={backend}", f"model.tie_embeddings={str(tie).lower()}",
+    cfg = load_config(None, [*TINY_MODEL, f"model.logprob_backend={backend}", f"model.tie_embeddings={str(tie).lower()}",
                              "model.attention_backend=sdpa", "train.seed=5"])
     return build_model(cfg, vocab_size=200)  # padded to 256: labels never touch the padding rows
 

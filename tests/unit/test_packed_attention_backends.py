@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from megafin.config import load_config
+from tests.helpers import TINY_MODEL
 
 
 
@@ -13,9 +14,7 @@ from megafin.config import load_config
 def _model(backend: str):
     from megafin.model import build_model
 
-    cfg = load_config(None, ["model.num_layers=2", "model.hidden_size=64", "model.num_attention_heads=4",
-                             "model.num_query_groups=2", "model.ffn_hidden_size=96", "model.max_position_embeddings=64",
-                             f"model.attention_backend={backend}", "train.seed=3"])
+    cfg = load_config(None, [*TINY_MODEL, f"model.attention_backend={backend}", "train.seed=3"])
     torch.manual_seed(0)
     return build_model(cfg, vocab_size=100)
 
