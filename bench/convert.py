@@ -1,8 +1,9 @@
 """Conversion speed and memory: a Llama-3.2-1B-shaped random bf16 HF checkpoint (made on disk here), converted
 from-hf and back to-hf by the `megafin convert` CLI in child processes; seconds and peak RSS of each, against
-copying the same bytes. Targets (issue 5): peak RSS under 1.5 GB, time within 2x of the copy.
+copying the same bytes. Targets (issue 5): peak RSS under 1.5 GB, time within 2x of the copy. The last line is
+the ratio of the slower direction to the copy (medians over --rounds).
 
-    python bench/convert.py [--workdir DIR] [--layers 16] [--keep]
+    python bench/convert.py [--workdir DIR] [--layers 16] [--rounds 3] [--keep]
 
 --layers shrinks the model for a quick run (the full 1B shape is 16 layers, ~2.5 GB in bf16).
 """
@@ -71,13 +72,13 @@ def make_hf_checkpoint(out: Path, layers: int) -> int:
 # The child reports its own high-water RSS (VmHWM, reset at exec). wait4's ru_maxrss would not do: on Linux a child
 # inherits, through fork+exec, the parent's RSS at fork time as a floor of its maxrss (here: the bench itself, which
 # just generated the random checkpoint).
-_CHILD = """import sys
+_CHILD = """import resource, sys
 from megafin.cli import main
 code = main(sys.argv[2:])
 try:
     hwm_kb = int(next(l for l in open('/proc/self/status') if l.startswith('VmHWM')).split()[1])
 except (OSError, StopIteration):
-        hwm_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    hwm_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 open(sys.argv[1], 'w').write(str(hwm_kb))
 sys.exit(code)
 """
@@ -104,7 +105,7 @@ def copy_seconds(src: Path, dst: Path, userspace: bool) -> float:
     dst.mkdir()
     start = time.perf_counter()
     buf = memoryview(bytearray(64 << 20))
-    for f in sorted(src.glob("*.safetensors")):
+    for f in sorted(p for p in src.iterdir() if p.is_file()):
         if not userspace:
             shutil.copyfile(f, dst / f.name)
             continue
@@ -117,10 +118,21 @@ def copy_seconds(src: Path, dst: Path, userspace: bool) -> float:
     return seconds
 
 
+def _median(values: list[float]) -> float:
+    return sorted(values)[len(values) // 2]
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--workdir", default=None, help="where to write (default: a temporary directory)")
     parser.add_argument("--layers", type=int, default=16)
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="rounds of (copy, from-hf, to-hf); medians are reported. Writes into the page cache of "
+                             "a VM vary by 3x or more from one run to the next, so one round proves little")
+    parser.add_argument("--settle", type=float, default=10.0,
+                        help="seconds to wait before each timed step: a VM's disk absorbs a burst of writes fast "
+                             "after idling and slowly right after another burst, so whichever step ran second "
+                             "would pay for the one before")
     parser.add_argument("--keep", action="store_true", help="keep the files")
     args = parser.parse_args()
     work = Path(args.workdir or tempfile.mkdtemp(prefix="megafin-bench-convert-"))
@@ -132,27 +144,40 @@ def main() -> int:
         print(f"made {hf}: {nbytes / 1e9:.2f} GB bf16 ({args.layers} layers) in {time.perf_counter() - t0:.1f} s",
               flush=True)
         os.sync()
-        kernel_copy_s = copy_seconds(hf, work / "copy", userspace=False)
-        copy_s = copy_seconds(hf, work / "copy", userspace=True)
-        rows = []
-        s, rss = run_measured(["convert", "from-hf", "--hf", str(hf), "--out", str(work / "ckpt"), "--dtype", "bf16"],
-                              work)
-        rows.append(("from-hf", s, rss))
-        s, rss = run_measured(["convert", "to-hf", "--ckpt", str(work / "ckpt"), "--out", str(work / "back"),
-                               "--dtype", "bf16"], work)
-        rows.append(("to-hf", s, rss))
-        same = _same_tensors(hf, work / "back")
-        print(f"\ncopy of the same {nbytes / 1e9:.2f} GB + sync: read/write {copy_s:.1f} s, "
-              f"sendfile {kernel_copy_s:.1f} s")
-        print(f"{'direction':<10}{'seconds':>10}{'x r/w copy':>12}{'x sendfile':>12}{'peak RSS GB':>13}"
-              f"{'RSS target':>12}")
-        for name, s, rss in rows:
-            print(f"{name:<10}{s:>10.1f}{s / copy_s:>12.1f}{s / kernel_copy_s:>12.1f}{rss:>13.2f}"
-                  f"{'ok' if rss < TARGET_RSS_GB else 'MISSED':>12}")
+        times: dict[str, list[float]] = {"sendfile": [], "copy hf": [], "from-hf": [], "copy ckpt": [], "to-hf": []}
+        rss: dict[str, list[float]] = {"from-hf": [], "to-hf": []}
+        same = True
+        for r in range(args.rounds):
+            times["sendfile"].append(copy_seconds(hf, work / "copy", userspace=False))
+            for name, src, args_ in (("from-hf", hf, ["--hf", str(hf), "--out", str(work / "ckpt")]),
+                                     ("to-hf", work / "ckpt", ["--ckpt", str(work / "ckpt"), "--out", str(work / "back")])):
+                # Each conversion is compared with a copy of its own input made right before it: the same bytes, the
+                # same files in the page cache, and the memory that copy frees is what the conversion writes into next
+                # (writes into a VM's fresh pages are several times slower than into recycled ones).
+                time.sleep(args.settle)
+                times[f"copy {src.name}"].append(copy_seconds(src, work / "copy", userspace=True))
+                time.sleep(args.settle)
+                s, peak = run_measured(["convert", name, *args_, "--dtype", "bf16"], work)
+                times[name].append(s)
+                rss[name].append(peak)
+            same = same and _same_tensors(hf, work / "back")
+            shutil.rmtree(work / "ckpt")
+            shutil.rmtree(work / "back")
+            print(f"round {r + 1}: " + ", ".join(f"{k} {v[-1]:.1f} s" for k, v in times.items()), flush=True)
+        print(f"\n{nbytes / 1e9:.2f} GB each way; medians of {args.rounds} rounds; a copy is read/write through a 64 MB "
+              f"buffer + sync (sendfile: {_median(times['sendfile']):.1f} s)")
+        print(f"{'direction':<10}{'seconds':>10}{'copy s':>10}{'x copy':>10}{'peak RSS GB':>13}{'RSS target':>12}")
+        ratios = {}
+        for name, copy_key in (("from-hf", "copy hf"), ("to-hf", "copy ckpt")):
+            s, c, peak = _median(times[name]), _median(times[copy_key]), max(rss[name])
+            ratios[name] = s / c
+            print(f"{name:<10}{s:>10.1f}{c:>10.1f}{s / c:>10.2f}{peak:>13.2f}"
+                  f"{'ok' if peak < TARGET_RSS_GB else 'MISSED':>12}")
         print(f"round trip bit-exact: {same}")
-        print(json.dumps({"bytes": nbytes, "layers": args.layers, "copy_s": copy_s, "sendfile_copy_s": kernel_copy_s,
-                          **{f"{n}_s": s for n, s, _ in rows}, **{f"{n}_peak_rss_gb": r for n, _, r in rows},
+        print(json.dumps({"bytes": nbytes, "layers": args.layers, "rounds": times, "peak_rss_gb": rss,
                           "bit_exact": same}))
+        worst = max(ratios, key=ratios.get)
+        print(f"slowest direction ({worst}) / copy of its input: {ratios[worst]:.2f}x (target <= 2x)")
     finally:
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)

@@ -13,6 +13,7 @@ from typing import Any, Iterator, Optional
 from megafin.config.schema import Config, ModelConfig
 from megafin.convert.adapters import adapter_for_family, adapter_for_hf_config
 from megafin.convert.errors import ConvertError
+from megafin.convert.prefetch import prefetched
 from megafin.convert.safetensors_io import DTYPE_NAMES, TORCH_DTYPE_JSON, HFWeights, parse_size, write_sharded
 
 META = "megafin.json"
@@ -172,7 +173,7 @@ def from_hf(hf_dir: str | Path, out: str | Path, tp: int = 1, pp: int = 1, dtype
         if _has_tokenizer(hf_dir):
             cfg.data.tokenizer = str((out / TOKENIZER_SUBDIR).resolve())
             _copy_tokenizer(hf_dir, tmp / TOKENIZER_SUBDIR)
-        write_model_checkpoint(tmp, adapter, cfg, padded, adapter.to_megatron(m, padded, weights.get),
+        write_model_checkpoint(tmp, adapter, cfg, padded, prefetched(adapter.to_megatron(m, padded, weights.get)),
                                DTYPE_NAMES[dtype])
         if (hf_dir / "generation_config.json").is_file():
             shutil.copy2(hf_dir / "generation_config.json", tmp / "hf_generation_config.json")
@@ -260,8 +261,8 @@ def to_hf(ckpt: str | Path, out: str | Path, dtype: Optional[str] = None, max_sh
                 raise ConvertError(f"{ckpt}: tensor {key} has shape {list(got)}, but the config in {META} implies "
                                    f"{list(want)}")
         with _staging(out, force) as tmp:
-            write_sharded(tmp, shapes, adapter.to_hf(m, vocab, lambda k: reader.read(*adapter.sharded_location(k))),
-                          torch_dtype, max_bytes)
+            hf_tensors = adapter.to_hf(m, vocab, lambda k: reader.read(*adapter.sharded_location(k)))
+            write_sharded(tmp, shapes, prefetched(hf_tensors), torch_dtype, max_bytes)
             _write_hf_metadata(tmp, adapter, m, vocab, torch_dtype, ckpt, tok_dir)
     finally:
         reader.close()

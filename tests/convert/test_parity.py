@@ -88,11 +88,13 @@ def test_checkpoint_saved_at_tp2_or_pp2_exports_bit_exact(name, parallel_logits,
 
 
 def test_sharded_keys_match_the_model(converted):
-    """The adapter's torch_dist keys and global shapes are what megafin's GPTModel saves."""
+    """The adapter's torch_dist keys, global shapes and _extra_state objects are what megafin's GPTModel saves (the
+    writer takes them from the adapter and never builds the model)."""
     from megatron.core.dist_checkpointing.mapping import ShardedTensor
 
     from megafin.convert.adapters.llama import LlamaAdapter
     from megafin.convert.convert import checkpoint_config
+    from megafin.convert.dcp_writer import template_sharded_items
     from megafin.convert.runtime import megatron_session, model_build_config
     from megafin.model import build_model, padded_vocab_size
 
@@ -107,6 +109,9 @@ def test_sharded_keys_match_the_model(converted):
         got = {v.key: tuple(v.global_shape) for v in sharded.values() if isinstance(v, ShardedTensor)}
         assert {k: v for k, v in want.items() if k in got} == got  # fc1 is a factory: not a ShardedTensor
         assert set(want) - set(got) == {"decoder.layers.mlp.linear_fc1.weight"}
+        template_tensors, template_objects = template_sharded_items(cfg)
+        assert set(template_tensors) == set(want)
+        assert template_objects == adapter.sharded_objects(cfg.model)
         for key in adapter.megatron_keys(cfg.model):
             skey, layer = adapter.sharded_location(key)
             assert sharded[key].key == skey, key

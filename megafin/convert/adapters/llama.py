@@ -293,3 +293,14 @@ class LlamaAdapter:
             shapes["output_layer.weight"] = (padded_vocab, H)
         return shapes
 
+    # Linear layers whose `_extra_state` (Transformer Engine's FP8 metadata; None for the local spec) megatron saves
+    # as one object per layer.
+    _EXTRA_STATE_MODULES = ("self_attention.linear_proj", "self_attention.linear_qkv", "mlp.linear_fc1",
+                            "mlp.linear_fc2")
+
+    def sharded_objects(self, m: ModelConfig) -> dict[str, Any]:
+        """The ShardedObjects (unique key -> data) of a model saved by one process: a fresh model has no FP8 state."""
+        L = m.num_layers
+        return {f"decoder.layers.{mod}._extra_state/shard_{i}_{L}": None
+                for i in range(L) for mod in self._EXTRA_STATE_MODULES}
+
