@@ -37,6 +37,9 @@ class ModelConfig:
     # Per-token log-probs for the losses. auto | megatron | triton. triton: the packed log-prob kernel, which never
     # materializes [tokens, vocab] logits; auto picks it on CUDA, megatron's vocab-parallel cross entropy on CPU.
     logprob_backend: str = "auto"
+    # Where the training forward computes logits and log-probs: targets (only positions the loss mask selects; the
+    # same loss and gradients, less work when the loss covers part of the tokens, e.g. responses) | all.
+    loss_positions: str = "targets"
 
 
 @dataclass

@@ -44,6 +44,7 @@ def validate(cfg: Config, world_size: int) -> None:
              f"one of {', '.join(ATTENTION_BACKENDS)}", m.attention_backend)
     _require(m.logprob_backend in ("auto", "megatron", "triton"), "model.logprob_backend",
              "one of auto, megatron, triton", m.logprob_backend)
+    _require(m.loss_positions in ("targets", "all"), "model.loss_positions", "targets or all", m.loss_positions)
     for key in ("attention_backend", "logprob_backend"):
         if getattr(m, key) == "triton":
             _require(_cuda_available() or os.environ.get("TRITON_INTERPRET") == "1", f"model.{key}",

@@ -106,12 +106,14 @@ def build_model(cfg: Config, vocab_size: int, pre_process: bool | None = None,
     scaling = m.rope_scaling
     spec = llama_layer_spec(m.attention_backend)
     spec.module = _layout_independent_layer(spec.module, cfg.train.seed)
-    model_cls = GPTModel
-    if resolve_logprob_backend(m.logprob_backend) == "triton":
-        from megafin.model.kernel_logprob import KernelLogprobGPTModel
+    model_cls, extra = GPTModel, {}
+    backend = resolve_logprob_backend(m.logprob_backend)
+    if backend == "triton" or m.loss_positions == "targets":
+        from megafin.model.logprob_model import LogprobGPTModel
 
-        model_cls = KernelLogprobGPTModel
+        model_cls, extra = LogprobGPTModel, {"logprob_backend": backend, "loss_positions": m.loss_positions}
     model = model_cls(
+        **extra,
         config=transformer_config(cfg),
         transformer_layer_spec=spec,
         vocab_size=padded_vocab_size(vocab_size, m.make_vocab_size_divisible_by),

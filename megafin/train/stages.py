@@ -31,10 +31,23 @@ def per_token_loss(model: Any, batch: dict, nan_loss: bool = False) -> torch.Ten
     """GPTModel's per-token cross entropy (vocab-parallel under TP) for a batch; on non-last PP stages, activations."""
     device = next(model.parameters()).device
     output = model(batch["tokens"].to(device), batch["position_ids"].to(device), None,
-                   labels=batch["labels"].to(device), packed_seq_params=packed_seq_params(batch, device))
+                   labels=batch["labels"].to(device), packed_seq_params=packed_seq_params(batch, device),
+                   **_loss_mask_kwarg(model, batch, device))
     if nan_loss:  # fault injection: the same path a real divergence takes
         output = output * float("nan")
     return output
+
+
+def _loss_mask_kwarg(model: Any, batch: dict, device: torch.device) -> dict:
+    """The loss mask for a model that computes log-probs only where it is set (megafin's LogprobGPTModel, possibly
+    inside DDP / Float16Module wrappers); stock GPTModel gets nothing (it would read it as a multi-token-prediction
+    mask)."""
+    from megafin.model.logprob_model import LogprobGPTModel
+
+    inner = model
+    while hasattr(inner, "module"):
+        inner = inner.module
+    return {"loss_mask": batch["loss_mask"].to(device)} if isinstance(inner, LogprobGPTModel) else {}
 
 
 class Stage:

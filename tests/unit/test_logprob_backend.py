@@ -1,6 +1,7 @@
-"""model.logprob_backend=triton (the packed log-prob kernel, under TRITON_INTERPRET=1 on CPU) gives the same
-per-token losses and gradients as megatron's vocab-parallel cross entropy, on a packed batch; inference still
-returns logits; checkpoints keep the same keys."""
+"""The training loss path of megafin's GPTModel: model.logprob_backend=triton (the packed log-prob kernel, under
+TRITON_INTERPRET=1 on CPU) gives the same per-token losses and gradients as megatron's vocab-parallel cross entropy,
+on a packed batch; model.loss_positions=targets (logits only where the loss mask is set) gives the same losses and
+gradients as computing every position; inference still returns logits; checkpoints keep the same keys."""
 from __future__ import annotations
 
 import numpy as np
@@ -11,19 +12,19 @@ from megafin.config import load_config
 from megafin.data.packed import collate_packed
 from tests.helpers import TINY_MODEL
 
-pytest.importorskip("triton")
 
 
-def _model(backend: str, tie: bool):
+def _model(backend: str, tie: bool, positions: str = "targets"):
     from megafin.model import build_model
 
     cfg = load_config(None, [*TINY_MODEL, f"model.logprob_backend={backend}", f"model.tie_embeddings={str(tie).lower()}",
-                             "model.attention_backend=sdpa", "train.seed=5"])
+                             f"model.loss_positions={positions}", "model.attention_backend=sdpa", "train.seed=5"])
     return build_model(cfg, vocab_size=200)  # padded to 256: labels never touch the padding rows
 
 
 @pytest.mark.parametrize("tie", [False, True], ids=["untied", "tied"])
 def test_kernel_loss_and_gradients_equal_megatron_cross_entropy(tie, megatron_world):
+    pytest.importorskip("triton")
     from megafin.train.stages import per_token_loss
 
     lens = [5, 17, 9]
@@ -43,3 +44,45 @@ def test_kernel_loss_and_gradients_equal_megatron_cross_entropy(tie, megatron_wo
     with torch.no_grad():  # no labels: ordinary logits, as before
         tokens, pos = batch["tokens"][:, :8], batch["position_ids"][:, :8]
         torch.testing.assert_close(fused(tokens, pos, None), ref(tokens, pos, None))
+
+
+def _partly_masked_batch(lens: list[int], mask_from: list[int]) -> dict:
+    """A packed batch whose loss covers only the tail of each document (as responses after a prompt)."""
+    rng = np.random.default_rng(1)
+    mask = np.concatenate([(np.arange(n) >= m).astype(int) for n, m in zip(lens, mask_from)])
+    sample = {"pack_id": 0, "tokens": rng.integers(0, 200, sum(lens)), "loss_mask": mask, "doc_lens": np.array(lens)}
+    return collate_packed([sample], seq_length=48, pad_id=0)
+
+
+@pytest.mark.parametrize("backend", ["megatron", "triton"])
+@pytest.mark.parametrize("tie", [False, True], ids=["untied", "tied"])
+def test_targets_only_equals_every_position(backend, tie, megatron_world):
+    """Logits only at loss positions: the same per-token losses there, zero elsewhere, the same gradients."""
+    if backend == "triton":
+        pytest.importorskip("triton")
+    from megafin.train.stages import per_token_loss
+
+    batch = _partly_masked_batch([9, 17, 12], [6, 15, 12])  # the third document has no target at all
+    mask = batch["loss_mask"].float()
+    assert 0 < mask.sum() < mask.numel()
+    full, targets = _model(backend, tie, "all"), _model(backend, tie, "targets")
+    targets.load_state_dict(full.state_dict())
+    a, b = per_token_loss(full, batch), per_token_loss(targets, batch)
+    torch.testing.assert_close(b * mask, a * mask, rtol=1e-6, atol=1e-6)
+    assert torch.all(b[mask == 0] == 0)
+    (a * mask).sum().backward()
+    (b * mask).sum().backward()
+    for (name, p), (_, q) in zip(full.named_parameters(), targets.named_parameters()):
+        torch.testing.assert_close(q.grad, p.grad, rtol=1e-5, atol=1e-6, msg=name)
+
+
+def test_targets_only_with_an_empty_mask_still_backpropagates(megatron_world):
+    """A micro-batch without targets (e.g. a filler pack) gives zero loss and zero gradients, not an error."""
+    from megafin.train.stages import per_token_loss
+
+    batch = _partly_masked_batch([20, 20], [20, 20])
+    assert batch["loss_mask"].sum() == 0
+    model = _model("megatron", False)
+    out = per_token_loss(model, batch)
+    (out * batch["loss_mask"]).sum().backward()
+    assert all(p.grad is None or torch.count_nonzero(p.grad) == 0 for p in model.parameters())
