@@ -67,3 +67,23 @@ def test_sdpa_and_triton_backends_agree(megatron_world):
     a = _packed_loss(_model("sdpa"), tokens, tokens, lens)
     b = _packed_loss(_model("triton"), tokens, tokens, lens)
     torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+
+
+def test_thd_plan_groups_similar_lengths_and_unpads_in_pack_order():
+    """SDPA's THD path pads documents of similar length into one call; every token comes back to its place."""
+    from megafin.model.sdpa_attention import _THDPlan
+
+    lens = [1, 16, 11, 4, 0, 15]
+    cu = [0, *torch.tensor(lens).cumsum(0).tolist()]
+    plan = _THDPlan(cu, torch.device("cpu"))
+    total = sum(lens)
+    padded = torch.cat([rows for rows, _, _ in plan.groups])
+    assert torch.equal(padded[plan.unpad], torch.arange(total))  # unpadding restores pack order
+    for rows, n, length in plan.groups:
+        assert rows.numel() == n * length
+        docs = rows.view(n, length)
+        length_at = {s: n for s, n in zip(cu[:-1], lens) if n}  # document start -> its length
+        real = [length_at[s] for s in docs[:, 0].tolist()]
+        assert all(r <= length for r in real)
+        assert n * length * length <= _THDPlan.MAX_WASTE * sum(r * r for r in real)
+    assert len(plan.groups) < len([n for n in lens if n])  # fewer calls than documents
