@@ -7,7 +7,7 @@ megafin's default (`precompute`: one pass before training, stored with the run) 
 megafin packs pairs (`data_prep preference`, seq 512), TRL pads each batch to its longest sequence.
 Step times are medians after warm-up. The last line is the ratio megafin (online) / TRL.
 
-    python bench/dpo_throughput.py [--pairs 512] [--steps 10]
+    python bench/dpo_throughput.py [--pairs 512] [--steps 30]
 """
 from __future__ import annotations
 
@@ -81,7 +81,7 @@ def run_trl(work: Path, tok: Path, rows: list[dict], vocab: int, steps: int, bat
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--pairs", type=int, default=512)
-    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--trl-batch", type=int, default=16)
     parser.add_argument("--packs-per-step", type=int, default=4)
     args = parser.parse_args()

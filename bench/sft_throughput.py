@@ -7,7 +7,7 @@ shape, fp32, AdamW, CPU, 2 threads. megafin packs with data_prep (best-fit-decre
 documents (THD); TRL pads each batch to its longest example, or packs (`packing=True`, max_length 1024).
 Step times are medians after warm-up. The last line is the ratio megafin / TRL with packing.
 
-    python bench/sft_throughput.py [--examples 2000] [--steps 10]
+    python bench/sft_throughput.py [--examples 2000] [--steps 30]
 """
 from __future__ import annotations
 
@@ -82,7 +82,7 @@ def run_trl(work: Path, tok: Path, rows: list[dict], vocab: int, steps: int, bat
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--examples", type=int, default=2000)
-    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--trl-batch", type=int, default=16)
     parser.add_argument("--packs-per-step", type=int, default=2)
     args = parser.parse_args()

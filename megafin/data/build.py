@@ -22,7 +22,13 @@ def build_datasets(cfg: Config, tokenizer: HFTokenizerAdapter, num_train_samples
     train = PackedSplit(packs, train_ids, cfg.train.seed)
     valid = PackedSplit(packs, valid_ids, cfg.train.seed + 1) if len(valid_ids) else None
     pad_id = int(packs.meta.get("pad_id", tokenizer.eod))
-    return train, valid, partial(collate_packed, seq_length=cfg.data.seq_length, pad_id=pad_id)
+    return train, valid, partial(collate_packed, seq_length=cfg.data.seq_length, pad_id=pad_id,
+                                 fixed_length=packed_fixed_length(cfg))
+
+
+def packed_fixed_length(cfg: Config) -> bool:
+    """Packed micro-batches keep a fixed length only where shapes must agree: across pipeline stages."""
+    return cfg.parallel.pp > 1
 
 
 def packed_prefix_files(prefix: str) -> list[str]:

@@ -82,9 +82,12 @@ def split_packs(packs: PackedSequences, split: str, seed: int) -> tuple[np.ndarr
     return perm[:n_train], perm[n_train:n_train + n_valid]
 
 
-def collate_packed(samples: Sequence[dict[str, Any]], seq_length: int, pad_id: int) -> dict[str, Any]:
-    """Lay the packs end to end, shift labels inside documents, pad to len(samples) * seq_length."""
-    total = len(samples) * seq_length
+def collate_packed(samples: Sequence[dict[str, Any]], seq_length: int, pad_id: int,
+                   fixed_length: bool = True) -> dict[str, Any]:
+    """Lay the packs end to end and shift labels inside documents. fixed_length: pad to len(samples) * seq_length
+    with one padding document (pipeline stages exchange fixed shapes); otherwise stop at the last real token, so no
+    compute is spent on filler."""
+    total = len(samples) * seq_length if fixed_length else sum(int(s["tokens"].size) for s in samples)
     tokens = np.full(total, pad_id, dtype=np.int64)
     labels = np.zeros(total, dtype=np.int64)
     loss_mask = np.zeros(total, dtype=np.float32)
