@@ -4,8 +4,9 @@ Pairs: FPB sentiment questions from ../shared/data (chosen = gold label, rejecte
 same chat template on both sides. Model: the tiny recipes' Llama shape, fp32, AdamW, beta 0.1, CPU, 2 threads.
 Both compute the reference model's log-probs at every step (megafin `dpo.reference_logps=online`, TRL's default);
 megafin's default (`precompute`: one pass before training, stored with the run) is shown as an extra row.
-megafin packs pairs (`data_prep preference`, seq 512), TRL pads each batch to its longest sequence.
-Step times are medians after warm-up. The last line is the ratio megafin (online) / TRL.
+megafin packs pairs (`data_prep preference`, seq 512), TRL pads each batch to its longest sequence. megafin runs
+with whole documents and with `dpo.share_prompt` (each pair's prompt computed once; the same log-probs).
+Step times are medians after warm-up. The last line is the ratio megafin (online) / TRL, both ways.
 
     python bench/dpo_throughput.py [--pairs 512] [--steps 30]
 """
@@ -30,16 +31,16 @@ from finance_tasks import (REPO, hf_model, padded_vocab, step_timer, megafin_mod
 WARMUP = 2
 
 
-def run_megafin(work: Path, tok: Path, prefix: Path, vocab: int, steps: int, packs_per_step: int, mode: str
-                ) -> tuple[float, float]:
-    run_dir = work / f"megafin_{mode}"
+def run_megafin(work: Path, tok: Path, prefix: Path, vocab: int, steps: int, packs_per_step: int, mode: str,
+                share_prompt: bool = False) -> tuple[float, float]:
+    run_dir = work / f"megafin_{mode}_{'shared' if share_prompt else 'whole'}"
     overrides = [*megafin_model_overrides(vocab), f"run_dir={run_dir}", f"data.tokenizer={tok}",
                  f"data.blend=[{{path: {prefix}, weight: 1}}]", "data.seq_length=512", "data.split=100,0,0",
                  "parallel.micro_batch_size=1", f"parallel.global_batch_size={packs_per_step}", f"train.steps={steps}",
                  "train.threads=2", "train.resume=none", "train.eval_interval=0", "scheduler.warmup_steps=0",
                  "scheduler.decay=constant", "optimizer.lr=5e-4", "optimizer.min_lr=5e-4", "dpo.loss=dpo",
                  "dpo.beta=0.1", f"dpo.reference_logps={mode}", "checkpoint.interval=0", "checkpoint.save_at_end=false",
-                 "logging.wandb=false", "logging.interval=1000"]
+                 "logging.wandb=false", "logging.interval=1000", f"dpo.share_prompt={str(share_prompt).lower()}"]
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     t0 = time.perf_counter()
     proc = subprocess.run([sys.executable, "-m", "megafin.train", str(REPO / "recipes/tiny/dpo.yaml"), *overrides],
@@ -48,7 +49,9 @@ def run_megafin(work: Path, tok: Path, prefix: Path, vocab: int, steps: int, pac
     if proc.returncode != 0:
         raise SystemExit(f"megafin failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
     rec = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()][WARMUP:]
-    pairs_per_s = sum(r["pairs"] for r in rec) / sum(r["step_time_s"] for r in rec)
+    # Mean pairs per step over the median step time, as TRL's side (batch / median): a median shrugs off the
+    # multi-second stalls this VM shows now and then, in either trainer.
+    pairs_per_s = statistics.mean(r["pairs"] for r in rec) / statistics.median(r["step_time_s"] for r in rec)
     return pairs_per_s, wall
 
 
@@ -96,16 +99,19 @@ def main() -> None:
         src = write_jsonl(rows, work / "pairs.jsonl")
         res = preference([str(src)], str(tok), str(work / "pref"), seq_length=512, quiet=True)
         pairs_per_pack = res.meta["num_pairs"] / res.meta["num_packs"]
-        online, _ = run_megafin(work, tok, work / "pref", vocab, args.steps, args.packs_per_step, "online")
-        pre, _ = run_megafin(work, tok, work / "pref", vocab, args.steps, args.packs_per_step, "precompute")
+        run = lambda mode, shared: run_megafin(work, tok, work / "pref", vocab, args.steps,  # noqa: E731
+                                               args.packs_per_step, mode, shared)[0]
+        online, online_shared, pre_shared = run("online", False), run("online", True), run("precompute", True)
         trl = run_trl(work, tok, rows, vocab, args.steps, args.trl_batch)
     print(f"DPO, {len(rows)} FPB pairs, tiny Llama shape, fp32, CPU, 2 threads; megafin packs hold "
           f"{pairs_per_pack:.1f} pairs at seq 512 (fill {res.meta.get('fill', 0):.1%})")
-    print(f"{'engine':<44} {'pairs/s':>9}")
-    print(f"{'TRL DPOTrainer (reference every step)':<44} {trl:>9.1f}")
-    print(f"{'megafin dpo (reference every step)':<44} {online:>9.1f}")
-    print(f"{'megafin dpo (reference precomputed; pass excluded)':<44} {pre:>9.1f}")
-    print(f"ratio megafin/TRL pairs/s (both with the reference every step): {online / trl:.2f}x")
+    print(f"{'engine':<62} {'pairs/s':>9}")
+    print(f"{'TRL DPOTrainer (reference every step)':<62} {trl:>9.1f}")
+    print(f"{'megafin dpo (reference every step)':<62} {online:>9.1f}")
+    print(f"{'megafin dpo (reference every step, dpo.share_prompt)':<62} {online_shared:>9.1f}")
+    print(f"{'megafin dpo (reference precomputed, pass excluded; share_prompt)':<62} {pre_shared:>9.1f}")
+    print(f"ratio megafin/TRL pairs/s, both with the reference every step: {online / trl:.2f}x whole documents, "
+          f"{online_shared / trl:.2f}x with dpo.share_prompt")
 
 
 if __name__ == "__main__":

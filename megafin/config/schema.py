@@ -133,6 +133,9 @@ class DPOConfig:
 
 
 @dataclass
+    # Each pair's prompt is computed once: the rejected response attends to the chosen document's prompt tokens
+    # instead of repeating them (same log-probs; fewer tokens when prompts are long). Needs SDPA attention.
+    share_prompt: bool = False
 class Config:
     run_dir: str = "runs/default"
     stage: str = "cpt"

@@ -86,6 +86,14 @@ def validate(cfg: Config, world_size: int) -> None:
                  d.reference_logps)
         if d.reference_logps == "online":
             _require(par.pp == 1, "dpo.reference_logps", "precompute when parallel.pp > 1", "online")
+        if d.share_prompt:
+            _require(m.attention_backend == "sdpa" or (m.attention_backend == "auto" and not _cuda_available()),
+                     "dpo.share_prompt", "false unless model.attention_backend is sdpa (the varlen kernels have no "
+                     "prefix mask)", True)
+            _require(m.loss_positions == "targets" or m.logprob_backend == "triton"
+                     or (m.logprob_backend == "auto" and _cuda_available()),
+                     "dpo.share_prompt", "false with model.loss_positions=all and the megatron log-prob backend "
+                     "(per-token RoPE positions come with megafin's log-prob model)", True)
         if d.reference:
             _require(Path(d.reference).is_dir(), "dpo.reference", "an existing checkpoint directory", d.reference)
 

@@ -23,7 +23,11 @@ def build_datasets(cfg: Config, tokenizer: HFTokenizerAdapter, num_train_samples
     valid = PackedSplit(packs, valid_ids, cfg.train.seed + 1) if len(valid_ids) else None
     pad_id = int(packs.meta.get("pad_id", tokenizer.eod))
     return train, valid, partial(collate_packed, seq_length=cfg.data.seq_length, pad_id=pad_id,
-                                 fixed_length=packed_fixed_length(cfg))
+                                 fixed_length=packed_fixed_length(cfg), share_prompt=shares_prompt(cfg))
+
+
+def shares_prompt(cfg: Config) -> bool:
+    return cfg.stage == "dpo" and cfg.dpo.share_prompt
 
 
 def packed_fixed_length(cfg: Config) -> bool:

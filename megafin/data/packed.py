@@ -82,40 +82,71 @@ def split_packs(packs: PackedSequences, split: str, seed: int) -> tuple[np.ndarr
     return perm[:n_train], perm[n_train:n_train + n_valid]
 
 
+def shared_prompt_length(chosen: np.ndarray, chosen_mask: np.ndarray, rejected: np.ndarray,
+                         rejected_mask: np.ndarray) -> int:
+    """Tokens a preference pair's two documents share before either response starts (the rendered prompt)."""
+    limit = min(int(np.argmax(chosen_mask)) if chosen_mask.any() else chosen.size,
+                int(np.argmax(rejected_mask)) if rejected_mask.any() else rejected.size)
+    same = chosen[:limit] == rejected[:limit]
+    return int(limit if same.all() else np.argmin(same))
+
+
+def _documents(sample: dict[str, Any], share_prompt: bool) -> list[tuple[np.ndarray, np.ndarray, int, int]]:
+    """(tokens, raw loss mask, first position, prefix) per document of a pack. With share_prompt, documents 2k and
+    2k+1 are a preference pair: the rejected one keeps only the last shared prompt token and its response, starts
+    at that token's position and attends to the chosen document's first `prefix` tokens (the rest of the prompt),
+    which is exactly the context it had whole."""
+    t, m, lens = sample["tokens"], sample["loss_mask"], sample["doc_lens"].tolist()
+    starts = np.concatenate([[0], np.cumsum(lens)[:-1]]).astype(int).tolist()
+    docs = [(t[a:a + n], m[a:a + n], 0, 0) for a, n in zip(starts, lens)]
+    if share_prompt:
+        for k in range(0, len(docs) - 1, 2):
+            (ct, cm, _, _), (rt, rm, _, _) = docs[k], docs[k + 1]
+            shared = shared_prompt_length(ct, cm, rt, rm)
+            if shared >= 2:
+                docs[k + 1] = (rt[shared - 1:], rm[shared - 1:], shared - 1, shared - 1)
+    return docs
+
+
 def collate_packed(samples: Sequence[dict[str, Any]], seq_length: int, pad_id: int,
-                   fixed_length: bool = True) -> dict[str, Any]:
+                   fixed_length: bool = True, share_prompt: bool = False) -> dict[str, Any]:
     """Lay the packs end to end and shift labels inside documents. fixed_length: pad to len(samples) * seq_length
     with one padding document (pipeline stages exchange fixed shapes); otherwise stop at the last real token, so no
-    compute is spent on filler."""
-    total = len(samples) * seq_length if fixed_length else sum(int(s["tokens"].size) for s in samples)
+    compute is spent on filler. share_prompt: preference pairs keep their prompt once (see `_documents`);
+    `attn_prefix` then lists, per document, how many tokens of the document before it it also attends to."""
+    docs_per_sample = []
+    for sample in samples:
+        if sample["tokens"].size > seq_length:
+            raise ValueError(f"pack {sample['pack_id']} has {sample['tokens'].size} tokens, more than "
+                             f"data.seq_length={seq_length}")
+        docs_per_sample.append(_documents(sample, share_prompt))
+    used_total = sum(d[0].size for docs in docs_per_sample for d in docs)
+    total = len(samples) * seq_length if fixed_length else used_total
     tokens = np.full(total, pad_id, dtype=np.int64)
     labels = np.zeros(total, dtype=np.int64)
     loss_mask = np.zeros(total, dtype=np.float32)
     position_ids = np.zeros(total, dtype=np.int64)
     cu = [0]
     doc_pack = []  # which sample (pack) each real document came from
-    for s_idx, sample in enumerate(samples):
-        t, m, lens = sample["tokens"], sample["loss_mask"], sample["doc_lens"]
-        if t.size > seq_length:
-            raise ValueError(f"pack {sample['pack_id']} has {t.size} tokens, more than data.seq_length={seq_length}")
-        base = cu[-1]
-        tokens[base:base + t.size] = t
-        doc_start = 0
-        for n in lens.tolist():
-            a = base + doc_start
+    attn_prefix = []
+    for s_idx, docs in enumerate(docs_per_sample):
+        for t, m, first_pos, prefix in docs:
+            a, n = cu[-1], t.size
+            tokens[a:a + n] = t
             # Position j predicts token j+1 of the same document, and carries loss if that token is a target.
-            labels[a:a + n - 1] = t[doc_start + 1:doc_start + n]
-            loss_mask[a:a + n - 1] = m[doc_start + 1:doc_start + n]
-            position_ids[a:a + n] = np.arange(n)
-            doc_start += n
+            labels[a:a + n - 1] = t[1:]
+            loss_mask[a:a + n - 1] = m[1:]
+            position_ids[a:a + n] = np.arange(first_pos, first_pos + n)
             cu.append(a + n)
             doc_pack.append(s_idx)
+            attn_prefix.append(prefix)
     used = cu[-1]
     num_docs = len(cu) - 1
     if used < total:  # one padding document: attends to itself only, carries no loss
         position_ids[used:total] = np.arange(total - used)
         cu.append(total)
-    return {
+        attn_prefix.append(0)
+    batch = {
         "tokens": torch.from_numpy(tokens).unsqueeze(0),
         "labels": torch.from_numpy(labels).unsqueeze(0),
         "loss_mask": torch.from_numpy(loss_mask).unsqueeze(0),
@@ -126,3 +157,7 @@ def collate_packed(samples: Sequence[dict[str, Any]], seq_length: int, pad_id: i
         "pack_ids": [int(s["pack_id"]) for s in samples],
         "doc_pack": doc_pack,
     }
+    if any(attn_prefix):
+        batch["attn_prefix"] = attn_prefix
+        batch["max_position"] = int(position_ids.max())
+    return batch

@@ -18,7 +18,8 @@ hidden states reach the output layer scattered over the sequence, so there every
 """
 from __future__ import annotations
 
-from typing import Any, Optional
+import contextlib
+from typing import Any, Iterator, Optional
 
 import torch
 from megatron.core import parallel_state
@@ -56,6 +57,26 @@ def loss_rows(loss_mask: torch.Tensor) -> Optional[torch.Tensor]:
     return rows if rows.numel() else rows.new_zeros(1)
 
 
+@contextlib.contextmanager
+def _rope_at_positions(model: GPTModel, position_ids: torch.Tensor) -> Iterator[None]:
+    """RoPE at each token's own position_ids instead of restarting at 0 in every THD document: a shared-prompt
+    rejected response continues at its prompt's length. megatron-core's THD RoPE applies frequencies token by token
+    when their count equals the packed length, so the rotary module is stood in for by one that returns them."""
+    rotary = model.rotary_pos_emb
+    positions = position_ids.reshape(-1)
+
+    def per_token(max_seq_len: int, *args: Any, **kwargs: Any) -> torch.Tensor:
+        table = rotary(int(positions.max()) + 1, *args, **kwargs)  # [max position + 1, 1, 1, dim]
+        return table.index_select(0, positions.to(table.device))
+
+    per_token.get_rotary_seq_len = rotary.get_rotary_seq_len  # type: ignore[attr-defined]
+    model.__dict__["rotary_pos_emb"] = per_token  # shadows the registered module for this forward only
+    try:
+        yield
+    finally:
+        del model.__dict__["rotary_pos_emb"]
+
+
 class LogprobGPTModel(GPTModel):
     def __init__(self, *args: Any, logprob_backend: str = "megatron", loss_positions: str = "all",
                  **kwargs: Any) -> None:
@@ -68,6 +89,14 @@ class LogprobGPTModel(GPTModel):
 
     def forward(self, *args: Any, labels: Optional[torch.Tensor] = None, loss_mask: Optional[torch.Tensor] = None,
                 **kwargs: Any) -> torch.Tensor:
+        params = kwargs.get("packed_seq_params")
+        if params is not None and getattr(params, "megafin_attn_prefix", None):
+            with _rope_at_positions(self, args[1]):
+                return self._forward(*args, labels=labels, loss_mask=loss_mask, **kwargs)
+        return self._forward(*args, labels=labels, loss_mask=loss_mask, **kwargs)
+
+    def _forward(self, *args: Any, labels: Optional[torch.Tensor] = None, loss_mask: Optional[torch.Tensor] = None,
+                 **kwargs: Any) -> torch.Tensor:
         if labels is None or not self.post_process:
             return super().forward(*args, labels=labels, **kwargs)
         layer = self.output_layer

@@ -50,12 +50,12 @@ class SDPACoreAttention(DotProductAttention):
         # past its own position, and padded query rows are dropped.
         plan = _thd_plan(params)
         pieces = []
-        for rows, n, length in plan.groups:
-            q, k, v = (x.index_select(0, rows).view(n, length, *x.shape[1:]).transpose(1, 2)
-                       for x in (query, key, value))
-            o = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, is_causal=True,
+        for g in plan.groups:
+            q = query.index_select(0, g.q_rows).view(g.n, g.lq, *query.shape[1:]).transpose(1, 2)
+            k, v = (x.index_select(0, g.kv_rows).view(g.n, g.lk, *x.shape[1:]).transpose(1, 2) for x in (key, value))
+            o = F.scaled_dot_product_attention(q, k, v, attn_mask=g.mask, dropout_p=dropout, is_causal=g.mask is None,
                                                scale=self.softmax_scale, enable_gqa=q.size(1) != k.size(1))
-            pieces.append(o.transpose(1, 2).reshape(n * length, o.size(1), o.size(3)))
+            pieces.append(o.transpose(1, 2).reshape(g.n * g.lq, o.size(1), o.size(3)))
         padded = pieces[0] if len(pieces) == 1 else torch.cat(pieces, dim=0)
         out = padded.index_select(0, plan.unpad)  # the documents' tokens, in pack order
         if out.size(0) < query.size(0):  # tail padding past cu_seqlens[-1]: zeros, no gradient
@@ -63,51 +63,82 @@ class SDPACoreAttention(DotProductAttention):
         return out
 
 
+class _Group:
+    """One SDPA call: n documents' queries padded to lq rows, their keys/values to lk rows (`q_rows`, `kv_rows` index
+    the token axis). mask None: plain causal documents (lq == lk). Otherwise a boolean [n, 1, lq, lk] mask: the
+    documents attend to a prefix of the document before them (a shared prompt) and causally to themselves."""
+
+    def __init__(self, q_rows: list[int], kv_rows: list[int], n: int, lq: int, lk: int,
+                 mask: Optional[torch.Tensor], device: torch.device) -> None:
+        self.q_rows = torch.tensor(q_rows, dtype=torch.long, device=device)
+        self.kv_rows = torch.tensor(kv_rows, dtype=torch.long, device=device)
+        self.n, self.lq, self.lk = n, lq, lk
+        self.mask = mask.to(device) if mask is not None else None
+
+
 class _THDPlan:
     """How a THD micro-batch's documents are grouped and padded, computed once per forward (every layer shares it).
 
-    groups: (rows, n, L) per group: `rows` indexes the [t] token axis for n documents padded to L (a padding slot
-    repeats the document's last token; causality hides it). unpad: for each document token in pack order, its row
-    in the concatenated padded groups."""
+    Documents of similar size share one padded SDPA call (see `_Group`); a padding slot repeats one of the
+    document's own rows (causality or the mask hides it). `unpad`: for each document token in pack order, its row in
+    the concatenated outputs of the groups. `prefix[i]`: how many leading tokens of document i-1 document i also
+    attends to (0 for ordinary documents)."""
 
-    # A group may cost at most this much more attention work (n * L^2) than its documents alone (sum of len^2).
+    # A group may cost at most this much more attention work (n * lq * lk) than its documents alone.
     MAX_WASTE = 1.5
 
-    def __init__(self, cu_seqlens: list[int], device: torch.device) -> None:
+    def __init__(self, cu_seqlens: list[int], device: torch.device, prefix: Optional[list[int]] = None) -> None:
         assert cu_seqlens[0] == 0, "cu_seqlens must start at 0"
-        lens = [(e - s, s) for s, e in zip(cu_seqlens[:-1], cu_seqlens[1:]) if e > s]
-        order = sorted(lens, key=lambda x: -x[0])
-        groups: list[list[tuple[int, int]]] = []
-        for doc in order:
+        prefix = prefix or [0] * (len(cu_seqlens) - 1)
+        # (queries, prefix length, start of the document, start of the previous document)
+        docs = [(e - s, prefix[i], s, cu_seqlens[i - 1] if i else 0)
+                for i, (s, e) in enumerate(zip(cu_seqlens[:-1], cu_seqlens[1:])) if e > s]
+        self.groups: list[_Group] = []
+        where: dict[int, int] = {}  # document start -> row of its first query in the concatenated outputs
+        base = 0
+        for members in self._grouped([d for d in docs if not d[1]]) + self._grouped([d for d in docs if d[1]]):
+            lq = max(n for n, _, _, _ in members)
+            lk = max(n + p for n, p, _, _ in members)
+            q_rows, kv_rows = [], []
+            mask = torch.zeros(len(members), 1, lq, lk, dtype=torch.bool) if lk != lq or members[0][1] else None
+            for j, (n, p, start, prev) in enumerate(members):
+                where[start] = base + j * lq
+                q_rows += list(range(start, start + n)) + [start + n - 1] * (lq - n)
+                keys = list(range(prev, prev + p)) + list(range(start, start + n))
+                kv_rows += keys + [start + n - 1] * (lk - len(keys))
+                if mask is not None:
+                    mask[j, 0, :n, :p] = True
+                    mask[j, 0, :n, p:p + n] = torch.ones(n, n, dtype=torch.bool).tril()
+                    mask[j, 0, n:, 0] = True  # padded query rows (dropped) must not be all-masked
+            self.groups.append(_Group(q_rows, kv_rows, len(members), lq, lk, mask, device))
+            base += len(members) * lq
+        unpad: list[int] = []
+        for n, _, start, _ in sorted(docs, key=lambda d: d[2]):
+            unpad.extend(range(where[start], where[start] + n))
+        self.unpad = torch.tensor(unpad, dtype=torch.long, device=device)
+
+    @classmethod
+    def _grouped(cls, docs: list[tuple[int, int, int, int]]) -> list[list[tuple[int, int, int, int]]]:
+        """Greedy, largest first: a document joins the current group while the padded cost stays within
+        MAX_WASTE of the exact cost."""
+        groups: list[list[tuple[int, int, int, int]]] = []
+        for doc in sorted(docs, key=lambda d: -(d[0] + d[1])):
             if groups:
                 g = groups[-1]
-                longest = g[0][0]
-                exact = sum(n * n for n, _ in g) + doc[0] * doc[0]
-                if (len(g) + 1) * longest * longest <= self.MAX_WASTE * exact:
+                lq, lk = max(n for n, _, _, _ in g), max(n + p for n, p, _, _ in g)
+                exact = sum(n * (n + p) for n, p, _, _ in g) + doc[0] * (doc[0] + doc[1])
+                if (len(g) + 1) * lq * lk <= cls.MAX_WASTE * exact:
                     g.append(doc)
                     continue
             groups.append([doc])
-        self.groups = []
-        where = {}  # document start -> row of its first token in the padded concatenation
-        base = 0
-        for g in groups:
-            longest = g[0][0]
-            rows = []
-            for length, start in g:
-                where[start] = base + len(rows)
-                rows.extend(range(start, start + length))
-                rows.extend([start + length - 1] * (longest - length))
-            self.groups.append((torch.tensor(rows, dtype=torch.long, device=device), len(g), longest))
-            base += len(rows)
-        unpad = []
-        for length, start in sorted(lens, key=lambda x: x[1]):
-            unpad.extend(range(where[start], where[start] + length))
-        self.unpad = torch.tensor(unpad, dtype=torch.long, device=device)
+        return groups
 
 
 def _thd_plan(params: PackedSeqParams) -> _THDPlan:
-    """The plan for these PackedSeqParams, cached on the object: all layers of one forward share the instance."""
+    """The plan for these PackedSeqParams, cached on the object: all layers of one forward share the instance.
+    A shared-prompt batch carries its per-document prefix lengths as `megafin_attn_prefix`."""
     plan = params.__dict__.get("_megafin_thd_plan")
     if plan is None:
-        plan = params.__dict__["_megafin_thd_plan"] = _THDPlan(params.cu_seqlens_q.tolist(), params.cu_seqlens_q.device)
+        plan = params.__dict__["_megafin_thd_plan"] = _THDPlan(
+            params.cu_seqlens_q.tolist(), params.cu_seqlens_q.device, params.__dict__.get("megafin_attn_prefix"))
     return plan

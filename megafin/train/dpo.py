@@ -158,7 +158,7 @@ class DPOStage(Stage):
         from megatron.core import parallel_state as ps
         from megatron.core.pipeline_parallel import get_forward_backward_func
 
-        from megafin.data.build import packed_fixed_length
+        from megafin.data.build import packed_fixed_length, shares_prompt
         from megafin.data.packed import collate_packed
 
         dataset = trainer.train_batches.dataset
@@ -178,7 +178,8 @@ class DPOStage(Stage):
             if not samples:  # a short shard repeats its first pack so shapes stay fixed; the result is dropped
                 t, lm, dl = packs[int(mine[0])]
                 samples = [{"pack_id": -1, "tokens": t, "loss_mask": lm, "doc_lens": dl}]
-            batches.append(collate_packed(samples, seq, pad_id, fixed_length=packed_fixed_length(self.cfg)))
+            batches.append(collate_packed(samples, seq, pad_id, fixed_length=packed_fixed_length(self.cfg),
+                                          share_prompt=shares_prompt(self.cfg)))
         results: dict[int, np.ndarray] = {}
 
         def record(batch: dict, output_tensor: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, dict]:

@@ -23,8 +23,11 @@ def packed_seq_params(batch: dict, device: torch.device) -> Any:
     from megatron.core.packed_seq_params import PackedSeqParams
 
     cu = batch["cu_seqlens"].to(device)
-    return PackedSeqParams(qkv_format="thd", cu_seqlens_q=cu, cu_seqlens_kv=cu, max_seqlen_q=batch["max_seqlen"],
-                           max_seqlen_kv=batch["max_seqlen"])
+    params = PackedSeqParams(qkv_format="thd", cu_seqlens_q=cu, cu_seqlens_kv=cu, max_seqlen_q=batch["max_seqlen"],
+                             max_seqlen_kv=batch["max_seqlen"])
+    if "attn_prefix" in batch:  # shared-prompt preference pairs (dpo.share_prompt): read by SDPACoreAttention
+        params.megafin_attn_prefix = batch["attn_prefix"]
+    return params
 
 
 def per_token_loss(model: Any, batch: dict, nan_loss: bool = False) -> torch.Tensor:

@@ -1,7 +1,7 @@
 """Every tiny recipe trains under 2 gloo processes at TP=2, PP=2 and DP=2 to the single-process losses (1e-5).
 
 CPT on the indexed corpora; SFT, CPT+IT and DPO on data_prep's packed outputs (THD batches, per-document
-attention; DPO with its reference log-prob pass run under the same layout)."""
+attention; DPO with its reference log-prob pass run under the same layout, and with shared prompts)."""
 from __future__ import annotations
 
 import json
@@ -15,11 +15,14 @@ SCHEDULE = ["scheduler.decay_steps=20", "scheduler.warmup_steps=2"]
 STEPS = {"cpt": 6, "sft": 5, "cpt_it": 5, "dpo": 5}
 LAYOUTS = {"tp2": ["parallel.tp=2"], "pp2": ["parallel.pp=2"], "dp2": [],
            "pp2-tied": ["parallel.pp=2", "model.tie_embeddings=true"],
+           # Shared prompts (pairs' prompts computed once) under PP, against the single process without them.
+           "pp2-shared-prompt": ["parallel.pp=2", "dpo.share_prompt=true", "model.attention_backend=sdpa"],
            # Not in CASES: 200 s under the Triton interpreter. Run by hand with
            # pytest ... -k sft-tp2-logprob after adding ("sft", "tp2-logprob-kernel").
            "tp2-logprob-kernel": ["parallel.tp=2", "model.logprob_backend=triton"]}
 CASES = [("cpt", "tp2"), ("cpt", "pp2"), ("cpt", "dp2"), ("cpt", "pp2-tied"), ("sft", "tp2"), ("sft", "pp2"), ("sft", "dp2"),
-         ("cpt_it", "tp2"), ("cpt_it", "pp2"), ("dpo", "tp2"), ("dpo", "pp2"), ("dpo", "dp2")]
+         ("cpt_it", "tp2"), ("cpt_it", "pp2"), ("dpo", "tp2"), ("dpo", "pp2"), ("dpo", "dp2"),
+         ("dpo", "pp2-shared-prompt")]
 
 
 def recipe_overrides(recipe: str, tiny_data, run_dir, layout: str = "") -> list[str]:

@@ -77,13 +77,13 @@ def test_thd_plan_groups_similar_lengths_and_unpads_in_pack_order():
     cu = [0, *torch.tensor(lens).cumsum(0).tolist()]
     plan = _THDPlan(cu, torch.device("cpu"))
     total = sum(lens)
-    padded = torch.cat([rows for rows, _, _ in plan.groups])
+    padded = torch.cat([g.q_rows for g in plan.groups])
     assert torch.equal(padded[plan.unpad], torch.arange(total))  # unpadding restores pack order
-    for rows, n, length in plan.groups:
-        assert rows.numel() == n * length
-        docs = rows.view(n, length)
+    for g in plan.groups:
+        assert g.mask is None and torch.equal(g.q_rows, g.kv_rows)  # plain causal documents
+        assert g.q_rows.numel() == g.n * g.lq
         length_at = {s: n for s, n in zip(cu[:-1], lens) if n}  # document start -> its length
-        real = [length_at[s] for s in docs[:, 0].tolist()]
-        assert all(r <= length for r in real)
-        assert n * length * length <= _THDPlan.MAX_WASTE * sum(r * r for r in real)
+        real = [length_at[s] for s in g.q_rows.view(g.n, g.lq)[:, 0].tolist()]
+        assert all(r <= g.lq for r in real)
+        assert g.n * g.lq * g.lq <= _THDPlan.MAX_WASTE * sum(r * r for r in real)
     assert len(plan.groups) < len([n for n in lens if n])  # fewer calls than documents
