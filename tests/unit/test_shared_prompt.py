@@ -72,3 +72,23 @@ def test_shared_prompt_log_probs_and_gradients_equal_whole_documents(rope, megat
     torch.testing.assert_close(logps[1], logps[0], rtol=1e-5, atol=1e-5)
     for (name, p), (_, q) in zip(models[0].named_parameters(), models[1].named_parameters()):
         torch.testing.assert_close(q.grad, p.grad, rtol=1e-4, atol=1e-5, msg=name)
+
+
+@pytest.mark.parametrize("overrides,message", [
+    (["model.attention_backend=local"], "dpo.share_prompt: expected false unless model.attention_backend is sdpa"),
+    (["model.loss_positions=all", "model.logprob_backend=megatron"],
+     "dpo.share_prompt: expected false with model.loss_positions=all"),
+])
+def test_share_prompt_needs_sdpa_and_the_log_prob_model(overrides, message, tiny_data):
+    from megafin.config import ConfigError, validate
+    from tests.helpers import REPO
+
+    cfg = load_config(REPO / "recipes/tiny/dpo.yaml", [
+        f"data.tokenizer={tiny_data / 'tokenizer'}", f"data.blend=[{{path: {tiny_data / 'preference'}, weight: 1}}]",
+        "dpo.share_prompt=true", *overrides])
+    with pytest.raises(ConfigError, match=message):
+        validate(cfg, world_size=1)
+    cfg = load_config(REPO / "recipes/tiny/dpo.yaml", [
+        f"data.tokenizer={tiny_data / 'tokenizer'}", f"data.blend=[{{path: {tiny_data / 'preference'}, weight: 1}}]",
+        "dpo.share_prompt=true"])
+    validate(cfg, world_size=1)  # the CPU defaults are fine
