@@ -130,12 +130,12 @@ class DPOConfig:
     label_smoothing: float = 0.0  # conservative DPO (loss: dpo)
     reference: str = ""  # checkpoint of the frozen reference; "" = train.init_from (the policy's starting point)
     reference_logps: str = "precompute"  # precompute (once, stored in RUN_DIR) | online (every step; pp=1)
-
-
-@dataclass
     # Each pair's prompt is computed once: the rejected response attends to the chosen document's prompt tokens
     # instead of repeating them (same log-probs; fewer tokens when prompts are long). Needs SDPA attention.
     share_prompt: bool = False
+
+
+@dataclass
 class Config:
     run_dir: str = "runs/default"
     stage: str = "cpt"

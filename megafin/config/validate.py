@@ -82,10 +82,6 @@ def validate(cfg: Config, world_size: int) -> None:
         _require(d.loss in ("dpo", "rpo", "ipo"), "dpo.loss", "one of dpo, rpo, ipo", d.loss)
         _require(d.beta > 0, "dpo.beta", "a positive number", d.beta)
         _require(0 <= d.label_smoothing < 0.5, "dpo.label_smoothing", "a number in [0, 0.5)", d.label_smoothing)
-        _require(d.reference_logps in ("precompute", "online"), "dpo.reference_logps", "precompute or online",
-                 d.reference_logps)
-        if d.reference_logps == "online":
-            _require(par.pp == 1, "dpo.reference_logps", "precompute when parallel.pp > 1", "online")
         if d.share_prompt:
             _require(m.attention_backend == "sdpa" or (m.attention_backend == "auto" and not _cuda_available()),
                      "dpo.share_prompt", "false unless model.attention_backend is sdpa (the varlen kernels have no "
@@ -94,6 +90,10 @@ def validate(cfg: Config, world_size: int) -> None:
                      or (m.logprob_backend == "auto" and _cuda_available()),
                      "dpo.share_prompt", "false with model.loss_positions=all and the megatron log-prob backend "
                      "(per-token RoPE positions come with megafin's log-prob model)", True)
+        _require(d.reference_logps in ("precompute", "online"), "dpo.reference_logps", "precompute or online",
+                 d.reference_logps)
+        if d.reference_logps == "online":
+            _require(par.pp == 1, "dpo.reference_logps", "precompute when parallel.pp > 1", "online")
         if d.reference:
             _require(Path(d.reference).is_dir(), "dpo.reference", "an existing checkpoint directory", d.reference)
 
