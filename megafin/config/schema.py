@@ -16,7 +16,7 @@ class RopeScalingConfig:
 
 @dataclass
 class ModelConfig:
-    family: str = "llama"
+    family: str = "llama"  # llama | qwen2: the Hugging Face architecture `megafin convert` maps to and from
     num_layers: int = 4
     hidden_size: int = 256
     num_attention_heads: int = 8
@@ -31,6 +31,9 @@ class ModelConfig:
     rope_scaling: RopeScalingConfig = field(default_factory=RopeScalingConfig)
     norm_eps: float = 1e-5
     tie_embeddings: bool = False
+    # A bias on q/k/v (not on the output projection or the MLP): Qwen2 has one, Llama does not. It follows the
+    # family (validated), so a checkpoint exports to the HF architecture that has exactly these tensors.
+    add_qkv_bias: bool = False
     init_std: float = 0.02
     # auto | te | triton | sdpa | local. auto: TE with CUDA+TE, triton with CUDA, sdpa on CPU.
     attention_backend: str = "auto"

@@ -11,6 +11,7 @@ from megafin.config.schema import Config
 STAGES = ("cpt", "cpt_it", "sft", "dpo")
 # Which data_prep output each stage trains on (the `kind` in a packed dataset's meta.json).
 PACKED_KIND = {"cpt_it": "mix", "sft": "sft", "dpo": "preference"}
+FAMILIES = ("llama", "qwen2")
 ATTENTION_BACKENDS = ("auto", "te", "triton", "sdpa", "local")
 DTYPES = ("fp32", "bf16", "fp8")
 DECAYS = ("cosine", "linear", "constant")
@@ -31,7 +32,10 @@ def validate(cfg: Config, world_size: int) -> None:
     """Raise ConfigError on the first problem. Needs only the config, the world size and the filesystem."""
     m, par, data = cfg.model, cfg.parallel, cfg.data
     _require(cfg.stage in STAGES, "stage", f"one of {', '.join(STAGES)}", cfg.stage)
-    _require(m.family == "llama", "model.family", "llama", m.family)
+    _require(m.family in FAMILIES, "model.family", f"one of {', '.join(FAMILIES)}", m.family)
+    # Qwen2 always has q/k/v biases; Llama's only bias option also biases o_proj, which megafin does not build.
+    _require(m.add_qkv_bias == (m.family == "qwen2"), "model.add_qkv_bias",
+             f"{str(m.family == 'qwen2').lower()} for model.family={m.family}", m.add_qkv_bias)
     for key in ("num_layers", "hidden_size", "num_attention_heads", "num_query_groups", "ffn_hidden_size"):
         _require(getattr(m, key) > 0, f"model.{key}", "a positive integer", getattr(m, key))
     _require(m.hidden_size % m.num_attention_heads == 0, "model.hidden_size",

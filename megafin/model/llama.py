@@ -1,4 +1,5 @@
-"""The Llama family as a megatron-core GPTModel: architecture only (no data, no training)."""
+"""The Llama family (and Qwen2: the same block with a q/k/v bias) as a megatron-core GPTModel: architecture only
+(no data, no training)."""
 from __future__ import annotations
 
 import math
@@ -40,7 +41,7 @@ def transformer_config(cfg: Config) -> TransformerConfig:
         gated_linear_unit=True,
         activation_func=F.silu,
         add_bias_linear=False,
-        add_qkv_bias=False,
+        add_qkv_bias=m.add_qkv_bias,
         hidden_dropout=0.0,
         attention_dropout=0.0,
         init_method_std=m.init_std,

@@ -18,6 +18,12 @@ def test_recipe_and_overrides(tiny_data):
     validate(cfg, world_size=2)
 
 
+def test_qwen2_family_has_qkv_bias(tiny_data):
+    cfg = load_config(TINY_RECIPE, ["model.family=qwen2", "model.add_qkv_bias=true", *data_overrides(tiny_data)])
+    validate(cfg, world_size=1)
+    assert cfg.model.add_qkv_bias
+
+
 BAD = [
     (["model.hiden_size=128"], 1, "model.hiden_size: unknown key"),
     (["parallel.tp=three"], 1, "parallel.tp: expected an integer"),
@@ -33,6 +39,9 @@ BAD = [
     (["data.tokenizer=/nonexistent/tok"], 1, "data.tokenizer: expected a directory with tokenizer.json"),
     (["train.resume=/nonexistent/ckpt"], 1, "train.resume: expected auto, none or an existing checkpoint directory"),
     (["model.attention_backend=flash"], 1, "model.attention_backend: expected one of"),
+    (["model.family=gemma"], 1, "model.family: expected one of llama, qwen2"),
+    (["model.family=qwen2"], 1, "model.add_qkv_bias: expected true for model.family=qwen2, got False"),
+    (["model.add_qkv_bias=true"], 1, "model.add_qkv_bias: expected false for model.family=llama, got True"),
     (["scheduler.warmup_steps=500"], 1, "scheduler.warmup_steps: expected between 0 and train.steps=40"),
     (["optimizer.min_lr=1.0"], 1, "optimizer.min_lr: expected between 0 and optimizer.lr"),
     (["stage=rlhf"], 1, "stage: expected one of"),
