@@ -18,7 +18,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     f.add_argument("--pp", type=int, default=1, help="pipeline parallel size the checkpoint is meant for (validated)")
     f.add_argument("--dtype", choices=("fp32", "bf16"), default="fp32", help="parameter dtype of the checkpoint")
     f.add_argument("--force", action="store_true", help="replace --out if it exists")
-    t = sub.add_parser("to-hf", help="megafin checkpoint (any TP/PP) -> Hugging Face LlamaForCausalLM directory")
+    t = sub.add_parser("to-hf", help="megafin checkpoint (any TP/PP) -> Hugging Face directory "
+                       "(LlamaForCausalLM or Qwen2ForCausalLM, by model.family)")
     t.add_argument("--ckpt", required=True, help="checkpoint directory (RUN_DIR/checkpoints/step_N)")
     t.add_argument("--out", required=True, help="HF directory to create")
     t.add_argument("--dtype", choices=("bf16", "fp32"), default=None,

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Iterator, Optional
 
 from megafin.config.schema import Config, ModelConfig
-from megafin.convert.adapters import adapter_for_family, adapter_for_hf_config
+from megafin.convert.adapters import adapter_for_hf_config, adapter_for_model
 from megafin.convert.errors import ConvertError
 from megafin.convert.prefetch import prefetched
 from megafin.convert.safetensors_io import DTYPE_NAMES, TORCH_DTYPE_JSON, HFWeights, parse_size, write_sharded
@@ -228,14 +228,15 @@ def _tokenizer_ids(tok_dir: Path) -> tuple[Any, Any]:
 
 def to_hf(ckpt: str | Path, out: str | Path, dtype: Optional[str] = None, max_shard_size: str = "5GB",
           tokenizer: Optional[str | Path] = None, force: bool = False) -> Path:
-    """A megafin checkpoint saved at any TP/PP -> a Hugging Face LlamaForCausalLM directory at `out`."""
+    """A megafin checkpoint saved at any TP/PP -> a Hugging Face directory at `out` (LlamaForCausalLM or
+    Qwen2ForCausalLM, by the checkpoint's model.family)."""
     from megafin.convert.dcp_reader import DistCheckpointReader
 
     ckpt, out = Path(ckpt), Path(out)
     _check_output(out, force)
     max_bytes = parse_size(max_shard_size)
     cfg, vocab = checkpoint_config(ckpt)
-    adapter = adapter_for_family(cfg.model.family, str(ckpt / META))
+    adapter = adapter_for_model(cfg.model, str(ckpt / META))
     meta = json.loads((ckpt / META).read_text())
     if dtype is None:
         dtype = meta.get("converted_from", {}).get("hf_dtype") or \

@@ -1,4 +1,5 @@
-"""Fixtures for the conversion tests: tiny random HF Llamas, their megafin conversions, reference logits."""
+"""Fixtures for the conversion tests: tiny random HF Llamas and Qwen2s, their megafin conversions, reference
+logits."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -6,16 +7,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.convert.hf_fixtures import make_hf_llama
-
-VARIANTS = {"untied": dict(tied=False), "tied": dict(tied=True), "untied_bf16": dict(tied=False, dtype="bfloat16")}
+from tests.convert.hf_fixtures import FP32_VARIANTS, VARIANTS
 
 
 @pytest.fixture(scope="session")
 def hf_models(tiny_data: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("hf")
-    return {name: make_hf_llama(root / name, seed=i, tokenizer_dir=tiny_data / "tokenizer", **kw)
-            for i, (name, kw) in enumerate(VARIANTS.items())}
+    return {name: make(root / name, seed=i, tokenizer_dir=tiny_data / "tokenizer", **kw)
+            for i, (name, (make, kw)) in enumerate(VARIANTS.items())}
 
 
 @pytest.fixture(scope="session")
@@ -28,7 +27,7 @@ def hf_logits(hf_models: dict[str, Path], tokens: torch.Tensor) -> dict[str, tor
     from transformers import AutoModelForCausalLM
 
     out = {}
-    for name in ("untied", "tied"):
+    for name in FP32_VARIANTS:
         model = AutoModelForCausalLM.from_pretrained(hf_models[name], dtype=torch.float32).eval()
         with torch.no_grad():
             out[name] = model(tokens).logits

@@ -1,18 +1,42 @@
-"""Run under torchrun with 2 processes: load converted checkpoints at TP=2 or PP=2, save the full logits.
+"""Run under torchrun with N processes: load converted checkpoints at TP/PP layouts, save the full logits.
 
-usage: torchrun --nproc-per-node 2 parallel_worker.py TOKENS.pt OUT_DIR NAME=CKPT:TP:PP[@SAVE_RUN_DIR] ...
+usage: torchrun --nproc-per-node N parallel_worker.py TOKENS.pt OUT_DIR NAME=CKPT:TP:PP[@SAVE_RUN_DIR] ...
 Rank 0 writes OUT_DIR/NAME.pt with logits [b, s, vocab] for each job; with @SAVE_RUN_DIR the loaded model is also
-saved there at this layout by the trainer's save_checkpoint (a checkpoint saved at TP=2 or PP=2 for to-hf). One process group for all jobs; megatron's
-model-parallel state is rebuilt per layout.
+saved there at this layout by the trainer's save_checkpoint (a checkpoint saved at that TP/PP, for to-hf). One
+process group for all jobs (start-up dominates); megatron's model-parallel state is rebuilt per layout, and a layout
+smaller than the world runs data-parallel replicas. `launch` runs it from a test.
 """
 from __future__ import annotations
 
+import os
+import subprocess
 import sys
 from pathlib import Path
+from typing import Optional, Sequence
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+
+def job(name: str, ckpt: Path, tp: int, pp: int, save_to: Optional[Path] = None) -> str:
+    """One job argument: load `ckpt` at TP x PP, record its logits as `name`, optionally save it to `save_to`."""
+    return f"{name}={ckpt}:{tp}:{pp}" + (f"@{save_to}" if save_to else "")
+
+
+def launch(nproc: int, tokens: torch.Tensor, out_dir: Path, jobs: Sequence[str],
+           timeout: float = 300) -> dict[str, torch.Tensor]:
+    """The jobs in one torchrun of `nproc` gloo processes; the logits of each job by name."""
+    from tests.helpers import REPO, free_port
+
+    torch.save(tokens, out_dir / "tokens.pt")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(nproc), "--master-port",
+           str(free_port()), str(Path(__file__)), str(out_dir / "tokens.pt"), str(out_dir), *jobs]
+    proc = subprocess.run(cmd, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True,
+                          text=True, timeout=timeout, stdin=subprocess.DEVNULL)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    names = [arg.split("=", 1)[0] for arg in jobs]
+    return {name: torch.load(out_dir / f"{name}.pt") for name in names}
 
 
 def main() -> None:

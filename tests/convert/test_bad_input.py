@@ -78,14 +78,21 @@ def test_missing_tensor_is_named(hf_models, tmp_path):
     _from_hf_fails(hf, tmp_path / "out", match="tensor lm_head.weight is missing")
 
 
-@pytest.mark.parametrize("change, match", [
-    ({"architectures": ["Qwen2ForCausalLM"], "model_type": "qwen2"}, "architecture 'Qwen2ForCausalLM' is not supported"),
-    ({"attention_bias": True}, "attention_bias=True"),
-    ({"architectures": ["MistralForCausalLM"], "sliding_window": 4096}, "sliding_window=4096"),
-    ({"rope_parameters": {"rope_type": "yarn", "factor": 4.0, "rope_theta": 1e4}}, "rope type 'yarn'"),
-], ids=["qwen2", "qkv-bias", "sliding-window", "yarn"])
-def test_unsupported_architecture_is_refused(change, match, hf_models, tmp_path):
-    hf = _copy(hf_models["untied"], tmp_path / "hf")
+@pytest.mark.parametrize("variant, change, match", [
+    ("untied", {"architectures": ["GemmaForCausalLM"], "model_type": "gemma"},
+     "architecture 'GemmaForCausalLM' is not supported"),
+    ("untied", {"attention_bias": True}, "attention_bias=True"),
+    ("untied", {"architectures": ["MistralForCausalLM"], "sliding_window": 4096}, "sliding_window=4096"),
+    ("untied", {"rope_parameters": {"rope_type": "yarn", "factor": 4.0, "rope_theta": 1e4}}, "rope type 'yarn'"),
+    ("untied", {"architectures": ["Qwen2ForCausalLM"], "model_type": "qwen2"},
+     "tensor model.layers.0.self_attn.q_proj.bias is missing"),
+    ("qwen2", {"use_sliding_window": True}, "config.json: use_sliding_window=True: sliding-window attention"),
+    ("qwen2", {"layer_types": ["full_attention"] * 3 + ["sliding_attention"]},
+     r"config.json: layer_types=\[.*'sliding_attention'\]: only full_attention"),
+], ids=["gemma", "llama-attention-bias", "mistral-sliding-window", "yarn", "qwen2-without-biases",
+        "qwen2-sliding-window", "qwen2-sliding-layer"])
+def test_unsupported_architecture_is_refused(variant, change, match, hf_models, tmp_path):
+    hf = _copy(hf_models[variant], tmp_path / "hf")
     cfg = {**json.loads((hf / "config.json").read_text()), **change}
     (hf / "config.json").write_text(json.dumps(cfg))
     _from_hf_fails(hf, tmp_path / "out", match=match)
@@ -119,6 +126,25 @@ def test_checkpoint_config_not_matching_weights_names_the_key(converted, tmp_pat
     (ckpt / "megafin.json").write_text(json.dumps(meta))
     with pytest.raises(ConvertError, match=r"tensor decoder.layers.mlp.linear_fc1.weight has shape \[4, 256, 64\], "
                                            r"but the config in megafin.json implies \[4, 192, 64\]"):
+        to_hf(ckpt, tmp_path / "out")
+    _assert_nothing_written(tmp_path / "out")
+
+
+@pytest.mark.parametrize("variant, change, match", [
+    ("qwen2", {"add_qkv_bias": False}, "model.add_qkv_bias=False does not fit model.family=qwen2"),
+    ("untied", {"family": "qwen2", "add_qkv_bias": True},
+     "tensor decoder.layers.self_attention.linear_qkv.bias is not in the checkpoint"),
+    ("untied", {"family": "mistral"}, "model.family 'mistral' is not supported"),
+], ids=["qwen2-without-bias", "llama-as-qwen2", "unknown-family"])
+def test_checkpoint_family_not_matching_its_tensors(variant, change, match, converted, tmp_path):
+    """to-hf exports the family's architecture, which must have exactly the checkpoint's tensors."""
+    from megafin.convert.convert import to_hf
+
+    ckpt = _copy(converted[variant], tmp_path / "ckpt")
+    meta = json.loads((ckpt / "megafin.json").read_text())
+    meta["config"]["model"].update(change)
+    (ckpt / "megafin.json").write_text(json.dumps(meta))
+    with pytest.raises(ConvertError, match=match):
         to_hf(ckpt, tmp_path / "out")
     _assert_nothing_written(tmp_path / "out")
 

@@ -1,33 +1,19 @@
-"""from-hf gives HF's logits at TP=1, TP=2 and PP=2 (fp32, 1e-4), and from-hf -> to-hf is bit-exact."""
+"""from-hf gives HF's logits at TP=1, TP=2 and PP=2 (fp32, 1e-4), and from-hf -> to-hf is bit-exact (Llama and
+Qwen2)."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
-from safetensors import safe_open
 
-from tests.convert.hf_fixtures import CHAT_TEMPLATE, REPO
-from tests.helpers import free_port
+from tests.convert import parallel_worker
+from tests.convert.hf_fixtures import CHAT_TEMPLATE, FP32_VARIANTS, read_hf_tensors
 
 TOL = 1e-4
 
 
-def _hf_tensors(d: Path) -> dict[str, torch.Tensor]:
-    index = json.loads((d / "model.safetensors.index.json").read_text())["weight_map"]
-    out = {}
-    for name in sorted(set(index.values())):
-        with safe_open(str(d / name), framework="pt") as f:
-            for k in f.keys():
-                out[k] = f.get_tensor(k)
-    return out
-
-
-@pytest.mark.parametrize("variant", ["untied", "tied"])
+@pytest.mark.parametrize("variant", FP32_VARIANTS)
 def test_from_hf_logits_match_hf_at_tp1(variant, converted, hf_logits, tokens):
     from megafin.convert.runtime import forward_logits, load_model, megatron_session
 
@@ -46,17 +32,11 @@ def test_from_hf_logits_match_hf_at_tp1(variant, converted, hf_logits, tokens):
 def parallel_logits(converted, tokens, tmp_path_factory) -> dict[str, torch.Tensor]:
     """One torchrun job of 2 gloo processes: each checkpoint loaded at the layout it was converted for."""
     d = tmp_path_factory.mktemp("parallel")
-    torch.save(tokens, d / "tokens.pt")
     saves = {"untied_tp2": d / "saved_untied_tp2", "tied_pp2": d / "saved_tied_pp2"}
-    jobs = [f"{name}={converted[name]}:{2 if name.endswith('tp2') else 1}:{2 if name.endswith('pp2') else 1}"
-            + (f"@{saves[name]}" if name in saves else "")
+    jobs = [parallel_worker.job(name, converted[name], 2 if name.endswith("tp2") else 1,
+                                2 if name.endswith("pp2") else 1, saves.get(name))
             for name in ("untied_tp2", "untied_pp2", "tied_tp2", "tied_pp2")]
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", str(free_port()),
-           str(Path(__file__).with_name("parallel_worker.py")), str(d / "tokens.pt"), str(d), *jobs]
-    proc = subprocess.run(cmd, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True,
-                          text=True, timeout=300, stdin=subprocess.DEVNULL)
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    out = {p.stem: torch.load(p) for p in d.glob("*_*.pt")}
+    out = parallel_worker.launch(2, tokens, d, jobs)
     out.update({f"saved_{name}": path / "checkpoints" / "step_0000000" for name, path in saves.items()})
     return out
 
@@ -81,7 +61,7 @@ def test_checkpoint_saved_at_tp2_or_pp2_exports_bit_exact(name, parallel_logits,
     ckpt = parallel_logits[f"saved_{name}"]
     assert read_meta(ckpt)["layout"] == {"tp": 2 if "tp2" in name else 1, "pp": 2 if "pp2" in name else 1, "dp": 1}
     out = to_hf(ckpt, tmp_path / "hf")
-    original, exported = _hf_tensors_any(hf_models[name.split("_")[0]]), _hf_tensors(out)
+    original, exported = read_hf_tensors(hf_models[name.split("_")[0]]), read_hf_tensors(out)
     assert sorted(exported) == sorted(original)
     for key, t in original.items():
         assert torch.equal(exported[key], t), key
@@ -92,15 +72,15 @@ def test_sharded_keys_match_the_model(converted):
     writer takes them from the adapter and never builds the model)."""
     from megatron.core.dist_checkpointing.mapping import ShardedTensor
 
-    from megafin.convert.adapters.llama import LlamaAdapter
+    from megafin.convert.adapters import adapter_for_model
     from megafin.convert.convert import checkpoint_config
     from megafin.convert.dcp_writer import template_sharded_items
     from megafin.convert.runtime import megatron_session, model_build_config
     from megafin.model import build_model, padded_vocab_size
 
-    adapter = LlamaAdapter()
-    for variant in ("untied", "tied"):
+    for variant in ("untied", "tied", "qwen2"):
         cfg, vocab = checkpoint_config(converted[variant])
+        adapter = adapter_for_model(cfg.model, variant)
         with megatron_session():
             model = build_model(model_build_config(cfg, 1, 1), vocab)
             sharded = model.sharded_state_dict()
@@ -120,12 +100,12 @@ def test_sharded_keys_match_the_model(converted):
                 assert (global_shape[1:] if layer is not None else global_shape) == tuple(state[key].shape), key
 
 
-@pytest.mark.parametrize("variant", ["untied", "tied", "untied_bf16"])
+@pytest.mark.parametrize("variant", ["untied", "tied", "untied_bf16", "qwen2", "qwen2_tied"])
 def test_from_hf_then_to_hf_is_bit_exact(variant, converted, hf_models, tmp_path):
     from megafin.convert.convert import to_hf
 
     out = to_hf(converted[variant], tmp_path / "hf", max_shard_size="60KB")
-    original, exported = _hf_tensors_any(hf_models[variant]), _hf_tensors(out)
+    original, exported = read_hf_tensors(hf_models[variant]), read_hf_tensors(out)
     assert sorted(exported) == sorted(original)
     for key, t in original.items():
         assert exported[key].dtype == t.dtype, key
@@ -134,13 +114,6 @@ def test_from_hf_then_to_hf_is_bit_exact(variant, converted, hf_models, tmp_path
     shards = sorted(set(index["weight_map"].values()))
     assert len(shards) > 1 and all((out / s).is_file() for s in shards)
     assert index["metadata"]["total_size"] == sum(t.numel() * t.element_size() for t in original.values())
-
-
-def _hf_tensors_any(d: Path) -> dict[str, torch.Tensor]:
-    if (d / "model.safetensors.index.json").is_file():
-        return _hf_tensors(d)
-    with safe_open(str(d / "model.safetensors"), framework="pt") as f:
-        return {k: f.get_tensor(k) for k in f.keys()}
 
 
 def test_export_loads_with_auto_classes(converted, hf_logits, tokens, tmp_path):

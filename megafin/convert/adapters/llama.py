@@ -14,9 +14,12 @@ Mapping (megatron-core local spec, the keys `megafin.model.build_model` produces
 | decoder.layers.i.mlp.linear_fc2.weight              | model.layers.i.mlp.down_proj.weight                  |
 | decoder.final_layernorm.weight                      | model.norm.weight                                    |
 | output_layer.weight [V_pad, H] (absent when tied)   | lm_head.weight [V, H] (absent when tied)             |
+| decoder.layers.i.self_attention.linear_qkv.bias     | q_proj, k_proj, v_proj biases, fused as the weights  |
+|   (only with model.add_qkv_bias: Qwen2)             |   (model.layers.i.self_attn.{q,k,v}_proj.bias)       |
 
 Both sides use rotate-half RoPE, so q/k rows need no permutation. Every transform is a pure reshuffle of rows:
-a round trip is bit-exact.
+a round trip is bit-exact. The tensor mapping follows the ModelConfig (`add_qkv_bias`); which HF config.json it
+comes from and goes to is the family's (`model_config`/`hf_config`, overridden in `qwen2.py`).
 """
 from __future__ import annotations
 
@@ -33,40 +36,49 @@ Getter = Callable[[str], torch.Tensor]
 IGNORED_HF_SUFFIXES = ("rotary_emb.inv_freq",)
 
 
+def refuse(hf: dict[str, Any], where: str, key: str, why: str) -> None:
+    """The one-line error for a config.json key megafin's model cannot represent."""
+    raise ConvertError(f"{where}: {key}={hf.get(key)!r}: {why}")
+
+
 class LlamaAdapter:
     family = "llama"
+    qkv_bias = False  # the family's q/k/v projections carry a bias (ModelConfig.add_qkv_bias)
 
     def __init__(self, architecture: str = "LlamaForCausalLM") -> None:
         self.architecture = architecture
 
     # ------------------------------------------------------------------ config
+    def check_family_keys(self, hf: dict[str, Any], where: str) -> None:
+        """Refuse the config.json keys of this family that megafin's model cannot represent."""
+        if hf.get("attention_bias", False):
+            refuse(hf, where, "attention_bias", "q/k/v/o biases are not supported (megafin's model can have q/k/v "
+                                                "biases only, as Qwen2)")
+        if hf.get("mlp_bias", False):
+            refuse(hf, where, "mlp_bias", "MLP biases are not supported")
+        if hf.get("sliding_window") is not None:
+            refuse(hf, where, "sliding_window",
+                   "sliding-window attention is not supported (only full causal attention)")
+
     def model_config(self, hf: dict[str, Any], where: str) -> ModelConfig:
         """HF config.json (as a dict) -> megafin ModelConfig; refuses what megafin's model cannot represent."""
-
-        def refuse(key: str, why: str) -> None:
-            raise ConvertError(f"{where}: {key}={hf.get(key)!r}: {why}")
-
         for key in ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size", "vocab_size"):
             if not isinstance(hf.get(key), int) or hf[key] <= 0:
-                refuse(key, "a positive integer is required")
+                refuse(hf, where, key, "a positive integer is required")
         if hf.get("hidden_act", "silu") != "silu":
-            refuse("hidden_act", "only silu (SwiGLU) is supported")
-        if hf.get("attention_bias", False):
-            refuse("attention_bias", "q/k/v/o biases are not supported by megafin's model (add_qkv_bias=False)")
-        if hf.get("mlp_bias", False):
-            refuse("mlp_bias", "MLP biases are not supported")
-        if hf.get("sliding_window") is not None:
-            refuse("sliding_window", "sliding-window attention is not supported (only full causal attention)")
+            refuse(hf, where, "hidden_act", "only silu (SwiGLU) is supported")
+        self.check_family_keys(hf, where)
         heads = hf["num_attention_heads"]
         hidden = hf["hidden_size"]
         if hidden % heads:
-            refuse("hidden_size", f"must be a multiple of num_attention_heads={heads}")
+            refuse(hf, where, "hidden_size", f"must be a multiple of num_attention_heads={heads}")
         head_dim = hf.get("head_dim")
         if head_dim is not None and head_dim != hidden // heads:
-            refuse("head_dim", f"must equal hidden_size/num_attention_heads={hidden // heads} in megafin's model")
+            refuse(hf, where, "head_dim",
+                   f"must equal hidden_size/num_attention_heads={hidden // heads} in megafin's model")
         groups = hf.get("num_key_value_heads") or heads
         if heads % groups:
-            refuse("num_key_value_heads", f"must divide num_attention_heads={heads}")
+            refuse(hf, where, "num_key_value_heads", f"must divide num_attention_heads={heads}")
         rope = dict(hf.get("rope_parameters") or hf.get("rope_scaling") or {})
         theta = rope.get("rope_theta", hf.get("rope_theta", 10000.0))
         rope_type = rope.get("rope_type", rope.get("type", "default")) or "default"
@@ -82,7 +94,8 @@ class LlamaAdapter:
         elif rope_type != "default":
             raise ConvertError(f"{where}: rope type {rope_type!r} is not supported (default or llama3)")
         return ModelConfig(
-            family="llama",
+            family=self.family,
+            add_qkv_bias=self.qkv_bias,
             num_layers=hf["num_hidden_layers"],
             hidden_size=hidden,
             num_attention_heads=heads,
@@ -144,6 +157,14 @@ class LlamaAdapter:
                 p + "self_attn.q_proj.weight": (m.num_attention_heads * d, H),
                 p + "self_attn.k_proj.weight": (m.num_query_groups * d, H),
                 p + "self_attn.v_proj.weight": (m.num_query_groups * d, H),
+            })
+            if m.add_qkv_bias:
+                shapes.update({
+                    p + "self_attn.q_proj.bias": (m.num_attention_heads * d,),
+                    p + "self_attn.k_proj.bias": (m.num_query_groups * d,),
+                    p + "self_attn.v_proj.bias": (m.num_query_groups * d,),
+                })
+            shapes.update({
                 p + "self_attn.o_proj.weight": (H, m.num_attention_heads * d),
                 p + "post_attention_layernorm.weight": (H,),
                 p + "mlp.gate_proj.weight": (m.ffn_hidden_size, H),
@@ -165,18 +186,19 @@ class LlamaAdapter:
         return m.num_query_groups, m.num_attention_heads // m.num_query_groups, d
 
     def fuse_qkv(self, m: ModelConfig, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """Rows [q heads of group g; k head g; v head g] for each group g: weights [rows, H] and biases [rows]."""
         g, per, d = self._qkv_sizes(m)
-        H = q.shape[1]
-        return torch.cat([q.reshape(g, per * d, H), k.reshape(g, d, H), v.reshape(g, d, H)], dim=1) \
-            .reshape(g * (per + 2) * d, H)
+        rest = q.shape[1:]
+        return torch.cat([q.reshape(g, per * d, *rest), k.reshape(g, d, *rest), v.reshape(g, d, *rest)], dim=1) \
+            .reshape(g * (per + 2) * d, *rest)
 
     def split_qkv(self, m: ModelConfig, qkv: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         g, per, d = self._qkv_sizes(m)
-        H = qkv.shape[1]
-        grouped = qkv.reshape(g, (per + 2) * d, H)
-        q = grouped[:, : per * d].reshape(g * per * d, H)
-        k = grouped[:, per * d: (per + 1) * d].reshape(g * d, H)
-        v = grouped[:, (per + 1) * d:].reshape(g * d, H)
+        rest = qkv.shape[1:]
+        grouped = qkv.reshape(g, (per + 2) * d, *rest)
+        q = grouped[:, : per * d].reshape(g * per * d, *rest)
+        k = grouped[:, per * d: (per + 1) * d].reshape(g * d, *rest)
+        v = grouped[:, (per + 1) * d:].reshape(g * d, *rest)
         return q, k, v
 
     @staticmethod
@@ -196,6 +218,10 @@ class LlamaAdapter:
             yield p + "self_attention.linear_qkv.weight", self.fuse_qkv(
                 m, get(h + "self_attn.q_proj.weight"), get(h + "self_attn.k_proj.weight"),
                 get(h + "self_attn.v_proj.weight"))
+            if m.add_qkv_bias:
+                yield p + "self_attention.linear_qkv.bias", self.fuse_qkv(
+                    m, get(h + "self_attn.q_proj.bias"), get(h + "self_attn.k_proj.bias"),
+                    get(h + "self_attn.v_proj.bias"))
             yield p + "self_attention.linear_proj.weight", get(h + "self_attn.o_proj.weight")
             yield p + "pre_mlp_layernorm.weight", get(h + "post_attention_layernorm.weight")
             yield p + "mlp.linear_fc1.weight", torch.cat([get(h + "mlp.gate_proj.weight"),
@@ -207,14 +233,13 @@ class LlamaAdapter:
 
     def to_hf(self, m: ModelConfig, vocab_size: int, get: Getter) -> Iterator[tuple[str, torch.Tensor]]:
         """HF tensors in `hf_shapes` order, each built from the megatron tensors `get(key)` returns."""
-        qkv_cache: dict[int, tuple[torch.Tensor, ...]] = {}
-        fc1_cache: dict[int, tuple[torch.Tensor, ...]] = {}
+        # The last fused megatron tensor split into its HF parts: the parts are consecutive in `hf_shapes` order.
+        split_cache: dict[str, tuple[torch.Tensor, ...]] = {}
         for key in self.hf_shapes(m, vocab_size):
-            yield key, self.hf_tensor(m, vocab_size, key, get, qkv_cache, fc1_cache)
+            yield key, self.hf_tensor(m, vocab_size, key, get, split_cache)
 
     def hf_tensor(self, m: ModelConfig, vocab_size: int, key: str, get: Getter,
-                  qkv_cache: dict[int, tuple[torch.Tensor, ...]],
-                  fc1_cache: dict[int, tuple[torch.Tensor, ...]]) -> torch.Tensor:
+                  split_cache: dict[str, tuple[torch.Tensor, ...]]) -> torch.Tensor:
         if key == "model.embed_tokens.weight":
             return get("embedding.word_embeddings.weight")[:vocab_size]
         if key == "lm_head.weight":
@@ -224,16 +249,21 @@ class LlamaAdapter:
         parts = key.split(".")
         i, name = int(parts[2]), ".".join(parts[3:])
         p = f"decoder.layers.{i}."
-        if name in ("self_attn.q_proj.weight", "self_attn.k_proj.weight", "self_attn.v_proj.weight"):
-            if i not in qkv_cache:
-                qkv_cache.clear()
-                qkv_cache[i] = self.split_qkv(m, get(p + "self_attention.linear_qkv.weight"))
-            return qkv_cache[i]["qkv".index(name[len("self_attn.")])]
+
+        def split_part(fused_key: str, split: Callable[[torch.Tensor], tuple[torch.Tensor, ...]],
+                       index: int) -> torch.Tensor:
+            if fused_key not in split_cache:
+                split_cache.clear()
+                split_cache[fused_key] = split(get(fused_key))
+            return split_cache[fused_key][index]
+
+        if name.startswith(("self_attn.q_proj.", "self_attn.k_proj.", "self_attn.v_proj.")):
+            suffix = name.rsplit(".", 1)[1]  # weight | bias
+            return split_part(p + "self_attention.linear_qkv." + suffix, lambda t: self.split_qkv(m, t),
+                              "qkv".index(name[len("self_attn.")]))
         if name in ("mlp.gate_proj.weight", "mlp.up_proj.weight"):
-            if i not in fc1_cache:
-                fc1_cache.clear()
-                fc1_cache[i] = tuple(get(p + "mlp.linear_fc1.weight").chunk(2, dim=0))
-            return fc1_cache[i][0 if name.startswith("mlp.gate") else 1]
+            return split_part(p + "mlp.linear_fc1.weight", lambda t: tuple(t.chunk(2, dim=0)),
+                              0 if name.startswith("mlp.gate") else 1)
         direct = {
             "input_layernorm.weight": "input_layernorm.weight",
             "self_attn.o_proj.weight": "self_attention.linear_proj.weight",
@@ -246,9 +276,11 @@ class LlamaAdapter:
         keys = ["embedding.word_embeddings.weight"]
         for i in range(m.num_layers):
             p = f"decoder.layers.{i}."
-            keys += [p + s for s in ("input_layernorm.weight", "self_attention.linear_qkv.weight",
-                                     "self_attention.linear_proj.weight", "pre_mlp_layernorm.weight",
-                                     "mlp.linear_fc1.weight", "mlp.linear_fc2.weight")]
+            names = ["input_layernorm.weight", "self_attention.linear_qkv.weight"]
+            names += ["self_attention.linear_qkv.bias"] if m.add_qkv_bias else []
+            names += ["self_attention.linear_proj.weight", "pre_mlp_layernorm.weight", "mlp.linear_fc1.weight",
+                      "mlp.linear_fc2.weight"]
+            keys += [p + name for name in names]
         keys.append("decoder.final_layernorm.weight")
         if not m.tie_embeddings:
             keys.append("output_layer.weight")
@@ -261,6 +293,7 @@ class LlamaAdapter:
     _SHARDED_LAYER_KEYS = {
         "input_layernorm.weight": "self_attention.linear_qkv.layer_norm_weight",
         "self_attention.linear_qkv.weight": "self_attention.linear_qkv.weight",
+        "self_attention.linear_qkv.bias": "self_attention.linear_qkv.bias",
         "self_attention.linear_proj.weight": "self_attention.linear_proj.weight",
         "pre_mlp_layernorm.weight": "mlp.linear_fc1.layer_norm_weight",
         "mlp.linear_fc1.weight": "mlp.linear_fc1.weight",
@@ -287,6 +320,8 @@ class LlamaAdapter:
             "mlp.linear_fc1.weight": (L, 2 * F, H),
             "mlp.linear_fc2.weight": (L, H, F),
         }
+        if m.add_qkv_bias:
+            layer["self_attention.linear_qkv.bias"] = (L, (m.num_attention_heads + 2 * m.num_query_groups) * d)
         shapes.update({"decoder.layers." + k: v for k, v in layer.items()})
         shapes["decoder.final_layernorm.weight"] = (H,)
         if not m.tie_embeddings:
