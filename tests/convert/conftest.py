@@ -36,7 +36,7 @@ def hf_logits(hf_models: dict[str, Path], tokens: torch.Tensor) -> dict[str, tor
 
 @pytest.fixture(scope="session")
 def converted(hf_models: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """from-hf of every variant, with the layout it is meant for recorded (TP=1, TP=2, PP=2)."""
+    """from-hf of every variant, with the layout it is meant for recorded (TP=1, TP=2, PP=2, TP=2 x PP=2)."""
     from megafin.convert.convert import from_hf
 
     root = tmp_path_factory.mktemp("mcore")
@@ -46,4 +46,6 @@ def converted(hf_models: dict[str, Path], tmp_path_factory: pytest.TempPathFacto
     for name in ("untied", "tied"):
         out[f"{name}_tp2"] = from_hf(hf_models[name], root / f"{name}_tp2", tp=2)
         out[f"{name}_pp2"] = from_hf(hf_models[name], root / f"{name}_pp2", pp=2)
+    for name in ("untied", "tied", "qwen2"):
+        out[f"{name}_tp2pp2"] = from_hf(hf_models[name], root / f"{name}_tp2pp2", tp=2, pp=2)
     return out

@@ -1,5 +1,5 @@
 """from-hf gives HF's logits at TP=1, TP=2 and PP=2 (fp32, 1e-4), and from-hf -> to-hf is bit-exact (Llama and
-Qwen2)."""
+Qwen2; TP=2 x PP=2 in test_tp2pp2.py)."""
 from __future__ import annotations
 
 import json

@@ -1,6 +1,6 @@
 """Qwen2 (the Llama block plus q/k/v biases): the export is a Qwen2ForCausalLM that transformers loads, and a
 converted Qwen2 checkpoint trains (`train.init_from`), biases included, and exports again. Logit parity at TP=1 and
-the bit-exact round trip are in test_parity.py."""
+the bit-exact round trip are in test_parity.py, TP=2 x PP=2 in test_tp2pp2.py."""
 from __future__ import annotations
 
 import json
