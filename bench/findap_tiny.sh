@@ -28,7 +28,7 @@ COMMON=(data.tokenizer="$WORK/tok" data.seq_length=512 checkpoint.interval=0 log
   --data ../shared/data/fpb/test.jsonl --out "$WORK/fpb_sft.json"
 "$PY" -m megafin.train recipes/tiny/dpo.yaml "${COMMON[@]}" run_dir="$WORK/dpo_run" "data.blend=[{path: $WORK/pref, weight: 1}]" \
   parallel.global_batch_size=8 train.steps=40 scheduler.warmup_steps=4 optimizer.lr=2e-4 optimizer.min_lr=2e-5 \
-  train.eval_interval=20 train.eval_iters=4 logging.interval=5 data.split=90,10,0 dpo.loss=rpo \
+  train.eval_interval=20 train.eval_iters=4 logging.interval=5 data.split=90,10,0 dpo.loss=rpo dpo.share_prompt=true \
   train.init_from="$WORK/sft_run/checkpoints/step_0000150"
 "$PY" -m megafin eval classification --ckpt "$WORK/dpo_run/checkpoints/step_0000040" --task fpb \
   --data ../shared/data/fpb/test.jsonl --out "$WORK/fpb_dpo.json"

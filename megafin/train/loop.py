@@ -5,7 +5,7 @@ import math
 import os
 import time
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Iterator, Optional
 
 import torch
 import torch.distributed as dist
@@ -171,9 +171,16 @@ class Trainer:
         from megatron.core.pipeline_parallel import get_forward_backward_func
 
         par = self.cfg.parallel
+        computed = [0]  # tokens this rank's micro-batches hold (packed ones are trimmed at pp=1 or prompt-shared)
+
+        def counted(micro_batches: Iterator[dict]) -> Iterator[dict]:
+            for batch in micro_batches:
+                computed[0] += batch["tokens"].numel()
+                yield batch
+
         reports = get_forward_backward_func()(
             forward_step_func=self.stage.forward_step(nan_loss=nan),
-            data_iterator=batches.global_batch(consumed),
+            data_iterator=counted(batches.global_batch(consumed)),
             model=[self.ddp],
             num_microbatches=batches.num_micro_batches,
             seq_length=self.cfg.data.seq_length * (par.micro_batch_size if self.packed else 1),
@@ -181,14 +188,15 @@ class Trainer:
             forward_only=forward_only,
         )
         width = 2 + len(self.stage.metric_names)
-        totals = torch.zeros(width, dtype=torch.float64)
+        totals = torch.zeros(width + 1, dtype=torch.float64)  # the stage's sums, then the computed tokens
         if self.ps.is_pipeline_last_stage():
             for item in reports:
-                totals += item["report"].detach().to("cpu", torch.float64)
+                totals[:width] += item["report"].detach().to("cpu", torch.float64)
+            totals[width] = computed[0]
         # Sums over data-parallel replicas, then from the last pipeline stage to every rank (others hold zeros).
         dist.all_reduce(totals, group=self.ps.get_data_parallel_group())
         dist.all_reduce(totals, group=self.ps.get_pipeline_model_parallel_group())
-        return self.stage.summarize(totals)
+        return {**self.stage.summarize(totals[:width]), "computed_tokens": int(totals[width].item())}
 
     def evaluate(self) -> dict[str, Any]:
         self.ddp.eval()
@@ -200,7 +208,8 @@ class Trainer:
                     if value is not None:
                         sums[key] = sums.get(key, 0.0) + value
         self.ddp.train()
-        return {f"val_{k}": v / self.cfg.train.eval_iters for k, v in sums.items() if k != "target_tokens"}
+        return {f"val_{k}": v / self.cfg.train.eval_iters for k, v in sums.items()
+                if k not in ("target_tokens", "computed_tokens")}
 
     def fit(self) -> int:
         from megafin.metrics.metrics import MetricsLogger
@@ -226,6 +235,7 @@ class Trainer:
                 self.optimizer.zero_grad()
                 stats = self._forward_backward(self.train_batches, self.progress.consumed_samples,
                                                forward_only=False, nan=step in nan_steps)
+                computed_tokens = stats.pop("computed_tokens")
                 loss = stats["loss"]
                 record: dict[str, Any] = {"step": step, **stats}
                 if bad.observe(loss):
@@ -238,7 +248,7 @@ class Trainer:
                 self.progress.step = step
                 self.progress.consumed_samples += G
                 self.progress.consumed_tokens += G * S
-                tokens_per_s = G * S / elapsed
+                tokens_per_s = computed_tokens / elapsed  # real tokens: trimmed packs hold fewer than G * S
                 record.update(
                     lr=self.optimizer.param_groups[0]["lr"], tokens_per_s=tokens_per_s, step_time_s=elapsed,
                     consumed_samples=self.progress.consumed_samples,

@@ -93,3 +93,20 @@ def test_single_process_losses_match_the_golden_curve(recipe, single):
     assert list(got) == list(golden[recipe])
     for step, loss in got.items():
         assert loss == pytest.approx(golden[recipe][step], rel=1e-5, abs=1e-5), f"{recipe} step {step}: {got}"
+
+
+@pytest.mark.parametrize("recipe", list(STEPS))
+def test_tokens_per_second_counts_the_tokens_computed(recipe, single):
+    """Throughput (and MFU) count the tokens a step really computed: every slot for pretraining batches, fewer for
+    packed batches, which stop at their last real token at pp=1."""
+    import yaml
+
+    cfg = yaml.safe_load((REPO / f"recipes/tiny/{recipe}.yaml").read_text())
+    slots = cfg["parallel"]["global_batch_size"] * cfg["data"]["seq_length"]
+    for line in (single(recipe, "") / "metrics.jsonl").read_text().splitlines():
+        rec = json.loads(line)
+        tokens = rec["tokens_per_s"] * rec["step_time_s"]
+        if recipe == "cpt":
+            assert tokens == pytest.approx(slots, rel=1e-6)
+        else:
+            assert 0.5 * slots < tokens < slots, (recipe, tokens, slots)
