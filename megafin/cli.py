@@ -35,8 +35,9 @@ def _train(args: argparse.Namespace) -> int:
         cfg = load_config(args.recipe, args.overrides)
         validate(cfg, world_size_from_env())
     except ConfigError as err:
-        if _launch_rank() == 0:  # every rank fails the same way; one line in the log is enough
-            print(f"megafin: config error: {err}", file=sys.stderr, flush=True)
+        if _launch_rank() == 0:  # every rank fails the same way; one line per problem in the log is enough
+            for line in err.lines:
+                print(f"megafin: config error: {line}", file=sys.stderr, flush=True)
         return EXIT_CONFIG_ERROR
     from megafin.runtime.distributed import detect_launch_env
     from megafin.train.loop import run_training

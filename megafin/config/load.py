@@ -58,40 +58,68 @@ def _apply_override(raw: dict[str, Any], item: str) -> None:
     node[parts[-1]] = value
 
 
+class _Invalid(Exception):
+    """A value that failed its type check; its line is already recorded."""
+
+
 def build(cls: type, raw: Any, prefix: str) -> Any:
-    """Turn nested dicts into dataclass `cls`, rejecting unknown keys and wrong types by their full key."""
+    """Turn nested dicts into dataclass `cls`, rejecting unknown keys and wrong types by their full key. Every
+    problem in the tree is reported (ConfigError with one line each), not only the first."""
+    errors: list[str] = []
+    try:
+        out = _build(cls, raw, prefix, errors)
+    except _Invalid:
+        out = None
+    if errors:
+        raise ConfigError(*errors)
+    return out
+
+
+def _build(cls: type, raw: Any, prefix: str, errors: list[str]) -> Any:
     if not isinstance(raw, Mapping):
-        raise ConfigError(f"{prefix or 'config'}: expected a mapping of keys, got {raw!r}")
+        errors.append(f"{prefix.rstrip('.') or 'config'}: expected a mapping of keys, got {raw!r}")
+        raise _Invalid
     hints = typing.get_type_hints(cls)
     fields = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(raw) - fields)
-    if unknown:
-        where = f"{prefix}{unknown[0]}"
-        raise ConfigError(f"{where}: unknown key (known keys here: {', '.join(sorted(fields))})")
+    for name in sorted(set(raw) - fields):
+        errors.append(f"{prefix}{name}: unknown key (known keys here: {', '.join(sorted(fields))})")
     kwargs = {}
-    for name in fields:
-        if name in raw:
-            kwargs[name] = _convert(hints[name], raw[name], f"{prefix}{name}")
+    for name in sorted(fields & set(raw)):
+        try:
+            kwargs[name] = _convert(hints[name], raw[name], f"{prefix}{name}", errors)
+        except _Invalid:
+            pass
     return cls(**kwargs)
 
 
-def _convert(tp: Any, value: Any, key: str) -> Any:
+def _fail(errors: list[str], line: str) -> Any:
+    errors.append(line)
+    raise _Invalid
+
+
+def _convert(tp: Any, value: Any, key: str, errors: list[str]) -> Any:
     origin = typing.get_origin(tp)
     if dataclasses.is_dataclass(tp):
-        return build(tp, value, prefix=key + ".")
+        return _build(tp, value, key + ".", errors)
     if origin in (list, typing.List):
         (item_tp,) = typing.get_args(tp)
         if not isinstance(value, list):
-            raise ConfigError(f"{key}: expected a list, got {value!r}")
-        return [_convert(item_tp, v, f"{key}[{i}]") for i, v in enumerate(value)]
+            _fail(errors, f"{key}: expected a list, got {value!r}")
+        items = []
+        for i, v in enumerate(value):
+            try:
+                items.append(_convert(item_tp, v, f"{key}[{i}]", errors))
+            except _Invalid:
+                pass
+        return items
     if tp is bool:
         if isinstance(value, bool):
             return value
-        raise ConfigError(f"{key}: expected true or false, got {value!r}")
+        _fail(errors, f"{key}: expected true or false, got {value!r}")
     if tp is int:
         if isinstance(value, int) and not isinstance(value, bool):
             return value
-        raise ConfigError(f"{key}: expected an integer, got {value!r}")
+        _fail(errors, f"{key}: expected an integer, got {value!r}")
     if tp is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
@@ -100,9 +128,9 @@ def _convert(tp: Any, value: Any, key: str) -> Any:
                 return float(value)
             except ValueError:
                 pass
-        raise ConfigError(f"{key}: expected a number, got {value!r}")
+        _fail(errors, f"{key}: expected a number, got {value!r}")
     if tp is str:
         if isinstance(value, (str, int, float)) and not isinstance(value, bool):
             return str(value)
-        raise ConfigError(f"{key}: expected a string, got {value!r}")
-    raise ConfigError(f"{key}: unsupported type {tp}")  # pragma: no cover - schema bug
+        _fail(errors, f"{key}: expected a string, got {value!r}")
+    _fail(errors, f"{key}: unsupported type {tp}")  # pragma: no cover - schema bug

@@ -2,8 +2,12 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
+import struct
+import tempfile
 from pathlib import Path
+from typing import Any, Optional
 
 from megafin.config.errors import ConfigError
 from megafin.config.schema import Config
@@ -16,6 +20,8 @@ ATTENTION_BACKENDS = ("auto", "te", "triton", "sdpa", "local")
 DTYPES = ("fp32", "bf16", "fp8")
 DECAYS = ("cosine", "linear", "constant")
 DATA_FORMATS = ("pretrain", "packed")
+# megatron-core indexed_dataset._INDEX_HEADER: the first bytes of every .idx file.
+_INDEX_MAGIC = b"MMIDIDX\x00\x00"
 
 
 def _cuda_available() -> bool:
@@ -29,156 +35,258 @@ def _te_available() -> bool:
 
 
 def validate(cfg: Config, world_size: int) -> None:
-    """Raise ConfigError on the first problem. Needs only the config, the world size and the filesystem."""
-    m, par, data = cfg.model, cfg.parallel, cfg.data
-    _require(cfg.stage in STAGES, "stage", f"one of {', '.join(STAGES)}", cfg.stage)
-    _require(m.family in FAMILIES, "model.family", f"one of {', '.join(FAMILIES)}", m.family)
-    # Qwen2 always has q/k/v biases; Llama's only bias option also biases o_proj, which megafin does not build.
-    _require(m.add_qkv_bias == (m.family == "qwen2"), "model.add_qkv_bias",
-             f"{str(m.family == 'qwen2').lower()} for model.family={m.family}", m.add_qkv_bias)
-    for key in ("num_layers", "hidden_size", "num_attention_heads", "num_query_groups", "ffn_hidden_size"):
-        _require(getattr(m, key) > 0, f"model.{key}", "a positive integer", getattr(m, key))
-    _require(m.hidden_size % m.num_attention_heads == 0, "model.hidden_size",
-             f"a multiple of model.num_attention_heads={m.num_attention_heads}", m.hidden_size)
-    _require(m.num_attention_heads % m.num_query_groups == 0, "model.num_query_groups",
-             f"a divisor of model.num_attention_heads={m.num_attention_heads}", m.num_query_groups)
-    _require(m.rope_scaling.type in ("none", "llama3"), "model.rope_scaling.type", "none or llama3",
-             m.rope_scaling.type)
-    _require(m.attention_backend in ATTENTION_BACKENDS, "model.attention_backend",
-             f"one of {', '.join(ATTENTION_BACKENDS)}", m.attention_backend)
-    _require(m.logprob_backend in ("auto", "megatron", "triton"), "model.logprob_backend",
-             "one of auto, megatron, triton", m.logprob_backend)
-    _require(m.loss_positions in ("targets", "all"), "model.loss_positions", "targets or all", m.loss_positions)
+    """Raise ConfigError listing every problem found, one line each. Needs only the config, the world size and the
+    filesystem. A check that depends on a value already reported bad is skipped (one cause, one line)."""
+    c = _Checks()
+    c.require(cfg.stage in STAGES, "stage", f"one of {', '.join(STAGES)}", cfg.stage)
+    _validate_run_dir(c, cfg.run_dir)
+    _validate_model(c, cfg.model)
+    _validate_parallel(c, cfg, world_size)
+    if cfg.stage == "dpo":
+        _validate_dpo(c, cfg)
+    _validate_precision(c, cfg)
+    _validate_schedule(c, cfg)
+    _validate_data(c, cfg)
+    c.raise_if_any()
+
+
+class _Checks:
+    """Collects every failed check as one `key: expected ..., got ...` line."""
+
+    def __init__(self) -> None:
+        self.errors: list[str] = []
+
+    def require(self, ok: bool, key: str, expected: str, got: object) -> bool:
+        if not ok:
+            self.errors.append(f"{key}: expected {expected}, got {got!r}")
+        return bool(ok)
+
+    def raise_if_any(self) -> None:
+        if self.errors:
+            raise ConfigError(*self.errors)
+
+
+def _validate_run_dir(c: _Checks, run_dir: str) -> None:
+    """run_dir must be, or be creatable as, a writable directory: found now, not at the first checkpoint."""
+    if not c.require(bool(run_dir), "run_dir", "a directory path", run_dir):
+        return
+    path = Path(run_dir)
+    if path.exists():
+        if c.require(path.is_dir(), "run_dir", "a directory, not a file", run_dir):
+            c.require(_writable(path), "run_dir", "a writable directory", run_dir)
+        return
+    parent = path.absolute().parent
+    while not parent.exists():
+        parent = parent.parent
+    if c.require(parent.is_dir(), "run_dir", f"a path under a directory ({parent} is a file)", run_dir):
+        c.require(_writable(parent), "run_dir", f"a path that can be created ({parent} is not writable)", run_dir)
+
+
+def _writable(directory: Path) -> bool:
+    """Creating a file is the test that holds for root, read-only mounts and network filesystems (os.access does
+    not: it says yes to root everywhere)."""
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".megafin-probe-", dir=directory)
+    except OSError:
+        return False
+    os.close(fd)
+    os.unlink(probe)
+    return True
+
+
+def _validate_model(c: _Checks, m: Any) -> None:
+    c.require(m.family in FAMILIES, "model.family", f"one of {', '.join(FAMILIES)}", m.family)
+    if m.family in FAMILIES:
+        # Qwen2 always has q/k/v biases; Llama's only bias option also biases o_proj, which megafin does not build.
+        c.require(m.add_qkv_bias == (m.family == "qwen2"), "model.add_qkv_bias",
+                  f"{str(m.family == 'qwen2').lower()} for model.family={m.family}", m.add_qkv_bias)
+    positive = {key: c.require(getattr(m, key) > 0, f"model.{key}", "a positive integer", getattr(m, key))
+                for key in ("num_layers", "hidden_size", "num_attention_heads", "num_query_groups", "ffn_hidden_size")}
+    if positive["hidden_size"] and positive["num_attention_heads"]:
+        c.require(m.hidden_size % m.num_attention_heads == 0, "model.hidden_size",
+                  f"a multiple of model.num_attention_heads={m.num_attention_heads}", m.hidden_size)
+    if positive["num_attention_heads"] and positive["num_query_groups"]:
+        c.require(m.num_attention_heads % m.num_query_groups == 0, "model.num_query_groups",
+                  f"a divisor of model.num_attention_heads={m.num_attention_heads}", m.num_query_groups)
+    c.require(m.rope_scaling.type in ("none", "llama3"), "model.rope_scaling.type", "none or llama3",
+              m.rope_scaling.type)
+    c.require(m.attention_backend in ATTENTION_BACKENDS, "model.attention_backend",
+              f"one of {', '.join(ATTENTION_BACKENDS)}", m.attention_backend)
+    c.require(m.logprob_backend in ("auto", "megatron", "triton"), "model.logprob_backend",
+              "one of auto, megatron, triton", m.logprob_backend)
+    c.require(m.loss_positions in ("targets", "all"), "model.loss_positions", "targets or all", m.loss_positions)
     for key in ("attention_backend", "logprob_backend"):
         if getattr(m, key) == "triton":
-            _require(_cuda_available() or os.environ.get("TRITON_INTERPRET") == "1", f"model.{key}",
-                     "triton only on CUDA (or with TRITON_INTERPRET=1, for testing)", "triton")
+            c.require(_cuda_available() or os.environ.get("TRITON_INTERPRET") == "1", f"model.{key}",
+                      "triton only on CUDA (or with TRITON_INTERPRET=1, for testing)", "triton")
     if m.attention_backend == "te":
-        _require(_cuda_available() and _te_available(), "model.attention_backend",
-                 "te only with CUDA and transformer_engine installed (use auto or sdpa)", "te")
+        c.require(_cuda_available() and _te_available(), "model.attention_backend",
+                  "te only with CUDA and transformer_engine installed (use auto or sdpa)", "te")
 
-    # Parallel layout.
-    _require(par.tp >= 1, "parallel.tp", "a positive integer", par.tp)
-    _require(par.pp >= 1, "parallel.pp", "a positive integer", par.pp)
-    _require(m.num_attention_heads % par.tp == 0, "parallel.tp",
-             f"a divisor of model.num_attention_heads={m.num_attention_heads}", par.tp)
-    _require(m.num_query_groups % par.tp == 0, "parallel.tp",
-             f"a divisor of model.num_query_groups={m.num_query_groups}", par.tp)
-    _require(m.ffn_hidden_size % par.tp == 0, "parallel.tp",
-             f"a divisor of model.ffn_hidden_size={m.ffn_hidden_size}", par.tp)
-    _require(m.make_vocab_size_divisible_by % par.tp == 0, "parallel.tp",
-             f"a divisor of model.make_vocab_size_divisible_by={m.make_vocab_size_divisible_by}", par.tp)
-    _require(m.num_layers % par.pp == 0, "parallel.pp", f"a divisor of model.num_layers={m.num_layers}", par.pp)
+
+def _validate_parallel(c: _Checks, cfg: Config, world_size: int) -> None:
+    m, par = cfg.model, cfg.parallel
+    tp_ok = c.require(par.tp >= 1, "parallel.tp", "a positive integer", par.tp)
+    pp_ok = c.require(par.pp >= 1, "parallel.pp", "a positive integer", par.pp)
+    if tp_ok:
+        for key in ("num_attention_heads", "num_query_groups", "ffn_hidden_size", "make_vocab_size_divisible_by"):
+            value = getattr(m, key)
+            if value > 0 and not c.require(value % par.tp == 0, "parallel.tp", f"a divisor of model.{key}={value}",
+                                           par.tp):
+                tp_ok = False
+                break
+    if pp_ok and m.num_layers > 0:
+        pp_ok = c.require(m.num_layers % par.pp == 0, "parallel.pp", f"a divisor of model.num_layers={m.num_layers}",
+                          par.pp)
+    mbs_ok = c.require(par.micro_batch_size >= 1, "parallel.micro_batch_size", "a positive integer",
+                       par.micro_batch_size)
+    if par.sequence_parallel and c.require(par.tp > 1, "parallel.sequence_parallel", "false when parallel.tp=1", True):
+        c.require(_cuda_available() and _te_available(), "parallel.sequence_parallel",
+                  "false without CUDA and Transformer Engine (the local RMSNorm does not support it)", True)
+    if not (tp_ok and pp_ok):
+        return
     model_parallel = par.tp * par.pp
-    _require(world_size % model_parallel == 0, "parallel.tp",
-             f"tp*pp={model_parallel} to divide the world size {world_size} (world = tp*pp*dp)", par.tp)
-    dp = world_size // model_parallel
-    _require(par.micro_batch_size >= 1, "parallel.micro_batch_size", "a positive integer", par.micro_batch_size)
-    _require(par.global_batch_size % (par.micro_batch_size * dp) == 0, "parallel.global_batch_size",
-             f"a multiple of micro_batch_size*dp={par.micro_batch_size}*{dp}", par.global_batch_size)
-    if par.sequence_parallel:
-        _require(par.tp > 1, "parallel.sequence_parallel", "false when parallel.tp=1", True)
-        _require(_cuda_available() and _te_available(), "parallel.sequence_parallel",
-                 "false without CUDA and Transformer Engine (the local RMSNorm does not support it)", True)
+    if c.require(world_size % model_parallel == 0, "parallel.tp",
+                 f"tp*pp={model_parallel} to divide the world size {world_size} (world = tp*pp*dp)", par.tp) and mbs_ok:
+        dp = world_size // model_parallel
+        c.require(par.global_batch_size > 0 and par.global_batch_size % (par.micro_batch_size * dp) == 0,
+                  "parallel.global_batch_size", f"a multiple of micro_batch_size*dp={par.micro_batch_size}*{dp}",
+                  par.global_batch_size)
 
-    if cfg.stage == "dpo":
-        d = cfg.dpo
-        _require(d.loss in ("dpo", "rpo", "ipo"), "dpo.loss", "one of dpo, rpo, ipo", d.loss)
-        _require(d.beta > 0, "dpo.beta", "a positive number", d.beta)
-        _require(0 <= d.label_smoothing < 0.5, "dpo.label_smoothing", "a number in [0, 0.5)", d.label_smoothing)
-        if d.share_prompt:
-            _require(m.attention_backend == "sdpa" or (m.attention_backend == "auto" and not _cuda_available()),
-                     "dpo.share_prompt", "false unless model.attention_backend is sdpa (the varlen kernels have no "
-                     "prefix mask)", True)
-            _require(m.loss_positions == "targets" or m.logprob_backend == "triton"
-                     or (m.logprob_backend == "auto" and _cuda_available()),
-                     "dpo.share_prompt", "false with model.loss_positions=all and the megatron log-prob backend "
-                     "(per-token RoPE positions come with megafin's log-prob model)", True)
-        _require(d.reference_logps in ("precompute", "online"), "dpo.reference_logps", "precompute or online",
-                 d.reference_logps)
-        if d.reference_logps == "online":
-            _require(par.pp == 1, "dpo.reference_logps", "precompute when parallel.pp > 1", "online")
-        if d.reference:
-            _require(Path(d.reference).is_dir(), "dpo.reference", "an existing checkpoint directory", d.reference)
 
-    # Precision.
-    _require(cfg.precision.dtype in DTYPES, "precision.dtype", f"one of {', '.join(DTYPES)}", cfg.precision.dtype)
-    if cfg.precision.dtype == "fp8":
-        _require(_cuda_available(), "precision.dtype", "fp8 only on CUDA GPUs (Hopper or newer); use bf16 or fp32",
-                 "fp8")
-        _require(_te_available(), "precision.dtype", "fp8 needs transformer_engine installed (pip install .[gpu])",
-                 "fp8")
+def _validate_dpo(c: _Checks, cfg: Config) -> None:
+    d, m, par = cfg.dpo, cfg.model, cfg.parallel
+    c.require(d.loss in ("dpo", "rpo", "ipo"), "dpo.loss", "one of dpo, rpo, ipo", d.loss)
+    c.require(d.beta > 0, "dpo.beta", "a positive number", d.beta)
+    c.require(0 <= d.label_smoothing < 0.5, "dpo.label_smoothing", "a number in [0, 0.5)", d.label_smoothing)
+    if d.share_prompt:
+        c.require(m.attention_backend == "sdpa" or (m.attention_backend == "auto" and not _cuda_available()),
+                  "dpo.share_prompt", "false unless model.attention_backend is sdpa (the varlen kernels have no "
+                  "prefix mask)", True)
+        c.require(m.loss_positions == "targets" or m.logprob_backend == "triton"
+                  or (m.logprob_backend == "auto" and _cuda_available()),
+                  "dpo.share_prompt", "false with model.loss_positions=all and the megatron log-prob backend "
+                  "(per-token RoPE positions come with megafin's log-prob model)", True)
+    if c.require(d.reference_logps in ("precompute", "online"), "dpo.reference_logps", "precompute or online",
+                 d.reference_logps) and d.reference_logps == "online":
+        c.require(par.pp == 1, "dpo.reference_logps", "precompute when parallel.pp > 1", "online")
+    if d.reference:
+        c.require(Path(d.reference).is_dir(), "dpo.reference", "an existing checkpoint directory", d.reference)
 
-    # Optimizer and schedule.
-    _require(cfg.optimizer.name == "adamw", "optimizer.name", "adamw", cfg.optimizer.name)
-    _require(cfg.optimizer.lr > 0, "optimizer.lr", "a positive number", cfg.optimizer.lr)
-    _require(0 <= cfg.optimizer.min_lr <= cfg.optimizer.lr, "optimizer.min_lr",
-             f"between 0 and optimizer.lr={cfg.optimizer.lr}", cfg.optimizer.min_lr)
-    _require(cfg.scheduler.decay in DECAYS, "scheduler.decay", f"one of {', '.join(DECAYS)}", cfg.scheduler.decay)
-    _require(cfg.train.steps >= 1, "train.steps", "a positive integer", cfg.train.steps)
-    _require(0 <= cfg.scheduler.warmup_steps <= cfg.train.steps, "scheduler.warmup_steps",
-             f"between 0 and train.steps={cfg.train.steps}", cfg.scheduler.warmup_steps)
-    _require(cfg.checkpoint.keep_last >= 1, "checkpoint.keep_last", "at least 1", cfg.checkpoint.keep_last)
-    _require(cfg.checkpoint.interval >= 0, "checkpoint.interval", "0 or a positive integer", cfg.checkpoint.interval)
-    _require(cfg.train.max_bad_steps >= 1, "train.max_bad_steps", "at least 1", cfg.train.max_bad_steps)
-    resume = cfg.train.resume
-    if resume not in ("auto", "none"):
-        _require(Path(resume).is_dir(), "train.resume", "auto, none or an existing checkpoint directory", resume)
-    if cfg.train.init_from:
-        _require(Path(cfg.train.init_from).is_dir(), "train.init_from", "an existing checkpoint directory",
-                 cfg.train.init_from)
 
-    # Data.
-    _require(data.seq_length >= 2, "data.seq_length", "at least 2", data.seq_length)
-    _require(data.seq_length <= m.max_position_embeddings, "data.seq_length",
-             f"at most model.max_position_embeddings={m.max_position_embeddings}", data.seq_length)
-    _require(data.format in DATA_FORMATS, "data.format", f"one of {', '.join(DATA_FORMATS)}", data.format)
-    _require(bool(data.tokenizer), "data.tokenizer", "a Hugging Face tokenizer directory", "(empty)")
-    _require(Path(data.tokenizer, "tokenizer_config.json").is_file() or Path(data.tokenizer, "tokenizer.json").is_file(),
-             "data.tokenizer", "a directory with tokenizer.json or tokenizer_config.json", data.tokenizer)
-    _require(len(data.blend) > 0, "data.blend", "at least one {path, weight} entry", "[]")
+def _validate_precision(c: _Checks, cfg: Config) -> None:
+    dtype = cfg.precision.dtype
+    if c.require(dtype in DTYPES, "precision.dtype", f"one of {', '.join(DTYPES)}", dtype) and dtype == "fp8":
+        if c.require(_cuda_available(), "precision.dtype", "fp8 only on CUDA GPUs (Hopper or newer); use bf16 or fp32",
+                     "fp8"):
+            c.require(_te_available(), "precision.dtype", "fp8 needs transformer_engine installed (pip install .[gpu])",
+                      "fp8")
+
+
+def _validate_schedule(c: _Checks, cfg: Config) -> None:
+    opt, train = cfg.optimizer, cfg.train
+    c.require(opt.name == "adamw", "optimizer.name", "adamw", opt.name)
+    if c.require(opt.lr > 0, "optimizer.lr", "a positive number", opt.lr):
+        c.require(0 <= opt.min_lr <= opt.lr, "optimizer.min_lr", f"between 0 and optimizer.lr={opt.lr}", opt.min_lr)
+    c.require(cfg.scheduler.decay in DECAYS, "scheduler.decay", f"one of {', '.join(DECAYS)}", cfg.scheduler.decay)
+    if c.require(train.steps >= 1, "train.steps", "a positive integer", train.steps):
+        c.require(0 <= cfg.scheduler.warmup_steps <= train.steps, "scheduler.warmup_steps",
+                  f"between 0 and train.steps={train.steps}", cfg.scheduler.warmup_steps)
+    c.require(cfg.checkpoint.keep_last >= 1, "checkpoint.keep_last", "at least 1", cfg.checkpoint.keep_last)
+    c.require(cfg.checkpoint.interval >= 0, "checkpoint.interval", "0 or a positive integer", cfg.checkpoint.interval)
+    c.require(train.max_bad_steps >= 1, "train.max_bad_steps", "at least 1", train.max_bad_steps)
+    if train.resume not in ("auto", "none"):
+        c.require(Path(train.resume).is_dir(), "train.resume", "auto, none or an existing checkpoint directory",
+                  train.resume)
+    if train.init_from:
+        c.require(Path(train.init_from).is_dir(), "train.init_from", "an existing checkpoint directory",
+                  train.init_from)
+
+
+def _validate_data(c: _Checks, cfg: Config) -> None:
+    m, data = cfg.model, cfg.data
+    if c.require(data.seq_length >= 2, "data.seq_length", "at least 2", data.seq_length):
+        c.require(data.seq_length <= m.max_position_embeddings, "data.seq_length",
+                  f"at most model.max_position_embeddings={m.max_position_embeddings}", data.seq_length)
+    format_ok = c.require(data.format in DATA_FORMATS, "data.format", f"one of {', '.join(DATA_FORMATS)}", data.format)
+    if c.require(bool(data.tokenizer), "data.tokenizer", "a Hugging Face tokenizer directory", "(empty)"):
+        c.require(Path(data.tokenizer, "tokenizer_config.json").is_file()
+                  or Path(data.tokenizer, "tokenizer.json").is_file(),
+                  "data.tokenizer", "a directory with tokenizer.json or tokenizer_config.json", data.tokenizer)
+    blend_ok = c.require(len(data.blend) > 0, "data.blend", "at least one {path, weight} entry", "[]")
     for i, entry in enumerate(data.blend):
-        _require(entry.weight > 0, f"data.blend[{i}].weight", "a positive number", entry.weight)
-    if cfg.stage in PACKED_KIND:
-        _require(data.format == "packed", "data.format", f"packed for stage {cfg.stage} (data_prep sft/mix/preference)",
-                 data.format)
-    if data.format == "pretrain":
-        for i, entry in enumerate(data.blend):
-            for suffix in (".bin", ".idx"):
-                _require(Path(entry.path + suffix).is_file(), f"data.blend[{i}].path",
-                         f"an indexed dataset prefix with {entry.path}{suffix} present (run data_prep pretrain)",
-                         entry.path)
-    else:
-        _validate_packed(cfg)
+        c.require(entry.weight > 0, f"data.blend[{i}].weight", "a positive number", entry.weight)
+    if cfg.stage in PACKED_KIND and format_ok:
+        format_ok = c.require(data.format == "packed", "data.format",
+                              f"packed for stage {cfg.stage} (data_prep sft/mix/preference)", data.format)
+    if blend_ok and format_ok:
+        if data.format == "pretrain":
+            for i, entry in enumerate(data.blend):
+                _validate_indexed(c, f"data.blend[{i}].path", entry.path)
+        else:
+            _validate_packed(c, cfg)
     parts = data.split.split(",")
     ok = len(parts) == 3 and all(p.strip().replace(".", "", 1).isdigit() for p in parts)
-    _require(ok and float(parts[0]) > 0, "data.split", "three non-negative numbers 'train,valid,test' with train > 0",
-             data.split)
-    if cfg.train.eval_interval > 0:
-        _require(float(parts[1]) > 0, "data.split", "a valid share > 0 when train.eval_interval > 0", data.split)
+    if c.require(ok and float(parts[0]) > 0, "data.split",
+                 "three non-negative numbers 'train,valid,test' with train > 0", data.split) \
+            and cfg.train.eval_interval > 0:
+        c.require(float(parts[1]) > 0, "data.split", "a valid share > 0 when train.eval_interval > 0", data.split)
 
 
-def _validate_packed(cfg: Config) -> None:
-    import json
+def _validate_indexed(c: _Checks, key: str, prefix: str) -> None:
+    """A Megatron .bin/.idx pair holding at least one sequence (an empty corpus fails here, not inside GPTDataset)."""
+    for suffix in (".bin", ".idx"):
+        if not c.require(Path(prefix + suffix).is_file(), key,
+                         f"an indexed dataset prefix with {prefix}{suffix} present (run data_prep pretrain)", prefix):
+            return
+    sequences = indexed_sequence_count(prefix + ".idx")
+    if c.require(sequences is not None, key, f"a Megatron indexed dataset ({prefix}.idx has no MMIDIDX header)",
+                 prefix):
+        c.require(sequences > 0, key, f"a dataset with documents ({prefix}.idx holds none)", prefix)
 
+
+def indexed_sequence_count(idx_path: str) -> Optional[int]:
+    """The sequence count in a Megatron .idx header, or None when the file is not one. The header (megatron-core's
+    indexed_dataset._IndexWriter): the 9-byte magic, version <Q, dtype code <B, sequence count <Q, ..."""
+    try:
+        with open(idx_path, "rb") as f:
+            header = f.read(len(_INDEX_MAGIC) + 8 + 1 + 8)
+    except OSError:
+        return None
+    if len(header) < 26 or header[:9] != _INDEX_MAGIC:
+        return None
+    return struct.unpack("<Q", header[18:26])[0]
+
+
+def _validate_packed(c: _Checks, cfg: Config) -> None:
     from megafin.data.build import packed_prefix_files
 
     data = cfg.data
-    _require(len(data.blend) == 1, "data.blend", "exactly one packed dataset prefix for data.format=packed",
-             f"{len(data.blend)} entries")
+    if not c.require(len(data.blend) == 1, "data.blend", "exactly one packed dataset prefix for data.format=packed",
+                     f"{len(data.blend)} entries"):
+        return
     prefix = data.blend[0].path
     for path in packed_prefix_files(prefix):
-        _require(Path(path).is_file(), "data.blend[0].path",
-                 f"a data_prep packed output prefix with {path} present", prefix)
-    meta = json.loads(Path(f"{prefix}_meta.json").read_text())
-    _require(meta.get("format") == "megafin-packed", "data.blend[0].path",
-             f"{prefix}_meta.json with format megafin-packed", meta.get("format"))
+        if not c.require(Path(path).is_file(), "data.blend[0].path",
+                         f"a data_prep packed output prefix with {path} present", prefix):
+            return
+    try:
+        meta = json.loads(Path(f"{prefix}_meta.json").read_text())
+    except (OSError, ValueError) as err:
+        c.require(False, "data.blend[0].path", f"a readable JSON file {prefix}_meta.json", f"{type(err).__name__}")
+        return
+    if not c.require(isinstance(meta, dict) and meta.get("format") == "megafin-packed", "data.blend[0].path",
+                     f"{prefix}_meta.json with format megafin-packed",
+                     meta.get("format") if isinstance(meta, dict) else meta):
+        return
     want = PACKED_KIND.get(cfg.stage)
     if want is not None:
-        _require(meta.get("kind") == want, "data.blend[0].path",
-                 f"packed data of kind {want!r} for stage {cfg.stage} ({prefix}_meta.json)", meta.get("kind"))
-    _require(int(meta.get("seq_length", 0)) <= data.seq_length, "data.seq_length",
-             f"at least the packs' seq_length={meta.get('seq_length')} ({prefix}_meta.json)", data.seq_length)
+        c.require(meta.get("kind") == want, "data.blend[0].path",
+                  f"packed data of kind {want!r} for stage {cfg.stage} ({prefix}_meta.json)", meta.get("kind"))
+    c.require(int(meta.get("seq_length", 0)) <= data.seq_length, "data.seq_length",
+              f"at least the packs' seq_length={meta.get('seq_length')} ({prefix}_meta.json)", data.seq_length)
+    c.require(int(meta.get("num_packs", 1)) > 0, "data.blend[0].path",
+              f"packed data with at least one pack ({prefix}_meta.json has num_packs 0)", prefix)
 
 
 def world_size_from_env() -> int:
@@ -188,8 +296,3 @@ def world_size_from_env() -> int:
         if value:
             return int(value)
     return 1
-
-
-def _require(ok: bool, key: str, expected: str, got: object) -> None:
-    if not ok:
-        raise ConfigError(f"{key}: expected {expected}, got {got!r}")

@@ -142,7 +142,7 @@ def checkpoint_config(ckpt: Path) -> tuple[Config, int]:
     except (ValueError, KeyError) as err:
         raise ConvertError(f"{meta_path}: no usable config snapshot ({err})") from None
     except ConfigError as err:
-        raise ConvertError(f"{meta_path}: config snapshot: {err}") from None
+        raise ConvertError(f"{meta_path}: config snapshot: {'; '.join(err.lines)}") from None
     vocab = int(meta.get("vocab_size") or cfg.model.vocab_size)
     if vocab <= 0:
         raise ConvertError(f"{meta_path}: no vocab_size recorded")
