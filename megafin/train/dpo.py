@@ -17,8 +17,11 @@ share) and kept in RUN_DIR/reference_logps/ (one file per data-parallel shard), 
 """
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import json
 import math
+import shutil
 from functools import partial
 from pathlib import Path
 from typing import Any, Callable
@@ -38,6 +41,42 @@ def sequence_sums(values: torch.Tensor, cu_seqlens: torch.Tensor, num_docs: int)
     from kernels import segment_sum
 
     return segment_sum(values, cu_seqlens.to(values.device))[:num_docs]
+
+
+def reference_cache_key(cfg: Any, vocab_size: int) -> dict[str, Any]:
+    """What the cached reference log-probs were computed from; any difference means they are stale.
+
+    The reference is identified by its checkpoint's megafin.json and .metadata bytes (a re-trained checkpoint at the
+    same path differs in both), or, without one, by the seed that initialized the policy. The data by the bytes of
+    every file of the packed dataset (a preference set is small next to its training cost; the .idx alone would
+    miss a change that keeps every length)."""
+    ref = cfg.dpo.reference or cfg.train.init_from
+    if ref:
+        reference = {"checkpoint": str(Path(ref).resolve()),
+                     "sha256": _files_sha256([Path(ref) / "megafin.json", Path(ref) / ".metadata"])}
+    else:
+        reference = {"checkpoint": None, "seed": cfg.train.seed}
+    from megafin.data.build import packed_prefix_files
+
+    prefix = cfg.data.blend[0].path
+    return {"reference": reference,
+            "data": {"prefix": str(Path(prefix).resolve()),
+                     "sha256": _files_sha256([Path(f) for f in packed_prefix_files(prefix)])},
+            "model": dataclasses.asdict(cfg.model), "vocab_size": vocab_size, "precision": cfg.precision.dtype,
+            "seq_length": cfg.data.seq_length, "share_prompt": cfg.dpo.share_prompt}
+
+
+def _files_sha256(paths: list[Path]) -> str:
+    digest = hashlib.sha256()
+    for path in paths:
+        digest.update(path.name.encode() + b"\0")
+        if path.is_file():
+            with open(path, "rb") as f:
+                while chunk := f.read(1 << 22):
+                    digest.update(chunk)
+        else:
+            digest.update(b"(missing)")
+    return digest.hexdigest()
 
 
 class DPOStage(Stage):
@@ -129,17 +168,29 @@ class DPOStage(Stage):
             self.ref_model.eval().requires_grad_(False)
             return
         cache = Path(self.cfg.run_dir) / CACHE_DIR
-        if not self._load_cache(cache, trainer):
+        key = reference_cache_key(self.cfg, trainer.vocab_size)
+        if not self._load_cache(cache, key, trainer):
             if ref_ckpt:
                 load_checkpoint(ref_ckpt, trainer.model, None, None)
-            self._compute_cache(cache, trainer)
-            self._load_cache(cache, trainer)
+            self._compute_cache(cache, key, trainer)
+            self._load_cache(cache, key, trainer)
 
-    def _load_cache(self, cache: Path, trainer: Any) -> bool:
+    def _load_cache(self, cache: Path, key: dict[str, Any], trainer: Any) -> bool:
+        """Read the cache if it was computed from this reference, data and model; else remove it (False)."""
         meta_path = cache / "meta.json"
         if not meta_path.is_file():
             return False
         meta = json.loads(meta_path.read_text())
+        changed = [name for name in sorted(set(key) | set(meta.get("key", {})))
+                   if meta.get("key", {}).get(name) != key.get(name)]
+        if changed:
+            dist.barrier()  # every rank has read meta.json before rank 0 removes it
+            if dist.get_rank() == 0:
+                print(f"megafin: {cache} was computed from another {', '.join(changed)} than this run's; "
+                      f"recomputing the reference log-probs", flush=True)
+                shutil.rmtree(cache)
+            dist.barrier()
+            return False
         self.reference = {}
         for shard in meta["shards"]:
             data = np.load(cache / shard)
@@ -153,7 +204,7 @@ class DPOStage(Stage):
                                f"delete the directory to recompute")
         return True
 
-    def _compute_cache(self, cache: Path, trainer: Any) -> None:
+    def _compute_cache(self, cache: Path, key: dict[str, Any], trainer: Any) -> None:
         """Forward-only passes of the reference over every pack; data-parallel rank r takes packs r, r+D, ..."""
         from megatron.core import parallel_state as ps
         from megatron.core.pipeline_parallel import get_forward_backward_func
@@ -214,9 +265,8 @@ class DPOStage(Stage):
                      offsets=offsets, values=np.concatenate(values) if values else np.zeros(0))
         dist.barrier()
         if dist.get_rank() == dist.get_world_size() - 1:  # a last-stage rank: writes the marker after all shards
-            meta = {"shards": [f"dp{r:05d}-of-{dp_size:05d}.npz" for r in range(dp_size)],
-                    "reference": self.d.reference or self.cfg.train.init_from or "policy initialization",
-                    "data": self.cfg.data.blend[0].path, "num_packs": total}
+            meta = {"shards": [f"dp{r:05d}-of-{dp_size:05d}.npz" for r in range(dp_size)], "num_packs": total,
+                    "key": key}
             tmp = cache / "meta.json.tmp"
             tmp.write_text(json.dumps(meta, indent=2))
             tmp.replace(cache / "meta.json")
