@@ -18,6 +18,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     f.add_argument("--pp", type=int, default=1, help="pipeline parallel size the checkpoint is meant for (validated)")
     f.add_argument("--dtype", choices=("fp32", "bf16"), default="fp32", help="parameter dtype of the checkpoint")
     f.add_argument("--force", action="store_true", help="replace --out if it exists")
+    f.add_argument("--allow-nonfinite", action="store_true",
+                   help="convert tensors holding NaN/inf values (refused by default, naming the tensor)")
     t = sub.add_parser("to-hf", help="megafin checkpoint (any TP/PP) -> Hugging Face directory "
                        "(LlamaForCausalLM or Qwen2ForCausalLM, by model.family)")
     t.add_argument("--ckpt", required=True, help="checkpoint directory (RUN_DIR/checkpoints/step_N)")
@@ -35,7 +37,8 @@ def run(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     try:
         if args.direction == "from-hf":
-            out = from_hf(args.hf, args.out, tp=args.tp, pp=args.pp, dtype=args.dtype, force=args.force)
+            out = from_hf(args.hf, args.out, tp=args.tp, pp=args.pp, dtype=args.dtype, force=args.force,
+                          allow_nonfinite=args.allow_nonfinite)
         else:
             out = to_hf(args.ckpt, args.out, dtype=args.dtype, max_shard_size=args.max_shard_size,
                         tokenizer=args.tokenizer, force=args.force)

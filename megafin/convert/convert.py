@@ -8,7 +8,9 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, Iterator, Optional
+from typing import Any, Callable, Iterator, Optional
+
+import torch
 
 from megafin.config.schema import Config, ModelConfig
 from megafin.convert.adapters import adapter_for_hf_config, adapter_for_model
@@ -150,11 +152,26 @@ def checkpoint_config(ckpt: Path) -> tuple[Config, int]:
 
 
 # ---------------------------------------------------------------------------------------------- from-hf
+def finite_tensors(weights: HFWeights) -> Callable[[str], torch.Tensor]:
+    """`weights.get` that refuses a tensor holding NaN or inf (a corrupt or diverged source), naming it."""
+
+    def get(key: str) -> torch.Tensor:
+        t = weights.get(key)
+        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            bad = int((~torch.isfinite(t)).sum())
+            raise ConvertError(f"{weights.file_of(key)}: tensor {key} has {bad} NaN/inf values of {t.numel()} "
+                               f"(pass --allow-nonfinite to convert it anyway)")
+        return t
+
+    return get
+
+
 def from_hf(hf_dir: str | Path, out: str | Path, tp: int = 1, pp: int = 1, dtype: str = "fp32",
-            force: bool = False) -> Path:
+            force: bool = False, allow_nonfinite: bool = False) -> Path:
     """HF checkpoint -> a megafin training checkpoint (dist_checkpointing torch_dist, TP/PP-free on disk) at `out`.
 
-    Streams: each HF tensor is read, fused into megatron's layout and written before the next is read."""
+    Streams: each HF tensor is read, fused into megatron's layout and written before the next is read. A tensor with
+    NaN/inf values stops the conversion (nothing is written) unless allow_nonfinite."""
     from megafin.config.load import config_to_dict
     from megafin.convert.dcp_writer import write_model_checkpoint
 
@@ -173,7 +190,7 @@ def from_hf(hf_dir: str | Path, out: str | Path, tp: int = 1, pp: int = 1, dtype
         if _has_tokenizer(hf_dir):
             cfg.data.tokenizer = str((out / TOKENIZER_SUBDIR).resolve())
             _copy_tokenizer(hf_dir, tmp / TOKENIZER_SUBDIR)
-        write_model_checkpoint(tmp, adapter, cfg, padded, prefetched(adapter.to_megatron(m, padded, weights.get)),
+        write_model_checkpoint(tmp, adapter, cfg, padded, prefetched(adapter.to_megatron(m, padded, weights.get if allow_nonfinite else finite_tensors(weights))),
                                DTYPE_NAMES[dtype])
         if (hf_dir / "generation_config.json").is_file():
             shutil.copy2(hf_dir / "generation_config.json", tmp / "hf_generation_config.json")
