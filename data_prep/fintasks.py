@@ -41,12 +41,16 @@ def xbrl(row: dict) -> dict:
 CONVERTERS = {"fpb": "sentiment", "fiqa_sa": "sentiment", "tfns": "sentiment", "headline": "headline", "xbrl": "xbrl"}
 
 
+def convert_row(task: str, row: dict, k: int) -> dict:
+    """One labelled row (the k-th of its file) as a prompt/response record; KeyError/TypeError on a wrong schema."""
+    kind = CONVERTERS[task]
+    return headline(row, k) if kind == "headline" else sentiment(row) if kind == "sentiment" else xbrl(row)
+
+
 def convert(task: str, path: str) -> Iterator[dict]:
     with open(path, encoding="utf-8") as f:
         for k, line in enumerate(f):
-            row = json.loads(line)
-            kind = CONVERTERS[task]
-            yield headline(row, k) if kind == "headline" else sentiment(row) if kind == "sentiment" else xbrl(row)
+            yield convert_row(task, json.loads(line), k)
 
 
 def write(task: str, src: str, dst: str) -> int:

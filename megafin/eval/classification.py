@@ -6,6 +6,7 @@ answer to the chat-formatted question, exact match with the gold label (case and
 from __future__ import annotations
 
 import json
+import sys
 from collections import Counter
 from pathlib import Path
 from typing import Any, Optional
@@ -16,12 +17,10 @@ from transformers import AutoTokenizer
 def evaluate(ckpt: str | Path, task: str, data: str | Path, limit: Optional[int] = None,
              max_new_tokens: int = 6) -> dict[str, Any]:
     """Accuracy of greedy answers, the majority-class rate of the same examples, and a few predictions."""
-    from data_prep.fintasks import convert
     from megafin.convert.runtime import greedy_decode, load_model, megatron_session
 
-    rows = list(convert(task, str(data)))[:limit]
-    if not rows:
-        raise ValueError(f"{data}: no {task} examples")
+    rows = read_examples(task, Path(data), limit)
+    _check_checkpoint(Path(ckpt))
     with megatron_session():
         model, cfg, vocab = load_model(Path(ckpt))
         tok = AutoTokenizer.from_pretrained(cfg.data.tokenizer)
@@ -44,8 +43,54 @@ def evaluate(ckpt: str | Path, task: str, data: str | Path, limit: Optional[int]
             "predicted": dict(Counter(predictions).most_common(8))}
 
 
+class EvalError(Exception):
+    """Bad input to an evaluation: one line naming the file (and line) at fault; the CLI exits 2."""
+
+
+def read_examples(task: str, path: Path, limit: Optional[int]) -> list[dict]:
+    """The task's prompt/response records; a file that is missing, holds no examples or has a malformed line is an
+    EvalError naming it (blank lines are skipped)."""
+    from data_prep.fintasks import convert_row
+
+    if not path.is_file():
+        raise EvalError(f"{path}: data file not found")
+    rows: list[dict] = []
+    with open(path, encoding="utf-8", errors="replace") as f:
+        for lineno, line in enumerate(f, 1):
+            if limit is not None and len(rows) >= limit:
+                break
+            if not line.strip():
+                continue
+            try:
+                rows.append(convert_row(task, json.loads(line), len(rows)))
+            except ValueError as err:
+                raise EvalError(f"{path}:{lineno}: not a JSON object ({err})") from None
+            except (KeyError, TypeError, AttributeError) as err:
+                raise EvalError(f"{path}:{lineno}: not a {task} example (missing or malformed {err}; schemas: "
+                                f"../shared/data/SOURCES.md)") from None
+    if not rows:
+        raise EvalError(f"{path}: no {task} examples (the file is empty)")
+    return rows
+
+
+def _check_checkpoint(ckpt: Path) -> None:
+    """Fail with one line before any process group starts when --ckpt is not a megafin checkpoint."""
+    from megafin.checkpoint.manager import META
+
+    if not ckpt.is_dir():
+        raise EvalError(f"{ckpt}: checkpoint directory not found")
+    if not (ckpt / META).is_file():
+        raise EvalError(f"{ckpt}: not a megafin checkpoint ({META} missing; pass RUN/checkpoints/step_N)")
+
+
 def main(args: Any) -> int:
-    result = evaluate(args.ckpt, args.task, args.data, args.limit)
+    from megafin.convert.errors import ConvertError
+
+    try:
+        result = evaluate(args.ckpt, args.task, args.data, args.limit)
+    except (EvalError, ConvertError) as err:
+        print(f"megafin eval: error: {err}", file=sys.stderr, flush=True)
+        return 2
     print(json.dumps(result, indent=2))
     if args.out:
         Path(args.out).write_text(json.dumps(result, indent=2))
