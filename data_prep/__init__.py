@@ -7,6 +7,7 @@ Python API (each also a `python -m data_prep` subcommand):
     sft(inputs, tokenizer, output_prefix, seq_length, ...) -> PackedResult
     preference(inputs, tokenizer, output_prefix, seq_length, ...) -> PackedResult
     mix(cpt_inputs, it_inputs, tokenizer, output_prefix, seq_length, cpt_ratio=0.5, ...) -> PackedResult
+    check_complete(dataset_prefix) -> None | str   (readers: refuse an output whose commit was interrupted)
 Imports are lazy so `python -m data_prep tokenizer train` starts fast.
 """
 from __future__ import annotations
@@ -22,6 +23,9 @@ _API = {
     "preference": "data_prep.packed",
     "mix": "data_prep.packed",
     "BadInputError": "data_prep.stats",
+    "EmptyOutputError": "data_prep.stats",
+    "OutputError": "data_prep.outputs",
+    "check_complete": "data_prep.outputs",
 }
 
 

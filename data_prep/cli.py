@@ -10,12 +10,15 @@ from data_prep.readers import DEFAULT_MAX_DOC_BYTES
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tokenizer", required=True, help="HF tokenizer directory (megafin's or e.g. Llama-3's)")
     p.add_argument("--output-prefix", required=True, help="output path prefix (directories are created)")
-    p.add_argument("--workers", type=int, default=1, help="worker processes (output is identical for any N)")
+    p.add_argument("--workers", type=int, default=1,
+                   help="worker processes, at most one per available core (output is identical for any N)")
     p.add_argument("--strict", action="store_true", help="stop at the first bad input item instead of skipping it")
     p.add_argument("--max-doc-bytes", type=int, default=DEFAULT_MAX_DOC_BYTES,
                    help="skip items larger than this (default %(default)s)")
     p.add_argument("--encoder", choices=["auto", "hf", "tiktoken"], default="auto",
                    help="auto: verified tiktoken fast path when ids are identical, else HF tokenizers")
+    p.add_argument("--allow-empty", action="store_true",
+                   help="write a valid dataset of nothing when no input item is usable (default: exit 2)")
     p.add_argument("--quiet", action="store_true")
 
 
@@ -73,6 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from data_prep.outputs import OutputError
     from data_prep.stats import BadInputError
 
     try:
@@ -91,20 +95,25 @@ def main(argv: list[str] | None = None) -> int:
 
             pretrain(args.input, args.tokenizer, args.output_prefix, text_key=args.text_key, workers=args.workers,
                      dedup=args.dedup, strict=args.strict, max_doc_bytes=args.max_doc_bytes, encoder=args.encoder,
-                     bos=args.bos, quiet=args.quiet)
+                     bos=args.bos, quiet=args.quiet, allow_empty=args.allow_empty)
         else:
             from data_prep import packed
 
             common = dict(tokenizer=args.tokenizer, output_prefix=args.output_prefix, seq_length=args.seq_length,
                           workers=args.workers, strict=args.strict, max_doc_bytes=args.max_doc_bytes,
-                          seed=args.seed, chat_template=args.chat_template, encoder=args.encoder, quiet=args.quiet)
+                          seed=args.seed, chat_template=args.chat_template, encoder=args.encoder, quiet=args.quiet,
+                          allow_empty=args.allow_empty)
             if args.cmd == "sft":
                 packed.sft(args.input, on_overflow=args.on_overflow, **common)
             elif args.cmd == "preference":
                 packed.preference(args.input, **common)
             else:
                 packed.mix(args.cpt, args.it, cpt_ratio=args.cpt_ratio, text_key=args.text_key, **common)
-    except (BadInputError, FileNotFoundError, ValueError) as e:
+    except (BadInputError, OutputError, FileNotFoundError, ValueError) as e:
         print(f"data_prep {args.cmd}: error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:  # the machine's side (disk full, permissions changed mid-run): one line, not a traceback
+        where = f"{e.filename}: " if e.filename else ""
+        print(f"data_prep {args.cmd}: error: {where}{e.strerror or e}", file=sys.stderr)
         return 2
     return 0

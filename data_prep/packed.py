@@ -6,7 +6,9 @@ Three stages, each streaming or memory-mapped:
 2. `mix` downsamples the larger side by example count (seeded); units (a document, or a preference pair) are
    packed by best-fit-decreasing on their lengths;
 3. packs are assembled from the memory-mapped temporary files in a seeded order and written as
-   PREFIX_tokens / PREFIX_loss_mask / PREFIX_doc_lens (+ PREFIX_meta.json, PREFIX_stats.json).
+   PREFIX_tokens / PREFIX_loss_mask / PREFIX_doc_lens (+ PREFIX_meta.json, PREFIX_stats.json), which appear
+   as one set (`data_prep.outputs`).
+An input that yields nothing raises `EmptyOutputError` unless allow_empty (then the packs are a valid, empty set).
 Examples longer than --seq-length are dropped and counted as `too_long` (sft/mix can `truncate` instead: the
 first seq-length tokens are kept if they still contain a target). CPT documents in `mix` are split into
 seq-length pieces, each its own document (FinDAP packs long CPT text the same way); a CPT document is
@@ -23,16 +25,19 @@ from typing import Any, Iterable, Iterator
 
 import numpy as np
 
+from data_prep import outputs
 from data_prep.chat import ChatRenderer, ExampleError, preference_messages, sft_messages
 from data_prep.packing import best_fit_decreasing
-from data_prep.parallel import chunked, ordered_map
-from data_prep.pretrain import CHUNK_BYTES, VERIFY_DOCS, _raw_size, choose_encoder, extract_text
+from data_prep.parallel import cap_workers, chunked, ordered_map
+from data_prep.pretrain import CHUNK_BYTES, TEXT_KEY_HINTS, VERIFY_DOCS, _raw_size, choose_encoder, extract_text
 from data_prep.readers import DEFAULT_MAX_DOC_BYTES, Raw, check_inputs, input_fingerprint, iter_raw, parse_raw
 from data_prep.stats import Stats
-from data_prep.writers import SequenceWriter, import_builder, token_dtype, write_json
+from data_prep.writers import SequenceWriter, import_builder, token_dtype
 
 FORMAT_VERSION = 1
 PACK_CHUNK_ITEMS = 512
+# What each stage-1 source yields, for messages: (unit, the words for a source that gave none).
+UNITS = {"sft": "examples", "pref": "pairs", "cpt": "CPT documents"}
 
 # ---- worker side ------------------------------------------------------------------------------------------
 _W: dict[str, Any] = {}
@@ -211,9 +216,7 @@ def _downsample(st: _Stage1, cpt_ratio: float, seed: int) -> np.ndarray:
     """Boolean keep-mask over examples: the larger side is cut to reach cpt_ratio by example count."""
     is_cpt = np.frombuffer(st.example_is_cpt, dtype=np.int8).astype(bool)
     keep = np.ones(is_cpt.size, dtype=bool)
-    n_cpt, n_it = int(is_cpt.sum()), int((~is_cpt).sum())
-    if not (0.0 < cpt_ratio < 1.0):
-        raise ValueError(f"--cpt-ratio {cpt_ratio} (expected a share strictly between 0 and 1)")
+    n_cpt, n_it = int(is_cpt.sum()), int((~is_cpt).sum())  # cpt_ratio in (0, 1): checked by _run
     want_cpt = int(round(cpt_ratio / (1 - cpt_ratio) * n_it))
     rng = np.random.default_rng(seed)
     if n_cpt > want_cpt:
@@ -226,7 +229,9 @@ def _downsample(st: _Stage1, cpt_ratio: float, seed: int) -> np.ndarray:
     return keep
 
 
-def _write_packs(st: _Stage1, units: np.ndarray, prefix: str, seq_length: int, dtype: type, seed: int) -> dict:
+def _write_packs(st: _Stage1, units: np.ndarray, prefix: str, seq_length: int, dtype: type,
+                 seed: int) -> tuple[dict, list[tuple[str, str]]]:
+    """The packs under temporary names: -> (counts, (temporary, final) paths for `outputs.commit`)."""
     from megatron.core.datasets.indexed_dataset import IndexedDataset
 
     unit_len = np.frombuffer(st.unit_len, dtype=np.int64)[units]
@@ -259,8 +264,7 @@ def _write_packs(st: _Stage1, units: np.ndarray, prefix: str, seq_length: int, d
             n_docs += len(lens)
             n_tok += int(t.size)
             n_tgt += int(m.sum())
-        for w in (w_tok, w_mask, w_lens):
-            w.finalize()
+        files = [f for w in (w_tok, w_mask, w_lens) for f in w.close()]
     except BaseException:
         for w in (w_tok, w_mask, w_lens):
             w.abort()
@@ -269,7 +273,7 @@ def _write_packs(st: _Stage1, units: np.ndarray, prefix: str, seq_length: int, d
     return {
         "num_packs": len(bins), "num_docs": n_docs, "num_tokens": n_tok, "num_target_tokens": n_tgt,
         "fill": round(n_tok / (len(bins) * seq_length), 6) if bins else 1.0,
-    }
+    }, files
 
 
 def _run(
@@ -289,6 +293,7 @@ def _run(
     text_key: str = "text",
     cpt_ratio: float | None = None,
     progress: bool | None = None,
+    allow_empty: bool = False,
 ) -> PackedResult:
     from tqdm import tqdm
 
@@ -296,7 +301,11 @@ def _run(
 
     if seq_length < 2:
         raise ValueError(f"--seq-length {seq_length} (expected >= 2)")
+    if cpt_ratio is not None and not (0.0 < cpt_ratio < 1.0):
+        raise ValueError(f"--cpt-ratio {cpt_ratio} (expected a share strictly between 0 and 1)")
+    workers = cap_workers(workers)
     sources = [(k, check_inputs(list(p))) for k, p in sources]
+    outputs.check_output_prefix(output_prefix)
     tok = load_tokenizer(tokenizer)
     sp = special_ids(tok)
     template = None
@@ -323,7 +332,16 @@ def _run(
         for k, paths in sources:
             raws = cpt_iters.get(id(paths)) or iter_raw(paths, max_doc_bytes)
             tasks = ((k, c) for c in chunked(raws, PACK_CHUNK_ITEMS, CHUNK_BYTES, _raw_size))
+            before, n_before = stats.snapshot(), len(st.example_tokens)
             st.add(ordered_map(_stage1, tasks, workers, _init_worker, (cfg,)), stats, k == "cpt", bar)
+            # Nothing from one source is an error even in `mix`: downsampling to --cpt-ratio would then keep
+            # nothing of the other side either.
+            if len(st.example_tokens) == n_before and not allow_empty:
+                need = "pass --allow-empty to write an empty dataset" if len(sources) == 1 else \
+                    f"mix needs both sides for --cpt-ratio {cpt_ratio}; pass --allow-empty to write no packs"
+                unit = "instruction examples" if k == "sft" and len(sources) > 1 else UNITS[k]
+                hints = TEXT_KEY_HINTS if k == "cpt" else {"too_long": "check --seq-length"}
+                raise stats.empty_output(paths, unit, since=before, hints=hints, need=need)
         st.finalize()
     except BaseException:
         st.abort()
@@ -339,7 +357,7 @@ def _run(
             stats.skipped["downsampled"] += int((~keep).sum())
         unit_ex = np.frombuffer(st.unit_example, dtype=np.int64)
         units = np.flatnonzero(keep[unit_ex]) if n_ex else np.zeros(0, dtype=np.int64)
-        packs = _write_packs(st, units, output_prefix, seq_length, token_dtype(sp["vocab_size"]), seed)
+        packs, files = _write_packs(st, units, output_prefix, seq_length, token_dtype(sp["vocab_size"]), seed)
     finally:
         st.cleanup()
     is_cpt = np.frombuffer(st.example_is_cpt, dtype=np.int8).astype(bool)
@@ -368,10 +386,14 @@ def _run(
         meta.update(cpt_ratio=cpt_ratio, num_cpt_examples=int((keep & is_cpt).sum()),
                     num_it_examples=int((keep & ~is_cpt).sum()), cpt_encoder=enc_name)
     all_paths = [p for _, ps in sources for p in ps]
-    stats_d = stats.to_dict(output=output_prefix, inputs=input_fingerprint(all_paths), tokenizer=str(tokenizer),
-                            workers=workers, kind=kind, num_packs=packs["num_packs"], fill=packs["fill"])
-    write_json(f"{output_prefix}_stats.json", stats_d)
-    write_json(f"{output_prefix}_meta.json", meta)
+    try:
+        stats_d = stats.to_dict(output=output_prefix, inputs=input_fingerprint(all_paths), tokenizer=str(tokenizer),
+                                workers=workers, kind=kind, num_packs=packs["num_packs"], fill=packs["fill"])
+        outputs.commit(output_prefix, files, f"{output_prefix}_meta.json", meta,
+                       side_files=[(f"{output_prefix}_stats.json", stats_d)])
+    except BaseException:
+        outputs.discard(files)
+        raise
     if not quiet:
         print(
             f"data_prep {kind}: {stats.docs_written:,}/{stats.docs_read:,} examples -> {packs['num_packs']:,} packs "
@@ -399,11 +421,12 @@ def sft(
     max_doc_bytes: int = DEFAULT_MAX_DOC_BYTES,
     encoder: str = "auto",
     quiet: bool = False,
+    allow_empty: bool = False,
 ) -> PackedResult:
     """Instruction data (`messages`, `prompt`/`response`, `query`/`answer`, `instruction`/`output`) -> packs
     whose loss mask is 1 on assistant tokens only."""
     return _run("sft", [("sft", _paths(inputs))], tokenizer, output_prefix, seq_length, workers, strict,
-                max_doc_bytes, seed, chat_template, encoder, quiet, on_overflow=on_overflow)
+                max_doc_bytes, seed, chat_template, encoder, quiet, on_overflow=on_overflow, allow_empty=allow_empty)
 
 
 def preference(
@@ -418,11 +441,12 @@ def preference(
     max_doc_bytes: int = DEFAULT_MAX_DOC_BYTES,
     encoder: str = "auto",
     quiet: bool = False,
+    allow_empty: bool = False,
 ) -> PackedResult:
     """`prompt`/`chosen`/`rejected` -> packs of whole pairs: docs 2k (chosen) and 2k+1 (rejected), each
     prompt + response with the mask on the response only."""
     return _run("preference", [("pref", _paths(inputs))], tokenizer, output_prefix, seq_length, workers, strict,
-                max_doc_bytes, seed, chat_template, encoder, quiet)
+                max_doc_bytes, seed, chat_template, encoder, quiet, allow_empty=allow_empty)
 
 
 def mix(
@@ -441,9 +465,10 @@ def mix(
     encoder: str = "auto",
     on_overflow: str = "drop",
     quiet: bool = False,
+    allow_empty: bool = False,
 ) -> PackedResult:
     """FinDAP's joint CPT+IT stream: CPT documents (every token a target but the first) and instruction
     examples (assistant tokens only) at `cpt_ratio` by example count, packed together."""
     return _run("mix", [("cpt", _paths(cpt_inputs)), ("sft", _paths(it_inputs))], tokenizer, output_prefix,
                 seq_length, workers, strict, max_doc_bytes, seed, chat_template, encoder, quiet,
-                on_overflow=on_overflow, text_key=text_key, cpt_ratio=cpt_ratio)
+                on_overflow=on_overflow, text_key=text_key, cpt_ratio=cpt_ratio, allow_empty=allow_empty)

@@ -8,8 +8,28 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import os
+import sys
 from collections import deque
 from typing import Any, Callable, Iterable, Iterator
+
+
+def available_cores() -> int:
+    """Cores this process may run on (its affinity mask: what taskset, cgroups cpusets and Slurm grant)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # no affinity API (macOS)
+        return os.cpu_count() or 1
+
+
+def cap_workers(requested: int) -> int:
+    """--workers, at most one per available core: more only adds start-up (each loads the tokenizer) and contention."""
+    if requested < 1:
+        raise ValueError(f"--workers {requested} (expected >= 1)")
+    cores = available_cores()
+    if requested > cores:
+        print(f"data_prep: --workers {requested} capped at {cores} (cores available)", file=sys.stderr)
+        return cores
+    return requested
 
 
 def ordered_map(

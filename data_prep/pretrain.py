@@ -15,10 +15,11 @@ from typing import Any, Iterable, Iterator
 
 import numpy as np
 
-from data_prep.parallel import chunked, ordered_map
+from data_prep import outputs
+from data_prep.parallel import cap_workers, chunked, ordered_map
 from data_prep.readers import DEFAULT_MAX_DOC_BYTES, Raw, Record, check_inputs, input_fingerprint, iter_raw, parse_raw
 from data_prep.stats import Stats
-from data_prep.writers import SequenceWriter, token_dtype, write_json
+from data_prep.writers import SequenceWriter, token_dtype
 
 CHUNK_ITEMS = 2048
 CHUNK_BYTES = 1 << 20
@@ -86,6 +87,10 @@ def _encode_chunk(chunk: list[Raw]) -> tuple[list, np.ndarray, np.ndarray]:
     return statuses, flat, lengths
 
 
+# Reasons for which a run that wrote nothing most likely named the wrong key.
+TEXT_KEY_HINTS = {r: "check --text-key" for r in ("missing_key", "wrong_type", "empty_text")}
+
+
 # ---- parent side ------------------------------------------------------------------------------------------
 def _raw_size(r: Raw) -> int:
     return len(r.data) if isinstance(r.data, (bytes, bytearray)) else 256
@@ -125,6 +130,7 @@ def pretrain(
     bos: str = "never",
     progress: bool | None = None,
     quiet: bool = False,
+    allow_empty: bool = False,
 ) -> PretrainResult:
     """Tokenize text documents into `{output_prefix}_text_document.bin/.idx` and `{output_prefix}_stats.json`.
 
@@ -132,14 +138,19 @@ def pretrain(
     bos: 'never' (default) = ids(text) + EOD, byte-identical to Megatron-LM's preprocess_data.py; 'auto' = add
          what the tokenizer adds to plain text (BOS for Llama-3 and megafin's tokenizers); 'always'.
     encoder: 'auto' (verified tiktoken fast path, else HF), 'hf', 'tiktoken' (fail if not identical).
-    Raises `BadInputError` under strict on the first bad item, `FileNotFoundError` for a missing input.
+    allow_empty: write a (loadable) dataset of no documents instead of raising `EmptyOutputError`.
+    Raises `BadInputError` under strict on the first bad item or for an unreadable input, `FileNotFoundError`
+    for a missing input, `OutputError` for an output location that cannot be written. The outputs appear as
+    one set (`data_prep.outputs`); a run that raises leaves the previous output as it was.
     """
     from tqdm import tqdm
 
     from data_prep.tokenizer import load_text_tokenizer
     from data_prep.writers import import_builder
 
+    workers = cap_workers(workers)
     paths = check_inputs([inputs] if isinstance(inputs, str) else list(inputs))
+    outputs.check_output_prefix(output_prefix)
     tok = load_text_tokenizer(tokenizer)
     vocab = len(tok)
     import_builder()  # ~3 s of megatron-core imports, kept out of the throughput numbers
@@ -183,17 +194,19 @@ def pretrain(
             bar.update(len(statuses))
             secs = max(stats.elapsed(), 1e-9)
             bar.set_postfix_str(f"{stats.docs_read / secs:,.0f} docs/s, {stats.tokens / secs:,.0f} tok/s", refresh=False)
-        writer.finalize()
+        if stats.docs_written == 0 and not allow_empty:
+            raise stats.empty_output(paths, "documents", hints=TEXT_KEY_HINTS)
+        files = writer.close()
+        result = stats.to_dict(
+            output=out_prefix, inputs=input_fingerprint(paths), tokenizer=str(tokenizer), encoder=enc_name,
+            workers=workers, dedup=dedup, token_dtype=np.dtype(token_dtype(vocab)).name, vocab_size=vocab,
+        )
+        outputs.commit(out_prefix, files, f"{output_prefix}_stats.json", result)
     except BaseException:
         writer.abort()
         raise
     finally:
         bar.close()
-    result = stats.to_dict(
-        output=out_prefix, inputs=input_fingerprint(paths), tokenizer=str(tokenizer), encoder=enc_name,
-        workers=workers, dedup=dedup, token_dtype=np.dtype(token_dtype(vocab)).name, vocab_size=vocab,
-    )
-    write_json(f"{output_prefix}_stats.json", result)
     if not quiet:
         print(
             f"data_prep pretrain: {stats.docs_written:,}/{stats.docs_read:,} docs, {stats.tokens:,} tokens in "

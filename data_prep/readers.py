@@ -10,9 +10,12 @@ from __future__ import annotations
 import gzip
 import json
 import os
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Iterator
+
+from data_prep.stats import BadInputError
 
 DEFAULT_MAX_DOC_BYTES = 16_000_000  # a JSON line above this is skipped as `doc_too_large` (override per run)
 _SKIP_BLOCK = 1 << 20
@@ -62,14 +65,27 @@ def _display(path: str) -> str:
 
 def _iter_jsonl_lines(path: str, max_bytes: int) -> Iterator[Raw]:
     name = _display(path)
-    opener = gzip.open if path.endswith(".gz") else open
-    with opener(path, "rb") as f:
+    if not path.endswith(".gz"):
+        yield from _iter_lines(open(path, "rb"), name, max_bytes, [0])
+        return
+    line_no = [0]  # lines read so far, for the message if the stream breaks
+    try:
+        yield from _iter_lines(gzip.open(path, "rb"), name, max_bytes, line_no)
+    except (EOFError, gzip.BadGzipFile, zlib.error) as e:
+        # Never a skip: what is missing after the break cannot be counted.
+        raise BadInputError(f"{name}: unreadable gzip after {line_no[0]:,} lines ({e}); expected a complete "
+                            "gzip file (re-download or re-compress it)") from None
+
+
+def _iter_lines(f: Any, name: str, max_bytes: int, line_count: list[int]) -> Iterator[Raw]:
+    with f:
         line_no = 0
         while True:
             chunk = f.readline(max_bytes + 1)
             if not chunk:
                 return
             line_no += 1
+            line_count[0] = line_no
             if len(chunk) > max_bytes and not chunk.endswith(b"\n"):
                 # Too long: drain the rest of the line block by block, never holding it whole.
                 size = len(chunk)
@@ -86,15 +102,20 @@ def _iter_jsonl_lines(path: str, max_bytes: int) -> Iterator[Raw]:
 
 
 def _iter_parquet(path: str, batch_rows: int = 4096) -> Iterator[Raw]:
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
     name = _display(path)
-    pf = pq.ParquetFile(path)
     row = 0
-    for batch in pf.iter_batches(batch_size=batch_rows):
-        for rec in batch.to_pylist():
-            row += 1
-            yield Raw(name, row, rec)
+    try:
+        pf = pq.ParquetFile(path)
+        for batch in pf.iter_batches(batch_size=batch_rows):
+            for rec in batch.to_pylist():
+                row += 1
+                yield Raw(name, row, rec)
+    except (pa.ArrowException, OSError) as e:
+        raise BadInputError(f"{name}: unreadable parquet after {row:,} rows ({e}); expected a complete parquet "
+                            "file") from None
 
 
 def _iter_datasets(ds: Any, name: str) -> Iterator[Raw]:

@@ -12,6 +12,17 @@ class BadInputError(Exception):
     """A bad input item under --strict (or a bad input that no mode can skip). str() = `file:line: what/expected`."""
 
 
+class EmptyOutputError(BadInputError):
+    """Nothing would be written (empty input, every row skipped): refused unless --allow-empty."""
+
+
+def input_names(paths: list[str], most: int = 3) -> str:
+    import os
+
+    names = [os.path.basename(p.rstrip("/")) or p for p in paths]
+    return ", ".join(names[:most]) + (f" and {len(names) - most} more" if len(names) > most else "")
+
+
 @dataclass
 class Stats:
     strict: bool = False
@@ -48,6 +59,31 @@ class Stats:
         total = self.docs_written + sum(self.skipped.values())
         if total != self.docs_read:
             raise AssertionError(f"stats do not add up: read {self.docs_read} != written+skipped {total}")
+
+    def snapshot(self) -> tuple[int, Counter]:
+        return self.docs_read, Counter(self.skipped)
+
+    def empty_output(self, paths: list[str], unit: str, since: tuple[int, Counter] | None = None,
+                     hints: dict[str, str] | None = None,
+                     need: str = "pass --allow-empty to write an empty dataset") -> EmptyOutputError:
+        """The one-line error for `paths` giving no `unit`: rows read, skipped by reason (the most frequent first,
+        with its first message), and what to do (`hints[top reason]`, then `need`). `since`: count from that
+        `snapshot()` on (one side of `mix`)."""
+        read0, skipped0 = since or (0, Counter())
+        read = self.docs_read - read0
+        ranked = sorted((self.skipped - skipped0).items(), key=lambda kv: (-kv[1], kv[0]))
+        top = ranked[0][0] if ranked else None
+        if read == 0:
+            why = "no rows: the input is empty or only blank lines"
+        else:
+            parts = [f"{r} {n}" for r, n in ranked]
+            first = self.first_errors.get(top)
+            if first and not skipped0.get(top):  # else its first message came from other inputs
+                parts[0] += f", first {first}"
+            why = f"{read} rows read, skipped: " + "; ".join(parts)
+        hint = (hints or {}).get(top)
+        todo = f"{hint}, or {need}" if hint else need
+        return EmptyOutputError(f"{input_names(paths)}: 0 {unit} written ({why}); {todo}")
 
     def elapsed(self) -> float:
         return time.perf_counter() - self.started

@@ -40,16 +40,28 @@ LLAMA3_CHAT_TEMPLATE = (
 )
 
 
-def iter_training_texts(path: str | os.PathLike, text_key: str = "text", max_chars: int | None = None) -> Iterator[str]:
-    """Texts from a JSONL(.gz)/parquet/datasets input (bad lines are ignored: training only needs statistics)."""
+def iter_training_texts(path: str | os.PathLike, text_key: str = "text", max_chars: int | None = None,
+                        skipped: Any = None) -> Iterator[str]:
+    """Texts from a JSONL(.gz)/parquet/datasets input (bad lines are ignored: training only needs statistics).
+
+    skipped: a Counter that receives `rows` and, per reason, the rows that gave no text (for the error message
+    when none did).
+    """
     from data_prep.readers import iter_records
 
     seen = 0
     for rec in iter_records([str(path)]):
+        if skipped is not None:
+            skipped["rows"] += 1
         if rec.error is not None or not isinstance(rec.value, dict):
+            if skipped is not None:
+                skipped[rec.error[0] if rec.error else "malformed_json"] += 1
             continue
         text = rec.value.get(text_key)
         if not isinstance(text, str) or not text:
+            if skipped is not None:
+                skipped["missing_key" if text_key not in rec.value else "wrong_type" if not isinstance(text, str)
+                        else "empty_text"] += 1
             continue
         yield text
         seen += len(text)
@@ -148,13 +160,29 @@ def train_tokenizer_from_file(
     max_chars: int | None = 200_000_000,
     min_frequency: int = 2,
 ) -> Path:
-    """`train_tokenizer` over the `text_key` strings of one input file (JSONL, JSONL.gz, parquet, datasets dir)."""
+    """`train_tokenizer` over the `text_key` strings of one input file (JSONL, JSONL.gz, parquet, datasets dir).
+
+    An input without any such string is an error (`EmptyOutputError`): the result would hold bytes only.
+    """
+    import itertools
+    from collections import Counter
+
+    from data_prep.outputs import check_writable_dir
     from data_prep.readers import check_inputs
+    from data_prep.stats import EmptyOutputError, input_names
 
     check_inputs([str(input_path)])
-    return train_tokenizer(
-        iter_training_texts(input_path, text_key, max_chars), vocab_size, out_dir, min_frequency=min_frequency
-    )
+    check_writable_dir(out_dir, f"--out {out_dir}")  # before training, not after
+    skipped: Counter = Counter()
+    texts = iter_training_texts(input_path, text_key, max_chars, skipped)
+    first = next(texts, None)
+    if first is None:
+        rows = skipped.pop("rows", 0)
+        why = "no rows: the input is empty or only blank lines" if not rows else \
+            f"{rows} rows read, none with text: " + "; ".join(f"{r} {n}" for r, n in skipped.most_common())
+        hint = "; check --text-key" if "missing_key" in skipped or "wrong_type" in skipped else ""
+        raise EmptyOutputError(f"{input_names([str(input_path)])}: no text under '{text_key}' to train on ({why}){hint}")
+    return train_tokenizer(itertools.chain([first], texts), vocab_size, out_dir, min_frequency=min_frequency)
 
 
 _CACHE: dict[str, Any] = {}

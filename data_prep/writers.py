@@ -1,16 +1,16 @@
 """Writers for megatron-core indexed datasets (.bin/.idx) and the JSON side files (docs/formats.md).
 
 Outputs are written under temporary names and renamed at the end, so a run that stops (--strict, Ctrl-C)
-never leaves a half-written dataset that looks complete.
+never leaves a half-written dataset that looks complete; sets of files are committed by `data_prep.outputs`.
 """
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
-from typing import Any
 
 import numpy as np
+
+from data_prep.outputs import write_json  # noqa: F401  (the JSON side files' writer, re-exported)
 
 
 def import_builder() -> type:
@@ -66,10 +66,19 @@ class SequenceWriter:
         self.num_sequences += len(lengths)
         self.num_elements += int(arr.size)
 
-    def finalize(self) -> None:
+    def close(self) -> list[tuple[str, str]]:
+        """Complete both files under their temporary names; -> (temporary, final) paths, for `outputs.commit`."""
+        if self.num_elements == 0:
+            # numpy cannot memory-map an empty file, so IndexedDataset could not open a dataset of no tokens:
+            # one zero element that no sequence points to makes it loadable (readers never see it).
+            self._b.data_file.write(np.zeros(1, dtype=self.dtype).tobytes())
         self._b.finalize(self._tmp + ".idx")
-        os.replace(self._tmp + ".bin", self.prefix + ".bin")
-        os.replace(self._tmp + ".idx", self.prefix + ".idx")
+        return [(self._tmp + ext, self.prefix + ext) for ext in (".bin", ".idx")]
+
+    def finalize(self) -> None:
+        """close() and rename: for a file pair that nothing else must match (the packers' temporary stores)."""
+        for tmp, final in self.close():
+            os.replace(tmp, final)
 
     def abort(self) -> None:
         try:
@@ -81,11 +90,3 @@ class SequenceWriter:
                 except FileNotFoundError:
                     pass
 
-
-def write_json(path: str | os.PathLike, obj: Any) -> None:
-    tmp = str(path) + ".tmp"
-    Path(tmp).parent.mkdir(parents=True, exist_ok=True)
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=2, sort_keys=False)
-        f.write("\n")
-    os.replace(tmp, path)
