@@ -9,6 +9,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, Optional
 
+from data_prep.outputs import check_complete
 from megafin.config.errors import ConfigError
 from megafin.config.schema import Config
 
@@ -60,6 +61,12 @@ class _Checks:
         if not ok:
             self.errors.append(f"{key}: expected {expected}, got {got!r}")
         return bool(ok)
+
+    def report(self, key: str, problem: Optional[str]) -> bool:
+        """A problem described elsewhere (one line), filed under `key`; True when there is none."""
+        if problem:
+            self.errors.append(f"{key}: {problem}")
+        return not problem
 
     def raise_if_any(self) -> None:
         if self.errors:
@@ -239,6 +246,8 @@ def _validate_indexed(c: _Checks, key: str, prefix: str) -> None:
         if not c.require(Path(prefix + suffix).is_file(), key,
                          f"an indexed dataset prefix with {prefix}{suffix} present (run data_prep pretrain)", prefix):
             return
+    if not c.report(key, check_complete(prefix)):
+        return
     sequences = indexed_sequence_count(prefix + ".idx")
     if c.require(sequences is not None, key, f"a Megatron indexed dataset ({prefix}.idx has no MMIDIDX header)",
                  prefix):
@@ -270,6 +279,8 @@ def _validate_packed(c: _Checks, cfg: Config) -> None:
         if not c.require(Path(path).is_file(), "data.blend[0].path",
                          f"a data_prep packed output prefix with {path} present", prefix):
             return
+    if not c.report("data.blend[0].path", check_complete(prefix)):
+        return
     try:
         meta = json.loads(Path(f"{prefix}_meta.json").read_text())
     except (OSError, ValueError) as err:

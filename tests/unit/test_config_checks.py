@@ -9,7 +9,7 @@ import pytest
 
 from megafin.cli import main as megafin_main
 from megafin.config import ConfigError, load_config, validate
-from tests.helpers import TINY_RECIPE, data_overrides
+from tests.helpers import REPO, TINY_RECIPE, data_overrides
 
 
 def _errors(overrides, tiny_data, world=1) -> list[str]:
@@ -81,3 +81,32 @@ def test_blend_entry_naming_an_empty_or_foreign_dataset(tiny_data, tmp_path):
     _write_indexed(tmp_path / "one", [[1, 2, 3]])
     validate(load_config(TINY_RECIPE, [*data_overrides(tiny_data),
                                        f"data.blend=[{{path: {tmp_path / 'one'}, weight: 1}}]"]), world_size=1)
+
+
+def test_blend_entry_naming_an_interrupted_data_prep_output(tiny_data, tmp_path):
+    """A data_prep run that died while replacing its files leaves a marker (data_prep/outputs.py): training on the
+    possibly mixed set is refused before it starts, as is a set whose sizes differ from its manifest."""
+    import shutil
+
+    from data_prep.pretrain import pretrain
+
+    prefix = tmp_path / "corpus"
+    pretrain([str(REPO / "recipes/tiny/data/finance_corpus.jsonl")], str(tiny_data / "tokenizer"), str(prefix),
+             quiet=True)
+    dataset = f"{prefix}_text_document"
+    blend = f"data.blend=[{{path: {dataset}, weight: 1}}]"
+    validate(load_config(TINY_RECIPE, [*data_overrides(tiny_data), blend]), world_size=1)
+    Path(dataset + ".incomplete").write_text("{}")
+    lines = _errors([blend], tiny_data)
+    assert len(lines) == 1 and lines[0].startswith(f"data.blend[0].path: {dataset}: incomplete data_prep output")
+    Path(dataset + ".incomplete").unlink()
+    shutil.copy(tiny_data / "general_text_document.bin", dataset + ".bin")  # another run's .bin beside this .idx
+    lines = _errors([blend], tiny_data)
+    assert len(lines) == 1 and lines[0].startswith(f"data.blend[0].path: {dataset}.bin: ") and "records" in lines[0]
+    packed = f"data.blend=[{{path: {tiny_data / 'preference'}, weight: 1}}]"
+    Path(f"{tiny_data / 'preference'}.incomplete").write_text("{}")
+    try:
+        lines = _errors([packed, "stage=dpo", "data.format=packed"], tiny_data)
+    finally:
+        Path(f"{tiny_data / 'preference'}.incomplete").unlink()
+    assert len(lines) == 1 and "incomplete data_prep output" in lines[0]
