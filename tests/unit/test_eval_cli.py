@@ -1,4 +1,5 @@
-"""`megafin eval` with bad input: one line naming the file (and line), exit 2, before any model is built."""
+"""`megafin eval` as a user runs it: a result on a trained checkpoint; bad input is one line naming the file (and
+line), exit 2, before any model is built."""
 from __future__ import annotations
 
 import json
@@ -6,6 +7,7 @@ import json
 import pytest
 
 from megafin.cli import main as megafin_main
+from tests.helpers import FAST, TINY_RECIPE, data_overrides
 
 
 def _eval(capsys, ckpt, data, task="fpb") -> tuple[int, list[str]]:
@@ -44,3 +46,21 @@ def test_empty_missing_or_malformed_data(tmp_path, capsys):
     code, err = _eval(capsys, tmp_path, wrong)
     assert code == 2 and err[0].startswith(f"megafin eval: error: {wrong}:1: not a fpb example (missing or malformed "
                                            f"'text'")
+
+
+def test_classification_result_on_a_trained_checkpoint(tiny_data, tmp_path, capsys):
+    run = tmp_path / "run"
+    assert megafin_main(["train", str(TINY_RECIPE), *FAST, *data_overrides(tiny_data), "train.steps=1",
+                         "scheduler.warmup_steps=0", "checkpoint.save_at_end=true", f"run_dir={run}"]) == 0
+    data = tmp_path / "headline.jsonl"
+    labels = {"price_up": 1, "price_constant": 0, "price_down": 0, "past_information": 1, "future_information": 0,
+              "asset_comparison": 0}
+    data.write_text("\n".join(json.dumps({"text": f"Gold rises {i}", "labels": labels}) for i in range(3)) + "\n\n")
+    capsys.readouterr()
+    out = tmp_path / "result.json"
+    assert megafin_main(["eval", "classification", "--ckpt", str(run / "checkpoints/step_0000001"), "--task",
+                         "headline", "--data", str(data), "--out", str(out)]) == 0
+    result = json.loads(out.read_text())
+    # Questions rotate over the six headline labels by position: yes, no, no.
+    assert (result["examples"], result["majority_label"], result["majority_rate"]) == (3, "no", pytest.approx(2 / 3))
+    assert 0.0 <= result["accuracy"] <= 1.0 and sum(result["predicted"].values()) == 3
