@@ -2,7 +2,12 @@
 
 A save writes `step_N.partial/`, renames it to `step_N/` when every rank has finished, and only then replaces
 `latest` (write to a temporary file, fsync, os.replace). A crash at any point leaves `latest` naming the previous
-complete checkpoint. Older complete checkpoints beyond `keep_last` are removed after the marker moves.
+complete checkpoint. Older complete checkpoints beyond `keep_last`, and `step_N.partial/` directories left by
+interrupted saves, are removed after the marker moves.
+
+Loading treats the directory as untrusted (it may come from elsewhere): integrity.check_readable and
+check_state_matches run before anything is loaded, and dist_load reads every pickle with restricted unpicklers.
+Every problem is a CheckpointError: one line naming the file, tensor or marker.
 """
 from __future__ import annotations
 
@@ -19,12 +24,18 @@ import numpy as np
 import torch
 import torch.distributed as dist
 from megatron.core import dist_checkpointing, parallel_state
+from megatron.core.dist_checkpointing.core import CheckpointingException
 from megatron.core.dist_checkpointing.mapping import ShardedObject
 from megatron.core.tensor_parallel import get_cuda_rng_tracker
+from torch.distributed.checkpoint.api import CheckpointException
+
+from megafin.checkpoint.dist_load import load_restricted
+from megafin.checkpoint.errors import CheckpointError
+from megafin.checkpoint.integrity import META, check_readable, check_state_matches, read_json_object
 
 LATEST = "latest"
-META = "megafin.json"
 _STEP_DIR = re.compile(r"^step_(\d+)$")
+_PARTIAL_DIR = re.compile(r"^step_(\d+)\.partial$")
 # The DistributedOptimizer's only sharding type that loads at another layout and works with torch's Adam.
 _OPTIM_METADATA = {"distrib_optim_sharding_type": "fully_reshardable"}
 
@@ -45,19 +56,62 @@ def step_dir_name(step: int) -> str:
 
 
 def latest_checkpoint(run_dir: str | Path) -> Optional[Path]:
-    """The checkpoint `latest` names, or None. A marker naming a missing directory is an error, not a fresh start."""
+    """The checkpoint `latest` names, or None without a marker. A marker holding anything but the name of a complete
+    checkpoint is a CheckpointError, not a fresh start."""
     marker = checkpoint_root(run_dir) / LATEST
     if not marker.is_file():
         return None
-    name = marker.read_text().strip()
+    try:
+        name = marker.read_text().strip()
+    except (OSError, UnicodeDecodeError) as err:
+        raise CheckpointError(f"{marker}: unreadable ({type(err).__name__}: {err})") from None
+    if not _STEP_DIR.match(name):  # also keeps the marker from pointing outside the checkpoints directory
+        shown = "".join(c if c.isprintable() else "?" for c in name[:60])
+        raise CheckpointError(f"{marker}: expected the name of a checkpoint directory (step_NNNNNNN), got {shown!r}")
     path = marker.parent / name
     if not (path / META).is_file():
-        raise RuntimeError(f"{marker}: names {name}, which is not a complete checkpoint")
+        raise CheckpointError(f"{marker}: names {name}, which is not a complete checkpoint (no {name}/{META})")
     return path
 
 
+def checkpoint_to_resume(run_dir: str | Path) -> tuple[Optional[Path], list[str]]:
+    """train.resume=auto: (the checkpoint to resume from, why each newer candidate was passed over).
+
+    The checkpoint `latest` names, when it is readable; otherwise the newest readable complete one, never a silent
+    fresh start: with checkpoints but none readable it is a CheckpointError. (None, []) when there are none."""
+    root = checkpoint_root(run_dir)
+    skipped: list[str] = []
+    candidates: list[Path] = []
+    try:
+        named = latest_checkpoint(run_dir)
+    except CheckpointError as err:
+        skipped.append(str(err))
+        named = None
+    if named is not None:
+        candidates.append(named)
+    elif not (root / LATEST).exists() and _step_dirs(root):
+        skipped.append(f"{root / LATEST}: missing, though checkpoints exist")
+    candidates += [p for _, p in sorted(_step_dirs(root), reverse=True) if p != named]
+    for ckpt in candidates:
+        try:
+            check_readable(ckpt)
+        except CheckpointError as err:
+            skipped.append(str(err))
+            continue
+        return ckpt, skipped
+    if candidates or skipped:
+        raise CheckpointError(f"{root}: no readable checkpoint to resume from: {'; '.join(skipped)}")
+    return None, []
+
+
+def _step_dirs(root: Path) -> list[tuple[int, Path]]:
+    if not root.is_dir():
+        return []
+    return [(int(m.group(1)), p) for p in root.iterdir() if (m := _STEP_DIR.match(p.name)) and p.is_dir()]
+
+
 def read_meta(ckpt_dir: str | Path) -> dict[str, Any]:
-    return json.loads((Path(ckpt_dir) / META).read_text())
+    return read_json_object(Path(ckpt_dir) / META, "not a complete megafin checkpoint")
 
 
 def _layout() -> dict[str, int]:
@@ -149,6 +203,7 @@ def save_checkpoint(run_dir: str | Path, model: Any, optimizer: Any, scheduler: 
         os.replace(partial, final)
         _write_atomic(root / LATEST, final.name)
         _prune(root, keep_last, keep=final)
+        _remove_stale_partials(root)
     _barrier()
     return final
 
@@ -169,17 +224,29 @@ def _prune(root: Path, keep_last: int, keep: Path) -> None:
             shutil.rmtree(path, ignore_errors=True)
 
 
+def _remove_stale_partials(root: Path) -> None:
+    """`step_N.partial/` of saves a crash interrupted: the checkpoint just completed supersedes them."""
+    for path in sorted(root.iterdir()):
+        if _PARTIAL_DIR.match(path.name) and path.is_dir():
+            shutil.rmtree(path, ignore_errors=True)
+            print(f"megafin: removed {path} (left by an interrupted save)", flush=True)
+
+
 def load_checkpoint(ckpt_dir: str | Path, model: Any, optimizer: Any, scheduler: Any) -> Progress:
     """Collective. Loads weights, optimizer, scheduler and progress; RNG too when the layout is unchanged.
-    Pass optimizer=None and scheduler=None to take only the weights (train.init_from)."""
-    meta = read_meta(ckpt_dir)
+    Pass optimizer=None and scheduler=None to take only the weights (train.init_from).
+
+    The checkpoint is untrusted: checked before anything is loaded (CheckpointError, one line, on every rank alike),
+    and read without running code from it."""
+    meta, md = check_readable(ckpt_dir)
     same_layout = meta.get("layout") == _layout()
     progress = Progress()
     state = _sharded_state(model, optimizer, scheduler, progress, is_loading=True,
                            with_rng=same_layout and optimizer is not None)
     if scheduler is None:
         state.pop("progress")
-    loaded = dist_checkpointing.load(state, str(ckpt_dir))
+    check_state_matches(ckpt_dir, md, state)
+    loaded = _load(state, Path(ckpt_dir))
     model.load_state_dict(loaded["model"])
     if optimizer is not None:
         optimizer.load_state_dict(loaded["optimizer"])
@@ -189,3 +256,23 @@ def load_checkpoint(ckpt_dir: str | Path, model: Any, optimizer: Any, scheduler:
     if "rng_state" in loaded:
         _restore_rng(loaded["rng_state"])
     return progress
+
+
+def _load(state: dict[str, Any], ckpt_dir: Path) -> dict[str, Any]:
+    """load_restricted, with what went wrong inside the collective load (a corrupt chunk, a refused object: torch
+    gathers every rank's exception and traceback into one CheckpointException) as one line."""
+    try:
+        return load_restricted(state, ckpt_dir)
+    except CheckpointException as err:
+        raise _one_line(ckpt_dir, [exc for exc, _ in err.failures.values()]) from None
+    except CheckpointingException as err:
+        raise _one_line(ckpt_dir, [err]) from None
+
+
+def _one_line(ckpt_dir: Path, failures: list[BaseException]) -> CheckpointError:
+    for exc in failures:
+        if isinstance(exc, CheckpointError):
+            return exc
+    exc = failures[0] if failures else None
+    lines = str(exc).strip().splitlines() if exc is not None else []
+    return CheckpointError(f"{ckpt_dir}: unreadable ({type(exc).__name__}: {lines[0] if lines else 'no details'})")

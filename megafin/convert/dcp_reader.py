@@ -15,6 +15,8 @@ from typing import Any, Optional
 
 import torch
 
+from megafin.checkpoint.errors import CheckpointError
+from megafin.checkpoint.safe_load import check_data_files, read_dcp_metadata
 from megafin.convert.errors import ConvertError
 
 
@@ -49,14 +51,15 @@ class _FileSlice(io.RawIOBase):
 
 
 class DistCheckpointReader:
-    def __init__(self, ckpt: Path) -> None:
-        from torch.distributed.checkpoint import FileSystemReader
+    """`.metadata` is read by megafin's restricted unpickler (an untrusted checkpoint runs no code), the chunks by
+    torch.load(weights_only=True)."""
 
+    def __init__(self, ckpt: Path) -> None:
         self.dir = ckpt
         try:
-            self.md = FileSystemReader(str(ckpt)).read_metadata()
-        except Exception as err:
-            raise ConvertError(f"{ckpt}/.metadata: unreadable ({type(err).__name__}: {err})") from None
+            self.md = read_dcp_metadata(ckpt)
+        except CheckpointError as err:
+            raise ConvertError(str(err)) from None
         self._files: dict[str, Any] = {}
 
     def close(self) -> None:
@@ -66,15 +69,10 @@ class DistCheckpointReader:
 
     def check_files(self) -> None:
         """Every data file the metadata points into exists and is long enough."""
-        needed: dict[str, int] = {}
-        for info in (self.md.storage_data or {}).values():
-            needed[info.relative_path] = max(needed.get(info.relative_path, 0), info.offset + info.length)
-        for name, end in sorted(needed.items()):
-            path = self.dir / name
-            if not path.is_file():
-                raise ConvertError(f"{path}: checkpoint data file is missing")
-            if path.stat().st_size < end:
-                raise ConvertError(f"{path}: checkpoint data file is truncated ({path.stat().st_size} < {end} bytes)")
+        try:
+            check_data_files(self.dir, self.md)
+        except CheckpointError as err:
+            raise ConvertError(str(err)) from None
 
     def shape(self, key: str) -> Optional[tuple[int, ...]]:
         meta = self.md.state_dict_metadata.get(key)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import math
 import os
+import sys
 import time
 from pathlib import Path
 from typing import Any, Iterator, Optional
@@ -11,8 +12,10 @@ import torch
 import torch.distributed as dist
 import yaml
 
-from megafin.checkpoint.manager import Progress, latest_checkpoint, load_checkpoint, save_checkpoint
-from megafin.checkpoint.signals import EXIT_DIVERGED, EXIT_OK, EXIT_SIGNAL_CHECKPOINTED, STOP_REQUEST
+from megafin.checkpoint.errors import CheckpointError
+from megafin.checkpoint.manager import Progress, checkpoint_to_resume, load_checkpoint, save_checkpoint
+from megafin.checkpoint.signals import (EXIT_CONFIG_ERROR, EXIT_DIVERGED, EXIT_OK, EXIT_SIGNAL_CHECKPOINTED,
+                                        STOP_REQUEST)
 from megafin.config.load import config_to_dict
 from megafin.config.schema import Config
 from megafin.runtime.distributed import LaunchEnv, init_distributed, shutdown_distributed
@@ -60,6 +63,10 @@ def run_training(cfg: Config, launch: LaunchEnv) -> int:
     init_distributed(launch, cfg.parallel.tp, cfg.parallel.pp, cfg.train.seed)
     try:
         return Trainer(cfg, launch).fit()
+    except CheckpointError as err:  # every rank finds the same problem: one line, from rank 0
+        if dist.get_rank() == 0:
+            print(f"megafin: checkpoint error: {err}", file=sys.stderr, flush=True)
+        return EXIT_CONFIG_ERROR
     finally:
         shutdown_distributed()
 
@@ -145,10 +152,13 @@ class Trainer:
 
     # ---------------------------------------------------------------- resume
     def _resume(self) -> Progress:
+        """The checkpoint is checked before anything is loaded; a bad one is a CheckpointError (one line, exit 2)."""
         cfg = self.cfg
         ckpt: Optional[Path] = None
         if cfg.train.resume == "auto":
-            ckpt = latest_checkpoint(cfg.run_dir)
+            ckpt, passed_over = checkpoint_to_resume(cfg.run_dir)
+            for why in passed_over:  # never a silent fallback
+                self._say(f"train.resume=auto: passing over a checkpoint: {why}")
         elif cfg.train.resume != "none":
             ckpt = Path(cfg.train.resume)
         if ckpt is not None:
