@@ -74,21 +74,25 @@ def read_examples(task: str, path: Path, limit: Optional[int]) -> list[dict]:
 
 
 def _check_checkpoint(ckpt: Path) -> None:
-    """Fail with one line before any process group starts when --ckpt is not a megafin checkpoint."""
+    """Fail with one line before any process group starts when --ckpt is not a complete, readable megafin
+    checkpoint (its metadata read through the restricted loader: nothing in it executes)."""
+    from megafin.checkpoint.integrity import check_readable
     from megafin.checkpoint.manager import META
 
     if not ckpt.is_dir():
         raise EvalError(f"{ckpt}: checkpoint directory not found")
     if not (ckpt / META).is_file():
         raise EvalError(f"{ckpt}: not a megafin checkpoint ({META} missing; pass RUN/checkpoints/step_N)")
+    check_readable(ckpt)
 
 
 def main(args: Any) -> int:
+    from megafin.checkpoint.errors import CheckpointError
     from megafin.convert.errors import ConvertError
 
     try:
         result = evaluate(args.ckpt, args.task, args.data, args.limit)
-    except (EvalError, ConvertError) as err:
+    except (EvalError, ConvertError, CheckpointError) as err:
         print(f"megafin eval: error: {err}", file=sys.stderr, flush=True)
         return 2
     print(json.dumps(result, indent=2))

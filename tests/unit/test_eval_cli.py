@@ -48,17 +48,38 @@ def test_empty_missing_or_malformed_data(tmp_path, capsys):
                                            f"'text'")
 
 
-def test_classification_result_on_a_trained_checkpoint(tiny_data, tmp_path, capsys):
-    run = tmp_path / "run"
+@pytest.fixture(scope="module")
+def trained(tiny_data, tmp_path_factory):
+    run = tmp_path_factory.mktemp("eval") / "run"
     assert megafin_main(["train", str(TINY_RECIPE), *FAST, *data_overrides(tiny_data), "train.steps=1",
                          "scheduler.warmup_steps=0", "checkpoint.save_at_end=true", f"run_dir={run}"]) == 0
+    return run / "checkpoints/step_0000001"
+
+
+def test_code_in_a_checkpoint_does_not_run(trained, fpb_file, tmp_path, capsys):
+    import pickle
+    import shutil
+
+    from tests.checkpoint_payloads import Touch
+
+    ckpt = tmp_path / "ckpt"
+    shutil.copytree(trained, ckpt)
+    marker = tmp_path / "pwned"
+    with open(ckpt / ".metadata", "wb") as f:
+        pickle.dump(Touch(marker), f)
+    code, err = _eval(capsys, ckpt, fpb_file)
+    assert code == 2 and not marker.exists()
+    assert len(err) == 1 and err[0].startswith(f"megafin eval: error: {ckpt / '.metadata'}: refused"), err
+
+
+def test_classification_result_on_a_trained_checkpoint(trained, tmp_path, capsys):
     data = tmp_path / "headline.jsonl"
     labels = {"price_up": 1, "price_constant": 0, "price_down": 0, "past_information": 1, "future_information": 0,
               "asset_comparison": 0}
     data.write_text("\n".join(json.dumps({"text": f"Gold rises {i}", "labels": labels}) for i in range(3)) + "\n\n")
     capsys.readouterr()
     out = tmp_path / "result.json"
-    assert megafin_main(["eval", "classification", "--ckpt", str(run / "checkpoints/step_0000001"), "--task",
+    assert megafin_main(["eval", "classification", "--ckpt", str(trained), "--task",
                          "headline", "--data", str(data), "--out", str(out)]) == 0
     result = json.loads(out.read_text())
     # Questions rotate over the six headline labels by position: yes, no, no.
