@@ -10,6 +10,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from megafin.runtime.parent_watch import stop_when_orphaned
+
 
 @dataclass(frozen=True)
 class LaunchEnv:
@@ -53,11 +55,16 @@ def detect_launch_env() -> LaunchEnv:
     return LaunchEnv(0, 1, 0, "127.0.0.1", int(env.get("MASTER_PORT", 0)) or _free_port(), "single")
 
 
-def init_distributed(launch: LaunchEnv, tp: int, pp: int, seed: int) -> torch.device:
-    """Start the default process group (NCCL on GPU, gloo on CPU), megatron's parallel state and RNG tracker."""
+def init_distributed(launch: LaunchEnv, tp: int, pp: int, seed: int,
+                     collective_timeout_s: float = 1800.0) -> torch.device:
+    """Start the default process group (NCCL on GPU, gloo on CPU), megatron's parallel state and RNG tracker.
+
+    `collective_timeout_s` bounds every collective on every group (megatron's TP/PP/DP groups included: they take
+    their own timeout, 30 min by default), so a rank whose peer died or hangs fails instead of waiting for ever."""
     from megafin.runtime import cpu_compat
 
     cpu_compat.apply()  # no-op with CUDA; must precede any megatron model/optimizer construction
+    stop_when_orphaned()  # under torchrun: a rank whose agent died checkpoints and exits instead of running on
     from megatron.core import parallel_state
     from megatron.core.tensor_parallel import model_parallel_cuda_manual_seed
 
@@ -73,9 +80,10 @@ def init_distributed(launch: LaunchEnv, tp: int, pp: int, seed: int) -> torch.de
             init_method=f"tcp://{launch.master_addr}:{launch.master_port}",
             rank=launch.rank,
             world_size=launch.world_size,
-            timeout=datetime.timedelta(minutes=int(os.environ.get("MEGAFIN_PG_TIMEOUT_MIN", "30"))),
+            timeout=datetime.timedelta(seconds=collective_timeout_s),
         )
-    parallel_state.initialize_model_parallel(tensor_model_parallel_size=tp, pipeline_model_parallel_size=pp)
+    parallel_state.initialize_model_parallel(tensor_model_parallel_size=tp, pipeline_model_parallel_size=pp,
+                                             distributed_timeout_minutes=collective_timeout_s / 60)
     model_parallel_cuda_manual_seed(seed)
     return device
 

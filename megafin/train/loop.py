@@ -60,7 +60,7 @@ def run_training(cfg: Config, launch: LaunchEnv) -> int:
     """Start process groups, train, and return the process exit code."""
     if cfg.train.threads > 0:
         torch.set_num_threads(cfg.train.threads)
-    init_distributed(launch, cfg.parallel.tp, cfg.parallel.pp, cfg.train.seed)
+    init_distributed(launch, cfg.parallel.tp, cfg.parallel.pp, cfg.train.seed, cfg.train.collective_timeout_s)
     try:
         return Trainer(cfg, launch).fit()
     except CheckpointError as err:  # every rank finds the same problem: one line, from rank 0
