@@ -111,6 +111,9 @@ class CheckpointConfig:
     interval: int = 0  # save every N steps; 0: only at the end and on signals
     keep_last: int = 2
     save_at_end: bool = True
+    # train.resume=none in a run_dir with checkpoints is refused unless true; then the earlier run's checkpoints are
+    # removed once the new run has read what it starts from (train.init_from, dpo.reference).
+    overwrite: bool = False
 
 
 @dataclass

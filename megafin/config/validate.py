@@ -12,6 +12,7 @@ from typing import Any, Optional
 from data_prep.outputs import check_complete
 from megafin.config.errors import ConfigError
 from megafin.config.schema import Config
+from megafin.runtime.run_dir import checkpoint_overwrite_problem
 
 STAGES = ("cpt", "cpt_it", "sft", "dpo")
 # Which data_prep output each stage trains on (the `kind` in a packed dataset's meta.json).
@@ -48,6 +49,8 @@ def validate(cfg: Config, world_size: int) -> None:
     _validate_precision(c, cfg)
     _validate_schedule(c, cfg)
     _validate_data(c, cfg)
+    if problem := checkpoint_overwrite_problem(cfg):  # megafin/runtime/run_dir.py
+        c.errors.append(problem)
     c.raise_if_any()
 
 

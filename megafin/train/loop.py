@@ -19,6 +19,7 @@ from megafin.checkpoint.signals import (EXIT_CONFIG_ERROR, EXIT_DIVERGED, EXIT_O
 from megafin.config.load import config_to_dict
 from megafin.config.schema import Config
 from megafin.runtime.distributed import LaunchEnv, init_distributed, shutdown_distributed
+from megafin.runtime.run_dir import RunDirBusy, discard_earlier_checkpoints, lock_run_dir
 from megafin.train.flops import PeakFlops, flops_per_token
 
 
@@ -61,14 +62,27 @@ def run_training(cfg: Config, launch: LaunchEnv) -> int:
     if cfg.train.threads > 0:
         torch.set_num_threads(cfg.train.threads)
     init_distributed(launch, cfg.parallel.tp, cfg.parallel.pp, cfg.train.seed, cfg.train.collective_timeout_s)
+    lock = None
     try:
-        return Trainer(cfg, launch).fit()
+        # After the process groups, so that every rank learns rank 0 did not get the lock and exits by itself.
+        lock = lock_run_dir(cfg.run_dir, is_rank0=dist.get_rank() == 0)
+        trainer = Trainer(cfg, launch)
+        if lock is not None and (removed := discard_earlier_checkpoints(cfg)):
+            trainer._say(f"checkpoint.overwrite=true: removed {removed} checkpoint(s) of an earlier run in "
+                         f"{Path(cfg.run_dir) / 'checkpoints'}")
+        return trainer.fit()
+    except RunDirBusy as err:
+        if dist.get_rank() == 0:
+            print(f"megafin: {err}", file=sys.stderr, flush=True)
+        return EXIT_CONFIG_ERROR
     except CheckpointError as err:  # every rank finds the same problem: one line, from rank 0
         if dist.get_rank() == 0:
             print(f"megafin: checkpoint error: {err}", file=sys.stderr, flush=True)
         return EXIT_CONFIG_ERROR
     finally:
         shutdown_distributed()
+        if lock is not None:
+            lock.release()
 
 
 class Trainer:
