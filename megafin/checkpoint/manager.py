@@ -31,6 +31,7 @@ from torch.distributed.checkpoint.api import CheckpointException
 
 from megafin.checkpoint.dist_load import load_restricted
 from megafin.checkpoint.errors import CheckpointError
+from megafin.checkpoint.in_process_save import InProcessSaveStrategy
 from megafin.checkpoint.integrity import META, check_readable, check_state_matches, read_json_object
 
 LATEST = "latest"
@@ -191,7 +192,8 @@ def save_checkpoint(run_dir: str | Path, model: Any, optimizer: Any, scheduler: 
         partial.mkdir()
     _barrier()
     state = _sharded_state(model, optimizer, scheduler, progress, is_loading=False, with_rng=True)
-    dist_checkpointing.save(state, str(partial), validate_access_integrity=True)
+    dist_checkpointing.save(state, str(partial), sharded_strategy=InProcessSaveStrategy(),  # no worker processes
+                            validate_access_integrity=True)
     _crash_if_injected(progress.step)
     _barrier()
     if is_writer:

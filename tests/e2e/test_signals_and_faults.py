@@ -1,15 +1,21 @@
-"""SIGTERM/SIGUSR1 save at the end of the step and exit 75; non-finite losses skip steps, then stop the run."""
+"""SIGTERM/SIGUSR1 save at the end of the step and exit 75; non-finite losses skip steps, then stop the run; a killed
+trainer leaves no process behind; signals in the first step and inside the DPO reference pass stop cleanly."""
 from __future__ import annotations
 
 import json
+import os
 import signal
+import subprocess
+import sys
 import time
 
 import pytest
 
 from megafin.checkpoint.manager import latest_checkpoint, read_meta
 from megafin.checkpoint.signals import EXIT_DIVERGED, EXIT_SIGNAL_CHECKPOINTED
-from tests.helpers import FAST, assert_ok, data_overrides, kill_session, losses, run_train, start_train
+from tests.distributed.test_parallel_equivalence import GOLDEN, STEPS, recipe_overrides
+from tests.helpers import FAST, REPO, assert_ok, data_overrides, kill_session, losses, run_train, start_train
+from tests.proc_watch import Watched, in_session, wait_gone
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGUSR1], ids=["SIGTERM", "SIGUSR1"])
@@ -50,3 +56,77 @@ def test_consecutive_nan_losses_stop_with_clear_message(tiny_data, tmp_path):
     assert_ok(proc, EXIT_DIVERGED)
     assert "3 consecutive non-finite losses (last at step 4); stopping" in proc.stdout
     assert max(losses(tmp_path)) == 4
+
+
+# ---------------------------------------------------------------- kills and signals at awkward moments
+def _golden(recipe: str) -> dict[int, float]:
+    return {int(k): v for k, v in json.loads(GOLDEN.read_text())[recipe].items()}
+
+
+def _assert_golden(run_dir, recipe: str) -> None:
+    """The run reached its end with the single-process reference losses of this recipe (tests/golden)."""
+    want, got = _golden(recipe), losses(run_dir)
+    assert sorted(got) == sorted(want) == list(range(1, STEPS[recipe] + 1))
+    for step in want:
+        assert got[step] == pytest.approx(want[step], rel=1e-5), f"step {step}: {got} vs {want}"
+
+
+def test_sigkilled_trainer_leaves_no_process_behind_and_its_run_resumes(tiny_data, tmp_path):
+    """kill -9 of the trainer alone (not its process group), right after a checkpoint: nothing it started may live
+    on (megatron's checkpoint writer used to leave a spawned Manager and its resource tracker, 300 MB, for hours);
+    the lock file it leaves is stale, and resume=auto takes the run to the end."""
+    run = Watched(start_train([*recipe_overrides("cpt", tiny_data, tmp_path), "checkpoint.interval=2"]))
+    try:
+        run.wait_for("saved checkpoint", timeout=180)
+        os.kill(run.proc.pid, signal.SIGKILL)
+        assert run.finish(timeout=60) == -signal.SIGKILL
+        left = wait_gone(lambda: in_session(run.proc.pid), timeout=10)
+        assert not left, [" ".join(p.cmdline())[:200] for p in left]
+    finally:
+        kill_session(run.proc)
+    assert read_meta(latest_checkpoint(tmp_path))["step"] < STEPS["cpt"], "the kill must land mid-run"
+    assert json.loads((tmp_path / ".megafin.lock").read_text())["pid"] == run.proc.pid  # stale: its holder is dead
+    assert_ok(run_train([*recipe_overrides("cpt", tiny_data, tmp_path), "train.resume=auto"]))
+    _assert_golden(tmp_path, "cpt")
+
+
+def test_sigterm_during_the_first_step_checkpoints_and_resumes(tiny_data, tmp_path):
+    run = Watched(start_train(recipe_overrides("cpt", tiny_data, tmp_path)))
+    try:
+        run.wait_for("parameters on this rank", timeout=180)  # printed as the loop starts its first step
+        run.proc.send_signal(signal.SIGTERM)
+        assert run.finish(timeout=120) == EXIT_SIGNAL_CHECKPOINTED, run.output()
+    finally:
+        kill_session(run.proc)
+    out = run.output()
+    assert out.index("received SIGTERM") < out.index("step 1 ") < out.index("exit 75")
+    assert read_meta(latest_checkpoint(tmp_path))["step"] == 1
+    assert_ok(run_train([*recipe_overrides("cpt", tiny_data, tmp_path), "train.resume=auto"]))
+    _assert_golden(tmp_path, "cpt")
+
+
+def test_signals_inside_the_dpo_reference_pass(tiny_data, tmp_path):
+    """SIGKILL between writing the reference cache's shard and its meta.json leaves a cache that does not look
+    complete (the next run computes it again); SIGTERM during the pass stops the run cleanly after step 1 (exit 75,
+    a checkpoint, a complete cache) and resume=auto reaches the end with the reference losses, reusing the cache."""
+    driver = [sys.executable, str(REPO / "tests/e2e/signal_in_reference_pass.py")]
+    args = [str(REPO / "recipes/tiny/dpo.yaml"), *recipe_overrides("dpo", tiny_data, tmp_path)]
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    cache = tmp_path / "reference_logps"
+
+    killed = subprocess.run([*driver, "kill-after-shard", *args], cwd=REPO, env=env, capture_output=True, text=True,
+                            timeout=300, start_new_session=True)
+    assert killed.returncode == -signal.SIGKILL, killed.stdout[-3000:] + killed.stderr[-3000:]
+    assert list(cache.glob("*.npz")) and not (cache / "meta.json").exists()
+
+    stopped = subprocess.run([*driver, "term-at-start", *args], cwd=REPO, env=env, capture_output=True, text=True,
+                             timeout=300, start_new_session=True)
+    assert stopped.returncode == EXIT_SIGNAL_CHECKPOINTED, stopped.stdout[-3000:] + stopped.stderr[-3000:]
+    assert "received SIGTERM" in stopped.stdout
+    assert read_meta(latest_checkpoint(tmp_path))["step"] == 1
+    stamp = (cache / "meta.json").stat().st_mtime_ns
+
+    assert_ok(run_train([*recipe_overrides("dpo", tiny_data, tmp_path), "train.resume=auto"],
+                        recipe=REPO / "recipes/tiny/dpo.yaml"))
+    assert (cache / "meta.json").stat().st_mtime_ns == stamp  # the complete cache was reused
+    _assert_golden(tmp_path, "dpo")
