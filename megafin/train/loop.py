@@ -13,6 +13,7 @@ import torch.distributed as dist
 import yaml
 
 from megafin.checkpoint.errors import CheckpointError
+from megafin.checkpoint.integrity import check_readable
 from megafin.checkpoint.manager import Progress, checkpoint_to_resume, load_checkpoint, save_checkpoint
 from megafin.checkpoint.signals import (EXIT_CONFIG_ERROR, EXIT_DIVERGED, EXIT_OK, EXIT_SIGNAL_CHECKPOINTED,
                                         STOP_REQUEST)
@@ -158,15 +159,19 @@ class Trainer:
         self.valid_batches = MicroBatches(valid_ds, collate, G, par.micro_batch_size, dp_rank, self.dp_size) \
             if valid_ds is not None and cfg.train.eval_interval else None
         self.packed = cfg.data.format == "packed"
+        # Which checkpoint to start from is settled (and checked readable) before the stage's preparation, which can
+        # be long (the DPO reference pass): a broken checkpoint fails in seconds, not after it.
+        resume_from = self._checkpoint_to_resume()
         self.stage.prepare(self)  # e.g. DPO reference log-probs, before the policy moves
-        self.progress = self._resume()
+        self.progress = self._resume(resume_from)
         self.flops_per_token = flops_per_token(cfg.model, self.vocab_size, S)
         self.peak = PeakFlops.for_this_device(cfg.logging.peak_tflops)
         self.num_params = sum(p.numel() for p in self.model.parameters())
 
     # ---------------------------------------------------------------- resume
-    def _resume(self) -> Progress:
-        """The checkpoint is checked before anything is loaded; a bad one is a CheckpointError (one line, exit 2)."""
+    def _checkpoint_to_resume(self) -> Optional[Path]:
+        """The checkpoint train.resume names (None: start fresh), and train.init_from, checked readable before anything
+        is loaded; a bad one is a CheckpointError (one line, exit 2)."""
         cfg = self.cfg
         ckpt: Optional[Path] = None
         if cfg.train.resume == "auto":
@@ -175,6 +180,13 @@ class Trainer:
                 self._say(f"train.resume=auto: passing over a checkpoint: {why}")
         elif cfg.train.resume != "none":
             ckpt = Path(cfg.train.resume)
+            check_readable(ckpt)
+        if ckpt is None and cfg.train.init_from:
+            check_readable(cfg.train.init_from)
+        return ckpt
+
+    def _resume(self, ckpt: Optional[Path]) -> Progress:
+        cfg = self.cfg
         if ckpt is not None:
             progress = load_checkpoint(ckpt, self.model, self.optimizer, self.scheduler)
             self._say(f"resumed from {ckpt} at step {progress.step} ({progress.consumed_samples} samples)")

@@ -69,3 +69,14 @@ def test_cache_key_follows_reference_model_and_shape(tiny_data, tmp_path):
     assert key("dpo.share_prompt=true")["share_prompt"] is True
     assert key("train.seed=7") != key()  # without a reference checkpoint the seed makes the reference
     assert key("train.steps=7") == key()  # what does not change the log-probs does not invalidate them
+
+
+def test_a_broken_resume_checkpoint_fails_before_the_reference_pass(tiny_data, tmp_path, capsys):
+    broken = tmp_path / "step_0000003"
+    broken.mkdir()
+    (broken / "megafin.json").write_text("{truncated")
+    run = tmp_path / "run"
+    assert _dpo(run, tiny_data / "preference", tiny_data, f"train.resume={broken}") == 2
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1 and err[0].startswith(f"megafin: checkpoint error: {broken / 'megafin.json'}: unreadable")
+    assert not (run / "reference_logps").exists()  # the (long) reference pass never started
