@@ -1,4 +1,4 @@
-"""Every tiny recipe trains under 2 gloo processes at TP=2, PP=2 and DP=2 to the single-process losses (1e-5).
+"""Every tiny recipe trains under 2 gloo processes at TP=2, PP=2 and DP=2 to the single-process losses (2e-6).
 
 CPT on the indexed corpora; SFT, CPT+IT and DPO on data_prep's packed outputs (THD batches, per-document
 attention; DPO with its reference log-prob pass run under the same layout, and with shared prompts)."""
@@ -9,6 +9,13 @@ import json
 import pytest
 
 from tests.helpers import FAST, REPO, assert_ok, losses, run_train
+
+# Another layout sums the same fp32 products in another order (split GEMMs, all-reduces), and so do another CPU's
+# kernels: measured drift <= 2e-7 relative over these 5-6 steps, under AVX-512 and scalar ATen kernels and MKL's
+# COMPATIBLE GEMMs. 2e-6 leaves 10x on that (it was abs 1e-5, i.e. 1.3e-6 to 2e-6 on these losses of 5 to 8) and
+# fails any layout bug that moves a loss by more.
+LAYOUT_REL = 2e-6
+DPO_METRICS = ("pref_loss", "nll", "reward_chosen", "reward_rejected", "reward_accuracy")
 
 # Same schedule in every run (decay_steps fixed), so runs of different lengths see the same learning rates.
 SCHEDULE = ["scheduler.decay_steps=20", "scheduler.warmup_steps=2"]
@@ -61,23 +68,29 @@ def test_two_process_layout_matches_single_process(recipe, layout, single, tiny_
     want, got = losses(base), losses(tmp_path)
     assert sorted(got) == list(range(1, STEPS[recipe] + 1))
     for step in sorted(got):
-        assert got[step] == pytest.approx(want[step], abs=1e-5), f"step {step}: {got} vs {want}"
+        assert got[step] == pytest.approx(want[step], rel=LAYOUT_REL), f"step {step}: {got} vs {want}"
     # The loss must move, or matching would prove little.
     assert abs(want[STEPS[recipe]] - want[1]) > 0.05
     if recipe == "dpo":  # every DPO metric agrees too, not only the loss
         rec = lambda d: json.loads((d / "metrics.jsonl").read_text().splitlines()[-1])  # noqa: E731
         a, b = rec(base), rec(tmp_path)
-        for key in ("pref_loss", "nll", "reward_chosen", "reward_rejected", "reward_accuracy"):
-            assert b[key] == pytest.approx(a[key], abs=1e-5), key
+        scale = max(abs(a[key]) for key in DPO_METRICS)  # one rounding scale: all come from the same log-prob sums
+        for key in DPO_METRICS:
+            assert b[key] == pytest.approx(a[key], abs=LAYOUT_REL * scale), key
 
 
 GOLDEN = REPO / "tests/golden/loss_curves.json"
+# The curves were recorded on another machine. Measured against them under this machine's AVX-512, AVX2 and scalar
+# kernels and MKL's COMPATIBLE GEMMs: <= 1.7e-7 relative. 1e-5 leaves 60x, and a 1e-3 change of the math fails 100x
+# over. Drift between kernels grows with training (9e-7 by step 10, 5e-5 by step 20 for cpt): pinned curves stay short.
+GOLDEN_REL = 1e-5
+GOLDEN_MAX_STEPS = 10
 
 
 @pytest.mark.parametrize("recipe", list(STEPS))
 def test_single_process_losses_match_the_golden_curve(recipe, single):
     """The single-process loss curve of every tiny recipe is pinned (torchtitan's rule: a refactor reproduces the
-    loss). The tolerance (1e-5 relative) absorbs float rounding between CPUs, not a change of semantics: a different
+    loss). The tolerance (GOLDEN_REL) absorbs float rounding between CPUs, not a change of semantics: a different
     mask, normalization, schedule or init moves these losses by 1e-3 or more. After an intended change, rewrite the
     file with MEGAFIN_UPDATE_GOLDEN=1 and say why in the commit."""
     import os
@@ -91,8 +104,9 @@ def test_single_process_losses_match_the_golden_curve(recipe, single):
         pytest.skip(f"{GOLDEN} updated for {recipe}")
     assert recipe in golden, f"{GOLDEN} has no curve for {recipe} (run with MEGAFIN_UPDATE_GOLDEN=1)"
     assert list(got) == list(golden[recipe])
+    assert len(got) <= GOLDEN_MAX_STEPS, f"{recipe}: a curve longer than {GOLDEN_MAX_STEPS} steps needs a looser bound"
     for step, loss in got.items():
-        assert loss == pytest.approx(golden[recipe][step], rel=1e-5, abs=1e-5), f"{recipe} step {step}: {got}"
+        assert loss == pytest.approx(golden[recipe][step], rel=GOLDEN_REL), f"{recipe} step {step}: {got}"
 
 
 @pytest.mark.parametrize("recipe", list(STEPS))
