@@ -96,4 +96,7 @@ def test_from_hf_output_initializes_training(trained, exported, tiny_data, tmp_p
         assert "initialized weights from" in proc.stdout
     got, want = losses(tmp_path / "a")[1], losses(tmp_path / "b")[1]
     print(f"init_from loss: converted {got} reference {want}")
-    assert got == pytest.approx(want, abs=1e-6)
+    # TP=2 splits the GEMMs, so the two first-step losses agree to fp32 rounding: measured <= 3.7e-8 relative under
+    # AVX-512, AVX2 and scalar kernels. rel 1e-6 (was abs 1e-6: 2 fp32 ulps of this ~6.5 loss) leaves 27x on that
+    # and is still 1000x below a 1e-3 change.
+    assert got == pytest.approx(want, rel=1e-6)

@@ -1,5 +1,5 @@
 """Exact resume: 20 straight steps vs 10 steps, SIGKILL, resume to 20 (bit for bit on the same layout, within
-1e-5 at another TP or PP); a crash in the middle of a save leaves `latest` at the previous good checkpoint."""
+2e-6 relative at another TP or PP); a crash in the middle of a save leaves `latest` at the previous good checkpoint."""
 from __future__ import annotations
 
 import shutil
@@ -12,6 +12,10 @@ from tests.helpers import FAST, assert_ok, data_overrides, kill_session, losses,
 
 STEPS = 20
 COMMON = ["train.steps=20", "checkpoint.interval=10", "checkpoint.keep_last=3"]
+# Another layout sums in another order: its steps 11-20 drift from the straight run's by <= 7e-8 relative (measured
+# under AVX-512 and scalar ATen kernels, MKL's COMPATIBLE GEMMs). 2e-6 leaves 30x (it was abs 1e-5 on losses ~5.5)
+# and is 500x below a 1e-3 change.
+LAYOUT_REL = 2e-6
 
 
 def _overrides(tiny_data, run_dir, *extra):
@@ -44,7 +48,7 @@ def test_sigkill_after_checkpoint_then_resume_is_bit_exact(straight, tiny_data, 
 
 
 @pytest.mark.parametrize("layout", ["parallel.tp=2", "parallel.pp=2"])
-def test_resume_at_another_layout_within_1e_5(layout, straight, tiny_data, tmp_path):
+def test_resume_at_another_layout_matches_within_rounding(layout, straight, tiny_data, tmp_path):
     ckpt = straight / "checkpoints" / "step_0000010"
     assert read_meta(ckpt)["layout"] == {"tp": 1, "pp": 1, "dp": 1}
     proc = run_train(_overrides(tiny_data, tmp_path, f"train.resume={ckpt}", layout), nproc=2)
@@ -52,7 +56,7 @@ def test_resume_at_another_layout_within_1e_5(layout, straight, tiny_data, tmp_p
     want, got = losses(straight), losses(tmp_path)
     assert sorted(got) == list(range(11, STEPS + 1))
     for step in range(11, STEPS + 1):
-        assert got[step] == pytest.approx(want[step], abs=1e-5), f"step {step}"
+        assert got[step] == pytest.approx(want[step], rel=LAYOUT_REL), f"step {step}"
 
 
 def test_crash_during_save_keeps_latest_at_previous_checkpoint(straight, tiny_data, tmp_path):
