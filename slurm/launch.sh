@@ -119,7 +119,10 @@ export MASTER_PORT="${MASTER_PORT:-$(( 20000 + SLURM_JOB_ID % 20000 ))}"
 LAUNCHER="${MEGAFIN_LAUNCHER:-srun}"
 read -r -a SRUN_EXTRA <<< "${MEGAFIN_SRUN_ARGS:-}"
 # --wait: once one rank has exited, give the others this long, then end the step (a crashed rank must not leave
-# the rest blocked in a collective until the process-group timeout).
+# the rest blocked in a collective until the process-group timeout). Survivors of a dead rank usually end sooner by
+# themselves: gloo fails their next collective at once, NCCL after train.collective_timeout_s. Not
+# --kill-on-bad-exit=1: every rank exits 75 after a signal-checkpoint, and the first one out would have srun kill
+# the others while they exit, so the step's code could differ from the 75 that requeueing depends on.
 SRUN=(srun --wait="${MEGAFIN_SRUN_WAIT:-120}" --kill-on-bad-exit=0 "${SRUN_EXTRA[@]}")
 case "$LAUNCHER" in
     srun)

@@ -17,6 +17,7 @@ import os
 import re
 import shutil
 import socket
+import sys
 import time
 from pathlib import Path
 from typing import Any, Optional
@@ -24,6 +25,8 @@ from typing import Any, Optional
 LOCK_NAME = ".megafin.lock"
 _STEP_DIR = re.compile(r"^step_\d+$")
 _HELD: dict[Path, "RunDirLock"] = {}  # locks this process holds, by resolved path
+# lockf's answers on filesystems that have no locks (NFS without a lock manager, some parallel filesystems).
+_NO_LOCKS = (errno.ENOLCK, errno.ENOSYS, errno.EOPNOTSUPP, errno.EINVAL)
 
 
 class RunDirBusy(RuntimeError):
@@ -51,7 +54,8 @@ class RunDirLock:
                 raise
             raise RunDirBusy(self._busy_message(_read_holder(self.path))) from None
         holder = {"pid": os.getpid(), "host": socket.gethostname(),
-                  "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "slurm_job_id": os.environ.get("SLURM_JOB_ID")}
+                  "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "slurm_job_id": os.environ.get("SLURM_JOB_ID"),
+                  "slurm_restart_count": os.environ.get("SLURM_RESTART_COUNT")}
         os.ftruncate(fd, 0)
         os.pwrite(fd, (json.dumps(holder) + "\n").encode(), 0)
         self._fd = fd
@@ -113,6 +117,12 @@ def lock_run_dir(run_dir: str | Path, is_rank0: bool) -> Optional[RunDirLock]:
             lock = RunDirLock(run_dir).acquire()
         except RunDirBusy as err:
             message = str(err)
+        except OSError as err:
+            if err.errno in _NO_LOCKS:  # a filesystem without locks must not make the run impossible
+                print(f"megafin: warning: {run_dir}: this filesystem cannot lock {LOCK_NAME} ({err.strerror}); "
+                      f"a second run on this run_dir would not be stopped", file=sys.stderr, flush=True)
+            else:
+                message = f"run_dir {run_dir}: cannot take the lock {Path(run_dir) / LOCK_NAME}: {err.strerror}"
     if dist.is_initialized() and dist.get_world_size() > 1:
         device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else "cpu"
         failed = torch.tensor([1 if message else 0], dtype=torch.int32, device=device)

@@ -4,16 +4,20 @@
 - USR1 to the batch shell (what `--signal=B:USR1@N` does before the time limit; sent here with
   `scancel --signal=USR1 --batch` once a few steps are written, so the test does not wait for Slurm's coarse
   timer) -> checkpoint, exit 75, `scontrol requeue`, resume from latest, losses bit-equal to the uninterrupted run;
+- a task SIGKILLed mid-run ends the job in bounded time (no requeue), and a resubmission with train.resume=auto
+  resumes bit-equal (the requeued or resubmitted attempt takes the run_dir lock its dead predecessor held);
 - bad submissions fail fast with the trainer's one-line message and are never requeued.
 """
 from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 
 from tests.helpers import FAST, REPO, data_overrides, run_train
@@ -113,6 +117,9 @@ def test_usr1_checkpoints_requeues_and_resumes_bit_exact(slurm, tiny_data, refer
     stopped_at = int(log.split("stopped on SIGUSR1 after step ")[1].split(";")[0])
     assert 3 <= stopped_at < STEPS, "the signal must land mid-run"
     assert _records(tmp_path / "run") == reference  # each step once, bit-equal losses, grad norms and lr
+    # The requeued attempt took the run_dir lock the first attempt had held (the kernel released it at its exit).
+    holder = json.loads((tmp_path / "run" / ".megafin.lock").read_text())
+    assert (holder["slurm_job_id"], holder["slurm_restart_count"]) == (str(job), "1")
 
 
 def test_time_limit_signal_from_slurm_requeues_and_resumes(slurm, time_limit_job):
@@ -126,6 +133,50 @@ def test_time_limit_signal_from_slurm_requeues_and_resumes(slurm, time_limit_job
     assert "megafin-slurm: received SIGUSR1; forwarding" in log, log
     assert "requeueing job" in log, log
     assert "fake-trainer: resuming (train.resume=auto)" in log, log
+
+
+def _rank_process(job: int, rank: int) -> psutil.Process | None:
+    for p in psutil.process_iter():
+        try:
+            env = p.environ()
+            if env.get("SLURM_JOB_ID") == str(job) and env.get("SLURM_PROCID") == str(rank) \
+                    and "megafin.train" in " ".join(p.cmdline()):
+                return p
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            pass
+    return None
+
+
+def test_rank_sigkilled_under_srun_ends_the_job_and_a_resubmission_resumes(slurm, tiny_data, reference, tmp_path):
+    """kill -9 of one srun task mid-run: the other must not hang (it fails at its next collective, and srun --wait
+    bounds it anyway), the job ends without a requeue, and resubmitting with train.resume=auto (the previous holder
+    of the run_dir lock is dead) finishes with the uninterrupted run's losses, bit for bit."""
+    args = ["recipes/tiny/cpt.yaml", *_overrides(tiny_data), "checkpoint.interval=4"]
+    job, out = submit(slurm, tmp_path, args)
+    latest = tmp_path / "run" / "checkpoints" / "latest"
+    deadline = time.time() + 240
+    while not latest.is_file():
+        assert slurm.job_field(job, "JobState") in ("PENDING", "RUNNING", "CONFIGURING"), out.read_text()[-4000:]
+        assert time.time() < deadline, "no checkpoint after 240 s"
+        time.sleep(0.2)
+    victim = _rank_process(job, 1)
+    assert victim is not None, out.read_text()[-4000:]
+    victim.send_signal(signal.SIGKILL)
+    t0 = time.time()
+    state = wait_for(slurm, job, 180)
+    log = out.read_text()
+    assert state == "FAILED" and time.time() - t0 < 60, log[-4000:]
+    assert slurm.job_field(job, "Restarts") == "0"
+    assert "not requeueing" in log
+    assert _rank_process(job, 0) is None and _rank_process(job, 1) is None
+    killed_at = int(latest.read_text().strip().split("_")[1])
+    assert killed_at < STEPS, "the kill must land mid-run"
+
+    job2, out2 = submit(slurm, tmp_path, [*args, "train.resume=auto"])
+    assert wait_for(slurm, job2, 300) == "COMPLETED", out2.read_text()[-4000:]
+    assert f"resumed from {tmp_path / 'run' / 'checkpoints'}" in out2.read_text()
+    assert _records(tmp_path / "run") == reference
+    assert json.loads((tmp_path / "run" / ".megafin.lock").read_text())["slurm_job_id"] == str(job2)
 
 
 @pytest.mark.parametrize("case", ["unknown_recipe", "invalid_override", "too_many_tasks", "gpu_profile_no_gpus"])

@@ -101,3 +101,22 @@ def test_a_dead_pid_in_a_held_lock_file_is_not_named_as_the_holder(tmp_path):
     finally:
         holder.kill()
         holder.wait(timeout=30)
+
+
+def test_a_filesystem_without_locks_warns_and_other_errors_stop_the_run(tmp_path, monkeypatch, capsys):
+    import errno
+
+    import megafin.runtime.run_dir as run_dir
+
+    def lockf(errnum):
+        def fail(fd, op):
+            raise OSError(errnum, os.strerror(errnum))
+        return fail
+
+    monkeypatch.setattr(run_dir.fcntl, "lockf", lockf(errno.ENOLCK))
+    assert run_dir.lock_run_dir(tmp_path, is_rank0=True) is None
+    assert capsys.readouterr().err == (f"megafin: warning: {tmp_path}: this filesystem cannot lock {LOCK_NAME} "
+                                       f"(No locks available); a second run on this run_dir would not be stopped\n")
+    monkeypatch.setattr(run_dir.fcntl, "lockf", lockf(errno.EIO))
+    with pytest.raises(RunDirBusy, match=f"cannot take the lock {tmp_path / LOCK_NAME}: Input/output error"):
+        run_dir.lock_run_dir(tmp_path, is_rank0=True)
