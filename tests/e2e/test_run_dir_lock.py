@@ -18,9 +18,10 @@ def test_second_run_on_a_busy_run_dir_exits_2_naming_the_holder(tiny_data, tmp_p
         first.wait_for("step 1 ", timeout=180)
         second = run_train([*overrides, "train.steps=5"])
         assert second.returncode == EXIT_CONFIG_ERROR, second.stdout[-3000:] + second.stderr[-3000:]
+        lock = tmp_path / ".megafin.lock"
         assert second.stderr.splitlines() == [
             f"megafin: run_dir {tmp_path} is in use by pid {first.proc.pid} on host {socket.gethostname()} since "
-            f"{json.loads((tmp_path / '.megafin.lock').read_text())['started']} (lock file {tmp_path / '.megafin.lock'}): "
+            f"{json.loads(lock.read_text())['started']} (lock file {lock}): "
             f"wait for that run to end, stop it, or use another run_dir"]
         first.proc.send_signal(signal.SIGTERM)
         assert first.finish(timeout=120) == EXIT_SIGNAL_CHECKPOINTED, first.output()[-3000:]
@@ -47,9 +48,10 @@ def test_every_rank_exits_when_rank_0_cannot_take_the_lock(tiny_data, tmp_path):
     out = [rank.output() for rank in ranks]
     assert codes == [EXIT_CONFIG_ERROR, EXIT_CONFIG_ERROR], out
     # One line, from rank 0, naming the holder; rank 1 says nothing.
+    lock = tmp_path / ".megafin.lock"
     assert out[0].strip().splitlines() == [
         f"megafin: run_dir {tmp_path} is in use by pid {holder.pid} on host {socket.gethostname()} since "
-        f"{json.loads((tmp_path / '.megafin.lock').read_text())['started']} (lock file {tmp_path / '.megafin.lock'}): "
+        f"{json.loads(lock.read_text())['started']} (lock file {lock}): "
         f"wait for that run to end, stop it, or use another run_dir"], out
     assert out[1].strip() == "", out
     assert not (tmp_path / "metrics.jsonl").exists() and not (tmp_path / "config.yaml").exists()

@@ -13,7 +13,7 @@ import pytest
 
 from megafin.checkpoint.manager import latest_checkpoint, read_meta
 from megafin.checkpoint.signals import EXIT_DIVERGED, EXIT_SIGNAL_CHECKPOINTED
-from tests.distributed.test_parallel_equivalence import GOLDEN, STEPS, recipe_overrides
+from tests.distributed.test_parallel_equivalence import GOLDEN, GOLDEN_REL, STEPS, recipe_overrides
 from tests.helpers import FAST, REPO, assert_ok, data_overrides, kill_session, losses, run_train, start_train
 from tests.proc_watch import Watched, in_session, wait_gone
 
@@ -68,7 +68,7 @@ def _assert_golden(run_dir, recipe: str) -> None:
     want, got = _golden(recipe), losses(run_dir)
     assert sorted(got) == sorted(want) == list(range(1, STEPS[recipe] + 1))
     for step in want:
-        assert got[step] == pytest.approx(want[step], rel=1e-5), f"step {step}: {got} vs {want}"
+        assert got[step] == pytest.approx(want[step], rel=GOLDEN_REL), f"step {step}: {got} vs {want}"
 
 
 def test_sigkilled_trainer_leaves_no_process_behind_and_its_run_resumes(tiny_data, tmp_path):
