@@ -37,8 +37,9 @@ def data_overrides(data_dir: Path) -> list[str]:
 def train_cmd(nproc: int = 1) -> list[str]:
     if nproc == 1:
         return [PY, "-m", "megafin.train"]
-    return [PY, "-m", "torch.distributed.run", "--nproc-per-node", str(nproc), "--master-port", str(free_port()),
-            "-m", "megafin.train"]
+    # --standalone: torchrun's agent binds its rendezvous store on a port the kernel picks and hands it to the
+    # ranks, so no other process can take it in between (a port from free_port() could be, and was).
+    return [PY, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(nproc), "-m", "megafin.train"]
 
 
 def run_train(overrides: Sequence[str], nproc: int = 1, recipe: Path = TINY_RECIPE, timeout: float = 300,

@@ -205,6 +205,8 @@ def _validate_schedule(c: _Checks, cfg: Config) -> None:
     c.require(cfg.checkpoint.keep_last >= 1, "checkpoint.keep_last", "at least 1", cfg.checkpoint.keep_last)
     c.require(cfg.checkpoint.interval >= 0, "checkpoint.interval", "0 or a positive integer", cfg.checkpoint.interval)
     c.require(train.max_bad_steps >= 1, "train.max_bad_steps", "at least 1", train.max_bad_steps)
+    c.require(train.collective_timeout_s > 0, "train.collective_timeout_s", "a positive number of seconds",
+              train.collective_timeout_s)
     if train.resume not in ("auto", "none"):
         c.require(Path(train.resume).is_dir(), "train.resume", "auto, none or an existing checkpoint directory",
                   train.resume)

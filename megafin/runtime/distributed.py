@@ -75,12 +75,16 @@ def init_distributed(launch: LaunchEnv, tp: int, pp: int, seed: int,
     else:
         device = torch.device("cpu")
     if not dist.is_initialized():
+        # A world of one needs no rendezvous: an in-memory store, so no port can be taken by another process between
+        # choosing it and binding it (a TCP store on a "free" port raced other tests' runs).
+        rendezvous = {"store": dist.HashStore()} if launch.world_size == 1 else \
+            {"init_method": f"tcp://{launch.master_addr}:{launch.master_port}"}
         dist.init_process_group(
             backend="nccl" if use_cuda else "gloo",
-            init_method=f"tcp://{launch.master_addr}:{launch.master_port}",
             rank=launch.rank,
             world_size=launch.world_size,
             timeout=datetime.timedelta(seconds=collective_timeout_s),
+            **rendezvous,
         )
     parallel_state.initialize_model_parallel(tensor_model_parallel_size=tp, pipeline_model_parallel_size=pp,
                                              distributed_timeout_minutes=collective_timeout_s / 60)

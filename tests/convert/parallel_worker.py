@@ -27,11 +27,11 @@ def job(name: str, ckpt: Path, tp: int, pp: int, save_to: Optional[Path] = None)
 def launch(nproc: int, tokens: torch.Tensor, out_dir: Path, jobs: Sequence[str],
            timeout: float = 300) -> dict[str, torch.Tensor]:
     """The jobs in one torchrun of `nproc` gloo processes; the logits of each job by name."""
-    from tests.helpers import REPO, free_port
+    from tests.helpers import REPO
 
     torch.save(tokens, out_dir / "tokens.pt")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(nproc), "--master-port",
-           str(free_port()), str(Path(__file__)), str(out_dir / "tokens.pt"), str(out_dir), *jobs]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(nproc), "--standalone",
+           str(Path(__file__)), str(out_dir / "tokens.pt"), str(out_dir), *jobs]
     proc = subprocess.run(cmd, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True,
                           text=True, timeout=timeout, stdin=subprocess.DEVNULL)
     assert proc.returncode == 0, proc.stderr[-4000:]

@@ -7,7 +7,7 @@ import time
 import pytest
 
 from megafin.config import ConfigError, load_config, validate
-from tests.helpers import PY, REPO, TINY_RECIPE, data_overrides, free_port
+from tests.helpers import PY, REPO, TINY_RECIPE, data_overrides
 
 
 def test_recipe_and_overrides(tiny_data):
@@ -45,6 +45,7 @@ BAD = [
     (["scheduler.warmup_steps=500"], 1, "scheduler.warmup_steps: expected between 0 and train.steps=40"),
     (["optimizer.min_lr=1.0"], 1, "optimizer.min_lr: expected between 0 and optimizer.lr"),
     (["stage=rlhf"], 1, "stage: expected one of"),
+    (["train.collective_timeout_s=0"], 1, "train.collective_timeout_s: expected a positive number of seconds"),
     (["train.steps"], 1, "override: 'train.steps' is not of the form key=value"),
 ]
 
@@ -70,7 +71,7 @@ def test_missing_recipe_and_bad_yaml(tmp_path):
 
 def test_torchrun_rejects_bad_config_before_any_process_group(tiny_data):
     """Under torchrun with 2 ranks, a layout that cannot fit fails fast: one line (from rank 0), no rendezvous."""
-    cmd = [PY, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", str(free_port()),
+    cmd = [PY, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--standalone",
            "-m", "megafin.train", str(TINY_RECIPE), *data_overrides(tiny_data), "parallel.tp=2", "parallel.pp=2"]
     t0 = time.time()
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=120)
