@@ -44,5 +44,10 @@ class StopRequest:
         self._previous.clear()
 
 
+class StopInPreparation(Exception):
+    """A stop signal honoured before the first step (e.g. between chunks of the DPO reference pass): there is no
+    training state to checkpoint, the preparation's work so far is kept, and the run exits 75 like any signal stop."""
+
+
 # The process's one stop request: installed by `megafin train` as early as possible, polled by the loop.
 STOP_REQUEST = StopRequest()

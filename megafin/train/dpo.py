@@ -21,6 +21,7 @@ import dataclasses
 import hashlib
 import json
 import math
+import os
 import shutil
 from functools import partial
 from pathlib import Path
@@ -205,32 +206,41 @@ class DPOStage(Stage):
         return True
 
     def _compute_cache(self, cache: Path, key: dict[str, Any], trainer: Any) -> None:
-        """Forward-only passes of the reference over every pack; data-parallel rank r takes packs r, r+D, ..."""
+        """Forward-only passes of the reference over every pack; data-parallel rank r takes packs r, r+D, ...
+
+        The pass runs in chunks of REFERENCE_CHUNK micro-batches, each written to its own file as it completes, so a
+        run stopped by a signal (exit 75) or killed continues the pass where it stopped instead of starting over: a
+        pass longer than a Slurm job's time limit still finishes over requeues. Between chunks every rank agrees on
+        whether a stop was requested (a signal may reach one rank only)."""
         from megatron.core import parallel_state as ps
         from megatron.core.pipeline_parallel import get_forward_backward_func
 
+        from megafin.checkpoint.signals import STOP_REQUEST, StopInPreparation
         from megafin.data.build import packed_fixed_length, shares_prompt
         from megafin.data.packed import collate_packed
 
-        dataset = trainer.train_batches.dataset
-        packs = dataset.packs
+        packs = trainer.train_batches.dataset.packs
         dp_rank, dp_size = ps.get_data_parallel_rank(), ps.get_data_parallel_world_size()
         mbs, seq = self.cfg.parallel.micro_batch_size, self.cfg.data.seq_length
         total = len(packs)
         mine = np.arange(total)[dp_rank::dp_size]
         # Every data-parallel rank runs the same number of micro-batches (pipeline stages must agree).
         n_micro = math.ceil(math.ceil(total / dp_size) / mbs)
+        n_chunks = math.ceil(n_micro / REFERENCE_CHUNK)
+        plan = {"key": key, "num_packs": total, "dp_size": dp_size, "micro_batch_size": mbs, "chunk": REFERENCE_CHUNK}
+        done = self._chunks_done(cache, plan, n_chunks)
         pad_id = int(packs.meta.get("pad_id", 0))
-        batches = []
-        for m in range(n_micro):
+
+        def micro_batch(m: int) -> dict:
             ids = mine[m * mbs:(m + 1) * mbs].tolist()
             samples = [{"pack_id": pid, "tokens": t, "loss_mask": lm, "doc_lens": dl}
                        for pid in ids for t, lm, dl in [packs[pid]]]
             if not samples:  # a short shard repeats its first pack so shapes stay fixed; the result is dropped
                 t, lm, dl = packs[int(mine[0])]
                 samples = [{"pack_id": -1, "tokens": t, "loss_mask": lm, "doc_lens": dl}]
-            batches.append(collate_packed(samples, seq, pad_id, fixed_length=packed_fixed_length(self.cfg),
-                                          share_prompt=shares_prompt(self.cfg)))
+            return collate_packed(samples, seq, pad_id, fixed_length=packed_fixed_length(self.cfg),
+                                  share_prompt=shares_prompt(self.cfg))
+
         results: dict[int, np.ndarray] = {}
 
         def record(batch: dict, output_tensor: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, dict]:
@@ -248,26 +258,89 @@ class DPOStage(Stage):
             batch = next(data_iterator)
             return per_token_loss(model, batch), partial(record, batch)
 
+        # The last pipeline stage holds the values; its first tensor-parallel rank writes this rank's chunk files.
+        writer = ps.is_pipeline_last_stage() and ps.get_tensor_model_parallel_rank() == 0
         was_training = trainer.ddp.training
         trainer.ddp.eval()
-        with torch.no_grad():
-            get_forward_backward_func()(
-                forward_step_func=forward_step, data_iterator=iter(batches), model=[trainer.ddp],
-                num_microbatches=n_micro, seq_length=seq * mbs, micro_batch_size=1, forward_only=True)
+        for chunk in range(n_chunks):
+            if chunk in done:
+                continue
+            if _agree_to_stop(STOP_REQUEST.requested):
+                trainer.ddp.train(was_training)
+                raise StopInPreparation(
+                    f"stopped on {STOP_REQUEST.signal_name or 'a signal on another rank'} during the DPO reference "
+                    f"pass ({len(done)} of {n_chunks} chunks of {cache} complete, kept); resume with "
+                    f"train.resume=auto to continue the pass")
+            first, last = chunk * REFERENCE_CHUNK, min(n_micro, (chunk + 1) * REFERENCE_CHUNK)
+            results.clear()
+            with torch.no_grad():
+                get_forward_backward_func()(
+                    forward_step_func=forward_step, data_iterator=(micro_batch(m) for m in range(first, last)),
+                    model=[trainer.ddp], num_microbatches=last - first, seq_length=seq * mbs, micro_batch_size=1,
+                    forward_only=True)
+            if writer:
+                _save_chunk(cache / _chunk_name(dp_rank, dp_size, chunk), results)
+            done.add(chunk)
         trainer.ddp.train(was_training)
-        # The last pipeline stage holds the values; its first tensor-parallel rank writes this shard.
-        if ps.is_pipeline_last_stage() and ps.get_tensor_model_parallel_rank() == 0:
-            cache.mkdir(parents=True, exist_ok=True)
-            ids = sorted(results)
-            values = [results[i] for i in ids]
-            offsets = np.concatenate([[0], np.cumsum([len(v) for v in values])])
-            np.savez(cache / f"dp{dp_rank:05d}-of-{dp_size:05d}.npz", pack_ids=np.asarray(ids, dtype=np.int64),
-                     offsets=offsets, values=np.concatenate(values) if values else np.zeros(0))
         dist.barrier()
         if dist.get_rank() == dist.get_world_size() - 1:  # a last-stage rank: writes the marker after all shards
-            meta = {"shards": [f"dp{r:05d}-of-{dp_size:05d}.npz" for r in range(dp_size)], "num_packs": total,
-                    "key": key}
-            tmp = cache / "meta.json.tmp"
-            tmp.write_text(json.dumps(meta, indent=2))
-            tmp.replace(cache / "meta.json")
+            meta = {"shards": [_chunk_name(r, dp_size, c) for r in range(dp_size) for c in range(n_chunks)],
+                    "num_packs": total, "key": key}
+            _write_json_atomic(cache / "meta.json", meta)
         dist.barrier()
+
+    def _chunks_done(self, cache: Path, plan: dict[str, Any], n_chunks: int) -> set[int]:
+        """Chunks an interrupted pass with the same plan already wrote (every data-parallel rank's file present);
+        a pass with another plan is discarded. Every rank returns the same set."""
+        plan_path = cache / "pass.json"
+        try:
+            same = json.loads(plan_path.read_text()) == json.loads(json.dumps(plan))
+        except (OSError, ValueError):
+            same = False
+        dist.barrier()  # every rank has read pass.json before rank 0 may replace it
+        if not same and dist.get_rank() == 0:
+            shutil.rmtree(cache, ignore_errors=True)
+            cache.mkdir(parents=True)
+            _write_json_atomic(plan_path, plan)
+        dist.barrier()
+        if not same:
+            return set()
+        done = {c for c in range(n_chunks)
+                if all((cache / _chunk_name(r, plan["dp_size"], c)).is_file() for r in range(plan["dp_size"]))}
+        dist.barrier()  # all ranks looked before any writes a new chunk
+        if done and dist.get_rank() == 0:
+            print(f"megafin: continuing the DPO reference pass in {cache}: {len(done)} of {n_chunks} chunks done",
+                  flush=True)
+        return done
+
+
+# Micro-batches per chunk of the reference pass: the unit that is written at once, and between which a stop signal
+# is honoured (kept small next to Slurm's kill grace; large enough that one file per chunk stays few).
+REFERENCE_CHUNK = 64
+
+
+def _chunk_name(dp_rank: int, dp_size: int, chunk: int) -> str:
+    return f"dp{dp_rank:05d}-of-{dp_size:05d}.chunk{chunk:06d}.npz"
+
+
+def _save_chunk(path: Path, results: dict[int, np.ndarray]) -> None:
+    """One chunk's values, appearing only when complete (written under a temporary name, then renamed)."""
+    ids = sorted(results)
+    values = [results[i] for i in ids]
+    offsets = np.concatenate([[0], np.cumsum([len(v) for v in values])])
+    tmp = path.with_name(path.stem + ".tmp.npz")
+    np.savez(tmp, pack_ids=np.asarray(ids, dtype=np.int64), offsets=offsets,
+             values=np.concatenate(values) if values else np.zeros(0))
+    os.replace(tmp, path)
+
+
+def _write_json_atomic(path: Path, obj: Any) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2))
+    tmp.replace(path)
+
+
+def _agree_to_stop(requested: bool) -> bool:
+    flag = torch.tensor([1 if requested else 0], dtype=torch.int32)
+    dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+    return bool(flag.item())

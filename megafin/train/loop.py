@@ -16,7 +16,7 @@ from megafin.checkpoint.errors import CheckpointError
 from megafin.checkpoint.integrity import check_readable
 from megafin.checkpoint.manager import Progress, checkpoint_to_resume, load_checkpoint, save_checkpoint
 from megafin.checkpoint.signals import (EXIT_CONFIG_ERROR, EXIT_DIVERGED, EXIT_OK, EXIT_SIGNAL_CHECKPOINTED,
-                                        STOP_REQUEST)
+                                        STOP_REQUEST, StopInPreparation)
 from megafin.config.load import config_to_dict
 from megafin.config.schema import Config
 from megafin.runtime.distributed import LaunchEnv, init_distributed, shutdown_distributed
@@ -76,6 +76,10 @@ def run_training(cfg: Config, launch: LaunchEnv) -> int:
         if dist.get_rank() == 0:
             print(f"megafin: {err}", file=sys.stderr, flush=True)
         return EXIT_CONFIG_ERROR
+    except StopInPreparation as err:  # a signal before the first step: the preparation's work so far is kept
+        if dist.get_rank() == 0:
+            print(f"megafin: {err}; exit {EXIT_SIGNAL_CHECKPOINTED}", flush=True)
+        return EXIT_SIGNAL_CHECKPOINTED
     except CheckpointError as err:  # every rank finds the same problem: one line, from rank 0
         if dist.get_rank() == 0:
             print(f"megafin: checkpoint error: {err}", file=sys.stderr, flush=True)

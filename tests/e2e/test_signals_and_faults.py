@@ -106,27 +106,35 @@ def test_sigterm_during_the_first_step_checkpoints_and_resumes(tiny_data, tmp_pa
 
 
 def test_signals_inside_the_dpo_reference_pass(tiny_data, tmp_path):
-    """SIGKILL between writing the reference cache's shard and its meta.json leaves a cache that does not look
-    complete (the next run computes it again); SIGTERM during the pass stops the run cleanly after step 1 (exit 75,
-    a checkpoint, a complete cache) and resume=auto reaches the end with the reference losses, reusing the cache."""
+    """The reference pass is written chunk by chunk. SIGKILL after its first chunk leaves that chunk and no meta.json
+    (the cache does not look complete); SIGTERM during the pass stops it before its next chunk (exit 75, no step
+    taken, nothing to checkpoint); resume=auto continues the pass where it stopped, keeping the chunk already
+    written, and reaches the end with the reference losses."""
     driver = [sys.executable, str(REPO / "tests/e2e/signal_in_reference_pass.py")]
     args = [str(REPO / "recipes/tiny/dpo.yaml"), *recipe_overrides("dpo", tiny_data, tmp_path)]
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     cache = tmp_path / "reference_logps"
 
-    killed = subprocess.run([*driver, "kill-after-shard", *args], cwd=REPO, env=env, capture_output=True, text=True,
-                            timeout=300, start_new_session=True)
-    assert killed.returncode == -signal.SIGKILL, killed.stdout[-3000:] + killed.stderr[-3000:]
-    assert list(cache.glob("*.npz")) and not (cache / "meta.json").exists()
+    def drive(mode: str, *extra: str) -> subprocess.CompletedProcess:
+        return subprocess.run([*driver, mode, *args, *extra], cwd=REPO, env=env, capture_output=True, text=True,
+                              timeout=300, start_new_session=True)
 
-    stopped = subprocess.run([*driver, "term-at-start", *args], cwd=REPO, env=env, capture_output=True, text=True,
-                             timeout=300, start_new_session=True)
+    killed = drive("kill-after-chunk")
+    assert killed.returncode == -signal.SIGKILL, killed.stdout[-3000:] + killed.stderr[-3000:]
+    chunks = sorted(cache.glob("*.chunk*.npz"))
+    assert len(chunks) == 1 and not (cache / "meta.json").exists()
+    first = chunks[0].stat().st_mtime_ns
+
+    stopped = drive("term-at-start")
     assert stopped.returncode == EXIT_SIGNAL_CHECKPOINTED, stopped.stdout[-3000:] + stopped.stderr[-3000:]
     assert "received SIGTERM" in stopped.stdout
-    assert read_meta(latest_checkpoint(tmp_path))["step"] == 1
-    stamp = (cache / "meta.json").stat().st_mtime_ns
+    assert "stopped on SIGTERM during the DPO reference pass (1 of " in stopped.stdout
+    assert "step 1 " not in stopped.stdout and latest_checkpoint(tmp_path) is None
+    assert not (cache / "meta.json").exists() and chunks[0].stat().st_mtime_ns == first
 
-    assert_ok(run_train([*recipe_overrides("dpo", tiny_data, tmp_path), "train.resume=auto"],
-                        recipe=REPO / "recipes/tiny/dpo.yaml"))
-    assert (cache / "meta.json").stat().st_mtime_ns == stamp  # the complete cache was reused
+    resumed = drive("plain", "train.resume=auto")
+    assert_ok(resumed)
+    assert "continuing the DPO reference pass" in resumed.stdout
+    assert chunks[0].stat().st_mtime_ns == first and (cache / "meta.json").is_file()  # continued, not redone
+    assert len(list(cache.glob("*.chunk*.npz"))) > 1
     _assert_golden(tmp_path, "dpo")
