@@ -44,8 +44,9 @@ def train_cmd(nproc: int = 1) -> list[str]:
 
 def run_train(overrides: Sequence[str], nproc: int = 1, recipe: Path = TINY_RECIPE, timeout: float = 300,
               env: Optional[dict] = None) -> subprocess.CompletedProcess:
-    """Run to completion. Output goes through files, not pipes: a process that dies hard leaves
-    dist_checkpointing's spawned queue manager alive holding inherited pipes, and a pipe reader would hang."""
+    """Run to completion. Output goes through files, not pipes: a process that dies hard can leave
+    children alive holding inherited pipes (megatron's spawned save workers did, before megafin saved on threads), and a
+    pipe reader would hang."""
     full_env = {**os.environ, "PYTHONPATH": str(REPO), **(env or {})}
     cmd = [*train_cmd(nproc), str(recipe), *overrides]
     with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
@@ -68,7 +69,8 @@ def start_train(overrides: Sequence[str], nproc: int = 1, env: Optional[dict] = 
 
 
 def kill_session(proc: subprocess.Popen, sig: int = signal.SIGKILL) -> None:
-    """Kill the run and its checkpoint workers (they can outlive their parent, see the notes)."""
+    """Kill the run's whole session: the trainer and anything it started (torchrun's ranks are in sessions of their own
+    and stop by themselves once their agent is gone: megafin/runtime/parent_watch.py)."""
     try:
         os.killpg(proc.pid, sig)
     except (ProcessLookupError, PermissionError):
