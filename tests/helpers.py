@@ -61,6 +61,32 @@ def run_train(overrides: Sequence[str], nproc: int = 1, recipe: Path = TINY_RECI
         return subprocess.CompletedProcess(cmd, code, out.read(), err.read())
 
 
+def train_here(overrides: Sequence[str], recipe: Path = TINY_RECIPE, env: Optional[dict] = None
+               ) -> subprocess.CompletedProcess:
+    """`megafin train` in this process, as `run_train` runs it in a new one (same arguments, same result object):
+    for runs whose point is not the process itself (exit by signal, kill, leaked children), where start-up (~6 s of
+    imports per process) would dominate the suite. stdout is captured; `env` is set for the run only."""
+    import contextlib
+    import io
+
+    from megafin.cli import main as megafin_main
+
+    argv = ["train", str(recipe), *overrides]
+    saved = {key: os.environ.get(key) for key in env or {}}
+    out, err = io.StringIO(), io.StringIO()
+    try:
+        os.environ.update(env or {})
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            code = megafin_main(argv)
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+    return subprocess.CompletedProcess(argv, code, out.getvalue(), err.getvalue())
+
+
 def start_train(overrides: Sequence[str], nproc: int = 1, env: Optional[dict] = None) -> subprocess.Popen:
     """A training run in its own session, so the test can signal or kill it with everything it spawned."""
     full_env = {**os.environ, "PYTHONPATH": str(REPO), **(env or {})}

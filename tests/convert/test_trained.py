@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.helpers import FAST, assert_ok, data_overrides, losses, run_train
+from tests.helpers import FAST, assert_ok, data_overrides, losses, run_train, train_here
 
 PROMPT = "Quarterly revenue rose while operating margins"
 
@@ -16,7 +16,7 @@ PROMPT = "Quarterly revenue rose while operating margins"
 @pytest.fixture(scope="module")
 def trained(tiny_data, tmp_path_factory) -> Path:
     d = tmp_path_factory.mktemp("trained")
-    assert_ok(run_train([*FAST, *data_overrides(tiny_data), "train.steps=3", "scheduler.warmup_steps=0", "checkpoint.save_at_end=true",
+    assert_ok(train_here([*FAST, *data_overrides(tiny_data), "train.steps=3", "scheduler.warmup_steps=0", "checkpoint.save_at_end=true",
                          f"run_dir={d}"]))
     return d / "checkpoints" / "step_0000003"
 

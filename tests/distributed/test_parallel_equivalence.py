@@ -48,11 +48,15 @@ def single(tiny_data, tmp_path_factory):
     cache = {}
 
     def get(recipe: str, layout: str) -> dict:
+        """The single-process run, in this process: `megafin train` as the CLI runs it, without a process start."""
+        from megafin.cli import main as megafin_main
+
         key = (recipe, layout.endswith("tied"))
         if key not in cache:
             run_dir = tmp_path_factory.mktemp(f"single_{recipe}")
-            assert_ok(run_train(recipe_overrides(recipe, tiny_data, run_dir, layout),
-                                recipe=REPO / f"recipes/tiny/{recipe}.yaml"))
+            code = megafin_main(["train", str(REPO / f"recipes/tiny/{recipe}.yaml"),
+                                 *recipe_overrides(recipe, tiny_data, run_dir, layout)])
+            assert code == 0, f"single-process {recipe} run exited {code}"
             cache[key] = run_dir
         return cache[key]
 

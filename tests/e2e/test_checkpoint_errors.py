@@ -1,6 +1,7 @@
 """`megafin train` given a bad checkpoint: exit 2 with one line (from rank 0 only), no code from the checkpoint run;
 train.resume=auto passes over an unreadable newest checkpoint, saying so, and resumes from the one before.
-In-process coverage of each failure is in tests/unit/test_checkpoint_safety.py; these are about the process."""
+Each failure is covered function by function in tests/unit/test_checkpoint_safety.py; these run the CLI as a user does
+(in this process, to spare a process start, except the 2-rank case)."""
 from __future__ import annotations
 
 import os
@@ -11,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from tests.checkpoint_payloads import Touch, replace_object
-from tests.helpers import FAST, REPO, assert_ok, data_overrides, run_train
+from tests.helpers import FAST, REPO, assert_ok, data_overrides, run_train, train_here
 
 SHORT = ["train.steps=4", "scheduler.warmup_steps=1", "checkpoint.interval=2", "checkpoint.keep_last=3"]
 
@@ -20,7 +21,7 @@ SHORT = ["train.steps=4", "scheduler.warmup_steps=1", "checkpoint.interval=2", "
 def trained(tiny_data, tmp_path_factory) -> Path:
     """A tiny-recipe run dir with checkpoints at steps 2 and 4."""
     run_dir = tmp_path_factory.mktemp("trained")
-    assert_ok(run_train([*FAST, *data_overrides(tiny_data), *SHORT, f"run_dir={run_dir}"]))
+    assert_ok(train_here([*FAST, *data_overrides(tiny_data), *SHORT, f"run_dir={run_dir}"]))
     return run_dir
 
 
@@ -40,7 +41,7 @@ def test_code_in_a_checkpoint_does_not_run_and_exits_2(how, trained, tiny_data, 
         named = str(ckpt / ".metadata")
     else:
         named = replace_object(ckpt, "decoder.layers.self_attention.linear_proj._extra_state", Touch(marker))
-    proc = run_train([*FAST, *data_overrides(tiny_data), *SHORT, f"run_dir={tmp_path / 'run'}", f"{how}={ckpt}"])
+    proc = train_here([*FAST, *data_overrides(tiny_data), *SHORT, f"run_dir={tmp_path / 'run'}", f"{how}={ckpt}"])
     assert_ok(proc, 2)
     assert not marker.exists()
     assert "Traceback" not in proc.stdout + proc.stderr
@@ -54,7 +55,7 @@ def test_resume_auto_passes_over_a_truncated_newest_checkpoint(trained, tiny_dat
     newest = run_dir / "checkpoints" / "step_0000004"
     data = sorted(newest.glob("*.distcp"))[0]
     os.truncate(data, 100)
-    proc = run_train([*FAST, *data_overrides(tiny_data), *SHORT, f"run_dir={run_dir}", "train.resume=auto"])
+    proc = train_here([*FAST, *data_overrides(tiny_data), *SHORT, f"run_dir={run_dir}", "train.resume=auto"])
     assert_ok(proc)
     said = [line for line in proc.stdout.splitlines() if "passing over" in line]
     assert len(said) == 1 and str(data) in said[0] and "truncated" in said[0], proc.stdout[-3000:]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from tests.helpers import FAST, assert_ok, run_train
+from tests.helpers import FAST, assert_ok, train_here
 
 
 def test_loss_falls_on_real_financial_text(shared_data, tmp_path):
@@ -18,7 +18,7 @@ def test_loss_falls_on_real_financial_text(shared_data, tmp_path):
     pretrain([str(news)], str(tok), str(tmp_path / "news"), quiet=True)
     pretrain([str(risk)], str(tok), str(tmp_path / "risk"), quiet=True)
     run_dir = tmp_path / "run"
-    proc = run_train([*FAST, f"data.tokenizer={tok}", "train.steps=40", "train.eval_interval=20",
+    proc = train_here([*FAST, f"data.tokenizer={tok}", "train.steps=40", "train.eval_interval=20",
                       "train.eval_iters=2", "optimizer.lr=1e-3", "train.threads=2",
                       f"data.blend=[{{path: {tmp_path / 'news_text_document'}, weight: 0.5}}, "
                       f"{{path: {tmp_path / 'risk_text_document'}, weight: 0.5}}]", f"run_dir={run_dir}"])

@@ -8,7 +8,7 @@ import time
 import pytest
 
 from megafin.checkpoint.manager import latest_checkpoint, read_meta
-from tests.helpers import FAST, assert_ok, data_overrides, kill_session, losses, run_train, start_train
+from tests.helpers import FAST, assert_ok, data_overrides, kill_session, losses, run_train, start_train, train_here
 
 STEPS = 20
 COMMON = ["train.steps=20", "checkpoint.interval=10", "checkpoint.keep_last=3"]
@@ -25,7 +25,7 @@ def _overrides(tiny_data, run_dir, *extra):
 @pytest.fixture(scope="module")
 def straight(tiny_data, tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("straight")
-    assert_ok(run_train(_overrides(tiny_data, run_dir)))
+    assert_ok(train_here(_overrides(tiny_data, run_dir)))
     return run_dir
 
 
@@ -40,7 +40,7 @@ def test_sigkill_after_checkpoint_then_resume_is_bit_exact(straight, tiny_data, 
         assert time.time() < deadline, "".join(seen)
     kill_session(proc)  # SIGKILL to the trainer and its checkpoint workers
     assert latest_checkpoint(tmp_path).name == "step_0000010"
-    assert_ok(run_train(_overrides(tiny_data, tmp_path, "train.resume=auto")))
+    assert_ok(train_here(_overrides(tiny_data, tmp_path, "train.resume=auto")))
     want, got = losses(straight), losses(tmp_path)
     assert sorted(got) == list(range(1, STEPS + 1))
     for step in range(11, STEPS + 1):
@@ -67,14 +67,14 @@ def test_crash_during_save_keeps_latest_at_previous_checkpoint(straight, tiny_da
     assert not (ckpts / "step_0000020").exists()
     assert latest_checkpoint(tmp_path).name == "step_0000010"  # ...but latest never pointed at it
     # Resuming picks up the good checkpoint and ends where an uninterrupted run ends.
-    assert_ok(run_train(_overrides(tiny_data, tmp_path, "train.resume=auto")))
+    assert_ok(train_here(_overrides(tiny_data, tmp_path, "train.resume=auto")))
     assert latest_checkpoint(tmp_path).name == "step_0000020"
     assert not (ckpts / "step_0000020.partial").exists()
     assert losses(tmp_path)[STEPS] == losses(straight)[STEPS]
 
 
 def test_keep_last_prunes_old_checkpoints(tiny_data, tmp_path):
-    assert_ok(run_train([*FAST, *data_overrides(tiny_data), "train.steps=6", "checkpoint.interval=2",
+    assert_ok(train_here([*FAST, *data_overrides(tiny_data), "train.steps=6", "checkpoint.interval=2",
                          "checkpoint.keep_last=2", f"run_dir={tmp_path}"]))
     names = sorted(p.name for p in (tmp_path / "checkpoints").iterdir())
     assert names == ["latest", "step_0000004", "step_0000006"]
@@ -87,9 +87,10 @@ def test_resume_is_bit_exact_for_distributed_optimizer_and_bf16(variant, nproc, 
     save and resume exactly too."""
     short = ["train.steps=8", "scheduler.warmup_steps=2", "checkpoint.interval=4"]
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
-    assert_ok(run_train([*_overrides(tiny_data, straight), *short, *variant], nproc=nproc))
+    run = train_here if nproc == 1 else lambda overrides: run_train(overrides, nproc=nproc)
+    assert_ok(run([*_overrides(tiny_data, straight), *short, *variant]))
     ckpt = straight / "checkpoints" / "step_0000004"
-    assert_ok(run_train([*_overrides(tiny_data, resumed), *short, *variant, f"train.resume={ckpt}"], nproc=nproc))
+    assert_ok(run([*_overrides(tiny_data, resumed), *short, *variant, f"train.resume={ckpt}"]))
     want, got = losses(straight), losses(resumed)
     assert sorted(got) == [5, 6, 7, 8]
     assert [got[s] for s in got] == [want[s] for s in got]
@@ -105,11 +106,11 @@ def test_dpo_resume_is_bit_exact_and_reuses_reference_logps(tiny_data, tmp_path)
               f"data.blend=[{{path: {tiny_data / 'preference'}, weight: 1}}]", "scheduler.decay_steps=6",
               "scheduler.warmup_steps=1", "checkpoint.interval=3"]
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
-    assert_ok(run_train([*common, "train.steps=6", f"run_dir={straight}"], recipe=recipe))
-    assert_ok(run_train([*common, "train.steps=3", f"run_dir={resumed}"], recipe=recipe))
+    assert_ok(train_here([*common, "train.steps=6", f"run_dir={straight}"], recipe=recipe))
+    assert_ok(train_here([*common, "train.steps=3", f"run_dir={resumed}"], recipe=recipe))
     cache = resumed / "reference_logps" / "meta.json"
     stamp = cache.stat().st_mtime_ns
-    proc = run_train([*common, "train.steps=6", "train.resume=auto", f"run_dir={resumed}"], recipe=recipe)
+    proc = train_here([*common, "train.steps=6", "train.resume=auto", f"run_dir={resumed}"], recipe=recipe)
     assert_ok(proc)
     assert cache.stat().st_mtime_ns == stamp  # reused, not recomputed
     want, got = losses(straight), losses(resumed)

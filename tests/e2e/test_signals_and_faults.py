@@ -14,7 +14,8 @@ import pytest
 from megafin.checkpoint.manager import latest_checkpoint, read_meta
 from megafin.checkpoint.signals import EXIT_DIVERGED, EXIT_SIGNAL_CHECKPOINTED
 from tests.distributed.test_parallel_equivalence import GOLDEN, GOLDEN_REL, STEPS, recipe_overrides
-from tests.helpers import FAST, REPO, assert_ok, data_overrides, kill_session, losses, run_train, start_train
+from tests.helpers import (FAST, REPO, assert_ok, data_overrides, kill_session, losses, run_train, start_train,
+                           train_here)
 from tests.proc_watch import Watched, in_session, wait_gone
 
 
@@ -40,7 +41,7 @@ def test_signal_mid_run_checkpoints_and_exits_with_documented_code(sig, tiny_dat
 
 
 def test_nan_loss_skips_the_step_and_training_continues(tiny_data, tmp_path):
-    proc = run_train([*FAST, *data_overrides(tiny_data), "train.steps=5", f"run_dir={tmp_path}"],
+    proc = train_here([*FAST, *data_overrides(tiny_data), "train.steps=5", f"run_dir={tmp_path}"],
                      env={"MEGAFIN_FAULT_NAN_STEPS": "3"})
     assert_ok(proc)
     records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
@@ -51,7 +52,7 @@ def test_nan_loss_skips_the_step_and_training_continues(tiny_data, tmp_path):
 
 
 def test_consecutive_nan_losses_stop_with_clear_message(tiny_data, tmp_path):
-    proc = run_train([*FAST, *data_overrides(tiny_data), "train.steps=10", "train.max_bad_steps=3",
+    proc = train_here([*FAST, *data_overrides(tiny_data), "train.steps=10", "train.max_bad_steps=3",
                       f"run_dir={tmp_path}"], env={"MEGAFIN_FAULT_NAN_STEPS": "2,3,4"})
     assert_ok(proc, EXIT_DIVERGED)
     assert "3 consecutive non-finite losses (last at step 4); stopping" in proc.stdout
@@ -86,7 +87,7 @@ def test_sigkilled_trainer_leaves_no_process_behind_and_its_run_resumes(tiny_dat
         kill_session(run.proc)
     assert read_meta(latest_checkpoint(tmp_path))["step"] < STEPS["cpt"], "the kill must land mid-run"
     assert json.loads((tmp_path / ".megafin.lock").read_text())["pid"] == run.proc.pid  # stale: its holder is dead
-    assert_ok(run_train([*recipe_overrides("cpt", tiny_data, tmp_path), "train.resume=auto"]))
+    assert_ok(train_here([*recipe_overrides("cpt", tiny_data, tmp_path), "train.resume=auto"]))
     _assert_golden(tmp_path, "cpt")
 
 
@@ -101,7 +102,7 @@ def test_sigterm_during_the_first_step_checkpoints_and_resumes(tiny_data, tmp_pa
     out = run.output()
     assert out.index("received SIGTERM") < out.index("step 1 ") < out.index("exit 75")
     assert read_meta(latest_checkpoint(tmp_path))["step"] == 1
-    assert_ok(run_train([*recipe_overrides("cpt", tiny_data, tmp_path), "train.resume=auto"]))
+    assert_ok(train_here([*recipe_overrides("cpt", tiny_data, tmp_path), "train.resume=auto"]))
     _assert_golden(tmp_path, "cpt")
 
 
