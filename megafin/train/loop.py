@@ -14,7 +14,8 @@ import yaml
 
 from megafin.checkpoint.errors import CheckpointError
 from megafin.checkpoint.integrity import check_readable
-from megafin.checkpoint.manager import Progress, checkpoint_to_resume, load_checkpoint, save_checkpoint
+from megafin.checkpoint.manager import (Progress, checkpoint_root, checkpoint_to_resume, load_checkpoint,
+                                        save_checkpoint)
 from megafin.checkpoint.signals import (EXIT_CONFIG_ERROR, EXIT_DIVERGED, EXIT_OK, EXIT_SIGNAL_CHECKPOINTED,
                                         STOP_REQUEST, StopInPreparation)
 from megafin.config.load import config_to_dict
@@ -168,6 +169,10 @@ class Trainer:
         resume_from = self._checkpoint_to_resume()
         self.stage.prepare(self)  # e.g. DPO reference log-probs, before the policy moves
         self.progress = self._resume(resume_from)
+        # The step this run_dir already holds a checkpoint of: resuming at the last step must not rewrite it (a
+        # rewrite is a new checkpoint to whatever keys on its bytes, e.g. a DPO reference cache).
+        here = resume_from is not None and resume_from.resolve().parent == checkpoint_root(cfg.run_dir).resolve()
+        self.saved_step = self.progress.step if here else -1
         self.flops_per_token = flops_per_token(cfg.model, self.vocab_size, S)
         self.peak = PeakFlops.for_this_device(cfg.logging.peak_tflops)
         self.num_params = sum(p.numel() for p in self.model.parameters())
@@ -266,7 +271,7 @@ class Trainer:
                   f"tp {cfg.parallel.tp} x pp {cfg.parallel.pp} x dp {self.dp_size}; "
                   f"attention {self.model.megafin_attention_backend}; {self.launch.launcher} launch")
         G, S = cfg.parallel.global_batch_size, cfg.data.seq_length
-        saved_at = -1
+        saved_at = self.saved_step
         try:
             while self.progress.step < cfg.train.steps:
                 step = self.progress.step + 1

@@ -78,6 +78,15 @@ def test_keep_last_prunes_old_checkpoints(tiny_data, tmp_path):
                          "checkpoint.keep_last=2", f"run_dir={tmp_path}"]))
     names = sorted(p.name for p in (tmp_path / "checkpoints").iterdir())
     assert names == ["latest", "step_0000004", "step_0000006"]
+    # Resumed at its last step, the run has nothing to do and rewrites no checkpoint (a rewrite would be a new
+    # checkpoint to anything keyed on its bytes, such as a DPO reference cache).
+    stamp = (tmp_path / "checkpoints" / "step_0000006" / ".metadata").stat().st_mtime_ns
+    proc = train_here([*FAST, *data_overrides(tiny_data), "train.steps=6", "checkpoint.interval=2",
+                       "checkpoint.keep_last=2", "checkpoint.save_at_end=true", f"run_dir={tmp_path}",
+                       "train.resume=auto"])
+    assert_ok(proc)
+    assert "saved checkpoint" not in proc.stdout
+    assert (tmp_path / "checkpoints" / "step_0000006" / ".metadata").stat().st_mtime_ns == stamp
 
 
 @pytest.mark.parametrize("variant,nproc", [(["parallel.distributed_optimizer=true"], 2), (["precision.dtype=bf16"], 1)],
