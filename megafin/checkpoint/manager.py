@@ -165,7 +165,8 @@ def _barrier() -> None:
         dist.barrier()
 
 
-def _write_atomic(path: Path, text: str) -> None:
+def write_text_atomic(path: Path, text: str) -> None:
+    """Replace `path` with `text` atomically and durably (temporary file, fsync, rename, fsync of the directory)."""
     tmp = path.with_name(path.name + ".tmp")
     with open(tmp, "w") as f:
         f.write(text)
@@ -199,11 +200,11 @@ def save_checkpoint(run_dir: str | Path, model: Any, optimizer: Any, scheduler: 
     if is_writer:
         meta = {"step": progress.step, "consumed_samples": progress.consumed_samples,
                 "consumed_tokens": progress.consumed_tokens, "layout": _layout(), **(extra_meta or {})}
-        _write_atomic(partial / META, json.dumps(meta, indent=2))
+        write_text_atomic(partial / META, json.dumps(meta, indent=2))
         if final.exists():
             shutil.rmtree(final)
         os.replace(partial, final)
-        _write_atomic(root / LATEST, final.name)
+        write_text_atomic(root / LATEST, final.name)
         _prune(root, keep_last, keep=final)
         _remove_stale_partials(root)
     _barrier()

@@ -32,6 +32,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
+from megafin.checkpoint.manager import write_text_atomic
 from megafin.train.stages import Stage, per_token_loss
 
 CACHE_DIR = "reference_logps"
@@ -286,7 +287,7 @@ class DPOStage(Stage):
         if dist.get_rank() == dist.get_world_size() - 1:  # a last-stage rank: writes the marker after all shards
             meta = {"shards": [_chunk_name(r, dp_size, c) for r in range(dp_size) for c in range(n_chunks)],
                     "num_packs": total, "key": key}
-            _write_json_atomic(cache / "meta.json", meta)
+            write_text_atomic(cache / "meta.json", json.dumps(meta, indent=2))
         dist.barrier()
 
     def _chunks_done(self, cache: Path, plan: dict[str, Any], n_chunks: int) -> set[int]:
@@ -301,7 +302,7 @@ class DPOStage(Stage):
         if not same and dist.get_rank() == 0:
             shutil.rmtree(cache, ignore_errors=True)
             cache.mkdir(parents=True)
-            _write_json_atomic(plan_path, plan)
+            write_text_atomic(plan_path, json.dumps(plan, indent=2))
         dist.barrier()
         if not same:
             return set()
@@ -332,12 +333,6 @@ def _save_chunk(path: Path, results: dict[int, np.ndarray]) -> None:
     np.savez(tmp, pack_ids=np.asarray(ids, dtype=np.int64), offsets=offsets,
              values=np.concatenate(values) if values else np.zeros(0))
     os.replace(tmp, path)
-
-
-def _write_json_atomic(path: Path, obj: Any) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2))
-    tmp.replace(path)
 
 
 def _agree_to_stop(requested: bool) -> bool:
