@@ -46,13 +46,22 @@ def check_writable_dir(directory: str | os.PathLike, flag: str) -> None:
         raise OutputError(f"{blocker}: not a directory (expected a writable directory for {flag})") from None
     except OSError as e:
         raise OutputError(f"{d}: cannot create the output directory for {flag}: {e.strerror}") from None
+    error = file_creation_error(d)
+    if error is not None:
+        raise OutputError(f"{d}: output directory is not writable ({error.strerror}; expected a writable "
+                          f"directory for {flag})")
+
+
+def file_creation_error(directory: str | os.PathLike) -> Optional[OSError]:
+    """Why a file cannot be created in `directory`, or None when it can (a probe file is created and removed).
+    A real creation, not os.access: it catches read-only filesystems and holds for root."""
     try:
-        fd, probe = tempfile.mkstemp(dir=d, prefix=".data_prep-probe-")
+        fd, probe = tempfile.mkstemp(dir=directory, prefix=".probe-")
     except OSError as e:
-        raise OutputError(f"{d}: output directory is not writable ({e.strerror}; expected a writable "
-                          f"directory for {flag})") from None
+        return e
     os.close(fd)
     os.remove(probe)
+    return None
 
 
 def check_output_prefix(prefix: str) -> None:

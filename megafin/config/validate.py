@@ -5,11 +5,10 @@ import importlib.util
 import json
 import os
 import struct
-import tempfile
 from pathlib import Path
 from typing import Any, Optional
 
-from data_prep.outputs import check_complete
+from data_prep.outputs import check_complete, file_creation_error
 from megafin.config.errors import ConfigError
 from megafin.config.schema import Config
 from megafin.runtime.run_dir import checkpoint_overwrite_problem
@@ -93,15 +92,7 @@ def _validate_run_dir(c: _Checks, run_dir: str) -> None:
 
 
 def _writable(directory: Path) -> bool:
-    """Creating a file is the test that holds for root, read-only mounts and network filesystems (os.access does
-    not: it says yes to root everywhere)."""
-    try:
-        fd, probe = tempfile.mkstemp(prefix=".megafin-probe-", dir=directory)
-    except OSError:
-        return False
-    os.close(fd)
-    os.unlink(probe)
-    return True
+    return file_creation_error(directory) is None
 
 
 def _validate_model(c: _Checks, m: Any) -> None:

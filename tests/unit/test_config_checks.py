@@ -56,7 +56,7 @@ def test_run_dir_that_is_a_file_or_cannot_be_written(tiny_data, tmp_path):
         "run_dir: expected a path that can be created (/sys is not writable), got '/sys/megafin-run'"]
     validate(load_config(TINY_RECIPE, [*data_overrides(tiny_data), f"run_dir={tmp_path}/new/run"]), world_size=1)
     assert not (tmp_path / "new").exists()  # validation creates nothing
-    assert not list(tmp_path.glob(".megafin-probe-*"))
+    assert not list(tmp_path.glob(".probe-*"))
 
 
 def _write_indexed(prefix: Path, documents: list[list[int]]) -> None:
