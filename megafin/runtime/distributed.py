@@ -92,6 +92,14 @@ def init_distributed(launch: LaunchEnv, tp: int, pp: int, seed: int,
     return device
 
 
+def collective_device() -> torch.device:
+    """Where a tensor must live for a collective on the default group: NCCL reduces CUDA tensors only (a CPU tensor
+    fails with "No backend type associated with device type cpu"), gloo CPU tensors."""
+    if dist.is_initialized() and dist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
 def shutdown_distributed() -> None:
     from megatron.core import parallel_state
 

@@ -124,8 +124,9 @@ def lock_run_dir(run_dir: str | Path, is_rank0: bool) -> Optional[RunDirLock]:
             else:
                 message = f"run_dir {run_dir}: cannot take the lock {Path(run_dir) / LOCK_NAME}: {err.strerror}"
     if dist.is_initialized() and dist.get_world_size() > 1:
-        device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else "cpu"
-        failed = torch.tensor([1 if message else 0], dtype=torch.int32, device=device)
+        from megafin.runtime.distributed import collective_device
+
+        failed = torch.tensor([1 if message else 0], dtype=torch.int32, device=collective_device())
         dist.broadcast(failed, src=0)
         if failed.item() and not message:
             message = f"run_dir {run_dir} is in use by another run (rank 0 reported the holder)"

@@ -336,6 +336,8 @@ def _save_chunk(path: Path, results: dict[int, np.ndarray]) -> None:
 
 
 def _agree_to_stop(requested: bool) -> bool:
-    flag = torch.tensor([1 if requested else 0], dtype=torch.int32)
+    from megafin.runtime.distributed import collective_device
+
+    flag = torch.tensor([1 if requested else 0], dtype=torch.int32, device=collective_device())
     dist.all_reduce(flag, op=dist.ReduceOp.MAX)
     return bool(flag.item())

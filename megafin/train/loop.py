@@ -20,7 +20,7 @@ from megafin.checkpoint.signals import (EXIT_CONFIG_ERROR, EXIT_DIVERGED, EXIT_O
                                         STOP_REQUEST, StopInPreparation)
 from megafin.config.load import config_to_dict
 from megafin.config.schema import Config
-from megafin.runtime.distributed import LaunchEnv, init_distributed, shutdown_distributed
+from megafin.runtime.distributed import LaunchEnv, collective_device, init_distributed, shutdown_distributed
 from megafin.runtime.run_dir import RunDirBusy, discard_earlier_checkpoints, lock_run_dir
 from megafin.train.flops import PeakFlops, flops_per_token
 
@@ -239,8 +239,10 @@ class Trainer:
                 totals[:width] += item["report"].detach().to("cpu", torch.float64)
             totals[width] = computed[0]
         # Sums over data-parallel replicas, then from the last pipeline stage to every rank (others hold zeros).
+        totals = totals.to(collective_device())
         dist.all_reduce(totals, group=self.ps.get_data_parallel_group())
         dist.all_reduce(totals, group=self.ps.get_pipeline_model_parallel_group())
+        totals = totals.cpu()
         return {**self.stage.summarize(totals[:width]), "computed_tokens": int(totals[width].item())}
 
     def evaluate(self) -> dict[str, Any]:
@@ -325,7 +327,7 @@ class Trainer:
 
     def _agree(self, flag: bool) -> bool:
         """A signal may reach one rank only: every rank stops if any was asked to."""
-        t = torch.tensor([1 if flag else 0], dtype=torch.int32)
+        t = torch.tensor([1 if flag else 0], dtype=torch.int32, device=collective_device())
         dist.all_reduce(t, op=dist.ReduceOp.MAX)
         return bool(t.item())
 
