@@ -30,7 +30,9 @@ def load_config(recipe: str | Path | None, overrides: Sequence[str] = ()) -> Con
         raw = loaded
     for item in overrides:
         _apply_override(raw, item)
-    return build(Config, raw, prefix="")
+    from megafin.config.resolve import resolve
+
+    return resolve(build(Config, raw, prefix=""))
 
 
 def config_to_dict(cfg: Config) -> dict[str, Any]:

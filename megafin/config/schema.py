@@ -4,6 +4,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import List
 
+from megafin.stages.preference.config import DPOConfig  # a stage's section lives with its stage
+
 
 @dataclass
 class RopeScalingConfig:
@@ -132,22 +134,9 @@ class PrecisionConfig:
 
 
 @dataclass
-class DPOConfig:
-    loss: str = "dpo"  # dpo | rpo (dpo + NLL on chosen) | ipo
-    beta: float = 0.1
-    rpo_alpha: float = 1.0  # weight of the length-normalized NLL on chosen responses (loss: rpo)
-    label_smoothing: float = 0.0  # conservative DPO (loss: dpo)
-    reference: str = ""  # checkpoint of the frozen reference; "" = train.init_from (the policy's starting point)
-    reference_logps: str = "precompute"  # precompute (once, stored in RUN_DIR) | online (every step; pp=1)
-    # Each pair's prompt is computed once: the rejected response attends to the chosen document's prompt tokens
-    # instead of repeating them (same log-probs; fewer tokens when prompts are long). Needs SDPA attention.
-    share_prompt: bool = False
-
-
-@dataclass
 class Config:
     run_dir: str = "runs/default"
-    stage: str = "cpt"
+    stage: str = "cpt"  # a name registered in megafin/stages (cpt, cpt_it, sft, dpo)
     model: ModelConfig = field(default_factory=ModelConfig)
     parallel: ParallelConfig = field(default_factory=ParallelConfig)
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)

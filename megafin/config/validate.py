@@ -13,9 +13,6 @@ from megafin.config.errors import ConfigError
 from megafin.config.schema import Config
 from megafin.runtime.run_dir import checkpoint_overwrite_problem
 
-STAGES = ("cpt", "cpt_it", "sft", "dpo")
-# Which data_prep output each stage trains on (the `kind` in a packed dataset's meta.json).
-PACKED_KIND = {"cpt_it": "mix", "sft": "sft", "dpo": "preference"}
 FAMILIES = ("llama", "qwen2")
 ATTENTION_BACKENDS = ("auto", "te", "triton", "sdpa", "local")
 DTYPES = ("fp32", "bf16", "fp8")
@@ -38,16 +35,20 @@ def _te_available() -> bool:
 def validate(cfg: Config, world_size: int) -> None:
     """Raise ConfigError listing every problem found, one line each. Needs only the config, the world size and the
     filesystem. A check that depends on a value already reported bad is skipped (one cause, one line)."""
+    from megafin.stages import stage_class, stage_names
+
     c = _Checks()
-    c.require(cfg.stage in STAGES, "stage", f"one of {', '.join(STAGES)}", cfg.stage)
+    names = stage_names()
+    stage = stage_class(cfg.stage) if c.require(cfg.stage in names, "stage", f"one of {', '.join(names)}",
+                                                 cfg.stage) else None
     _validate_run_dir(c, cfg.run_dir)
     _validate_model(c, cfg.model)
     _validate_parallel(c, cfg, world_size)
-    if cfg.stage == "dpo":
-        _validate_dpo(c, cfg)
+    if stage is not None:
+        stage.validate(c, cfg)
     _validate_precision(c, cfg)
     _validate_schedule(c, cfg)
-    _validate_data(c, cfg)
+    _validate_data(c, cfg, stage)
     if problem := checkpoint_overwrite_problem(cfg):  # megafin/runtime/run_dir.py
         c.errors.append(problem)
     c.raise_if_any()
@@ -155,26 +156,6 @@ def _validate_parallel(c: _Checks, cfg: Config, world_size: int) -> None:
                   par.global_batch_size)
 
 
-def _validate_dpo(c: _Checks, cfg: Config) -> None:
-    d, m, par = cfg.dpo, cfg.model, cfg.parallel
-    c.require(d.loss in ("dpo", "rpo", "ipo"), "dpo.loss", "one of dpo, rpo, ipo", d.loss)
-    c.require(d.beta > 0, "dpo.beta", "a positive number", d.beta)
-    c.require(0 <= d.label_smoothing < 0.5, "dpo.label_smoothing", "a number in [0, 0.5)", d.label_smoothing)
-    if d.share_prompt:
-        c.require(m.attention_backend == "sdpa" or (m.attention_backend == "auto" and not _cuda_available()),
-                  "dpo.share_prompt", "false unless model.attention_backend is sdpa (the varlen kernels have no "
-                  "prefix mask)", True)
-        c.require(m.loss_positions == "targets" or m.logprob_backend == "triton"
-                  or (m.logprob_backend == "auto" and _cuda_available()),
-                  "dpo.share_prompt", "false with model.loss_positions=all and the megatron log-prob backend "
-                  "(per-token RoPE positions come with megafin's log-prob model)", True)
-    if c.require(d.reference_logps in ("precompute", "online"), "dpo.reference_logps", "precompute or online",
-                 d.reference_logps) and d.reference_logps == "online":
-        c.require(par.pp == 1, "dpo.reference_logps", "precompute when parallel.pp > 1", "online")
-    if d.reference:
-        c.require(Path(d.reference).is_dir(), "dpo.reference", "an existing checkpoint directory", d.reference)
-
-
 def _validate_precision(c: _Checks, cfg: Config) -> None:
     dtype = cfg.precision.dtype
     if c.require(dtype in DTYPES, "precision.dtype", f"one of {', '.join(DTYPES)}", dtype) and dtype == "fp8":
@@ -206,7 +187,7 @@ def _validate_schedule(c: _Checks, cfg: Config) -> None:
                   train.init_from)
 
 
-def _validate_data(c: _Checks, cfg: Config) -> None:
+def _validate_data(c: _Checks, cfg: Config, stage: Any) -> None:
     m, data = cfg.model, cfg.data
     if c.require(data.seq_length >= 2, "data.seq_length", "at least 2", data.seq_length):
         c.require(data.seq_length <= m.max_position_embeddings, "data.seq_length",
@@ -219,7 +200,8 @@ def _validate_data(c: _Checks, cfg: Config) -> None:
     blend_ok = c.require(len(data.blend) > 0, "data.blend", "at least one {path, weight} entry", "[]")
     for i, entry in enumerate(data.blend):
         c.require(entry.weight > 0, f"data.blend[{i}].weight", "a positive number", entry.weight)
-    if cfg.stage in PACKED_KIND and format_ok:
+    want = stage.packed_kind if stage is not None else None  # which data_prep output the stage trains on
+    if want is not None and format_ok:
         format_ok = c.require(data.format == "packed", "data.format",
                               f"packed for stage {cfg.stage} (data_prep sft/mix/preference)", data.format)
     if blend_ok and format_ok:
@@ -227,7 +209,7 @@ def _validate_data(c: _Checks, cfg: Config) -> None:
             for i, entry in enumerate(data.blend):
                 _validate_indexed(c, f"data.blend[{i}].path", entry.path)
         else:
-            _validate_packed(c, cfg)
+            _validate_packed(c, cfg, want)
     parts = data.split.split(",")
     ok = len(parts) == 3 and all(p.strip().replace(".", "", 1).isdigit() for p in parts)
     if c.require(ok and float(parts[0]) > 0, "data.split",
@@ -263,7 +245,7 @@ def indexed_sequence_count(idx_path: str) -> Optional[int]:
     return struct.unpack("<Q", header[18:26])[0]
 
 
-def _validate_packed(c: _Checks, cfg: Config) -> None:
+def _validate_packed(c: _Checks, cfg: Config, want: Optional[str]) -> None:
     from megafin.data.build import packed_prefix_files
 
     data = cfg.data
@@ -286,7 +268,6 @@ def _validate_packed(c: _Checks, cfg: Config) -> None:
                      f"{prefix}_meta.json with format megafin-packed",
                      meta.get("format") if isinstance(meta, dict) else meta):
         return
-    want = PACKED_KIND.get(cfg.stage)
     if want is not None:
         c.require(meta.get("kind") == want, "data.blend[0].path",
                   f"packed data of kind {want!r} for stage {cfg.stage} ({prefix}_meta.json)", meta.get("kind"))

@@ -27,7 +27,10 @@ def build_datasets(cfg: Config, tokenizer: HFTokenizerAdapter, num_train_samples
 
 
 def shares_prompt(cfg: Config) -> bool:
-    return cfg.stage == "dpo" and cfg.dpo.share_prompt
+    """Whether the run's stage marks shared prompts in packed micro-batches (preference pairs, dpo.share_prompt)."""
+    from megafin.stages import stage_class
+
+    return stage_class(cfg.stage).shares_prompt(cfg)
 
 
 def packed_fixed_length(cfg: Config) -> bool:

@@ -5,7 +5,7 @@ import json
 import math
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 from megafin.config.load import config_to_dict
 from megafin.config.schema import Config
@@ -14,8 +14,12 @@ from megafin.config.schema import Config
 class MetricsLogger:
     """Only the logging rank writes. Every sink sees the same dict; jsonl is the record tests and users read."""
 
-    def __init__(self, cfg: Config, enabled: bool, resumed_step: int = 0) -> None:
+    def __init__(self, cfg: Config, enabled: bool, resumed_step: int = 0,
+                 printed: Sequence[tuple[str, str]] = (("loss", "{:.4f}"), ("val_loss", "{:.4f}"))) -> None:
+        """`printed`: the stage's (key, format) pairs for the stdout line (TrainingStage.printed), shown before the
+        loop's own (grad_norm, lr, throughput)."""
         self.enabled = enabled
+        self.printed = tuple(printed) + LOOP_PRINTED
         self.interval = cfg.logging.interval
         self._wandb = None
         self._tb = None
@@ -58,7 +62,7 @@ class MetricsLogger:
         self._file.write(json.dumps(clean) + "\n")
         self._file.flush()
         if step % self.interval == 0 or step == 1 or metrics.get("skipped"):
-            print(_format(metrics), flush=True)
+            print(_format(metrics, self.printed), flush=True)
         numeric = {k: v for k, v in clean.items() if isinstance(v, (int, float)) and k != "step"}
         if self._wandb is not None:
             self._wandb.log(numeric, step=step)
@@ -87,11 +91,14 @@ def _start_wandb(cfg: Config, run_dir: Path) -> Any:
                       config=config_to_dict(cfg), settings=wandb.Settings(silent=True, console="off"))
 
 
-def _format(m: dict[str, Any]) -> str:
+# What the training loop itself adds to every step's record, as printed.
+LOOP_PRINTED = (("grad_norm", "{:.3f}"), ("lr", "{:.3e}"), ("tokens_per_s", "{:.0f}"), ("step_time_s", "{:.3f}"),
+                ("mfu", "{:.1%}"))
+
+
+def _format(m: dict[str, Any], printed: Sequence[tuple[str, str]]) -> str:
     parts = [f"step {m['step']}"]
-    for key, fmt in (("loss", "{:.4f}"), ("val_loss", "{:.4f}"), ("reward_accuracy", "{:.2f}"),
-                     ("reward_margin", "{:.3f}"), ("val_reward_accuracy", "{:.2f}"), ("grad_norm", "{:.3f}"), ("lr", "{:.3e}"),
-                     ("tokens_per_s", "{:.0f}"), ("step_time_s", "{:.3f}"), ("mfu", "{:.1%}")):
+    for key, fmt in printed:
         if m.get(key) is not None:
             parts.append(f"{key} " + fmt.format(m[key]))
     if m.get("skipped"):

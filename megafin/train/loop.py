@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import math
-import os
 import sys
 import time
 from pathlib import Path
@@ -20,6 +19,7 @@ from megafin.checkpoint.signals import (EXIT_CONFIG_ERROR, EXIT_DIVERGED, EXIT_O
                                         STOP_REQUEST, StopInPreparation)
 from megafin.config.load import config_to_dict
 from megafin.config.schema import Config
+from megafin.runtime.fault_injection import nan_steps as injected_nan_steps, with_nan_output
 from megafin.runtime.distributed import LaunchEnv, collective_device, init_distributed, shutdown_distributed
 from megafin.runtime.run_dir import RunDirBusy, discard_earlier_checkpoints, lock_run_dir
 from megafin.train.flops import PeakFlops, flops_per_token
@@ -51,12 +51,6 @@ class BadStepTracker:
                 f"train: {self.in_a_row} consecutive non-finite losses (last at step {step}); stopping. "
                 f"Lower optimizer.lr, check the data, or resume from an earlier checkpoint "
                 f"(train.max_bad_steps={self.limit})")
-
-
-def _injected_nan_steps() -> set[int]:
-    """Fault injection for tests and drills: MEGAFIN_FAULT_NAN_STEPS=5,6 poisons those steps' loss with NaN."""
-    raw = os.environ.get("MEGAFIN_FAULT_NAN_STEPS", "")
-    return {int(s) for s in raw.split(",") if s.strip()}
 
 
 def run_training(cfg: Config, launch: LaunchEnv) -> int:
@@ -150,9 +144,9 @@ class Trainer:
         if par.overlap_grad_reduce:
             config.grad_sync_func = self.ddp.start_grad_sync
 
-        from megafin.train.stages import build_stage
+        from megafin.stages import stage_class
 
-        self.stage = build_stage(cfg)
+        self.stage = stage_class(cfg.stage)(cfg)
         G, S = par.global_batch_size, cfg.data.seq_length
         n_train = cfg.train.steps * G
         n_valid = (cfg.train.steps // cfg.train.eval_interval + 1) * cfg.train.eval_iters * G \
@@ -167,7 +161,13 @@ class Trainer:
         # Which checkpoint to start from is settled (and checked readable) before the stage's preparation, which can
         # be long (the DPO reference pass): a broken checkpoint fails in seconds, not after it.
         resume_from = self._checkpoint_to_resume()
-        self.stage.prepare(self)  # e.g. DPO reference log-probs, before the policy moves
+        from megafin.stages.base import StageContext
+
+        # e.g. DPO reference log-probs, before the policy's own weights are loaded
+        self.stage.prepare(StageContext(
+            cfg=cfg, model=self.model, forward_model=self.ddp, build_model=lambda: build_model(cfg, self.vocab_size),
+            load_weights=lambda path, model: load_checkpoint(path, model, None, None),
+            train_data=self.train_batches.dataset, vocab_size=self.vocab_size))
         self.progress = self._resume(resume_from)
         # The step this run_dir already holds a checkpoint of: resuming at the last step must not rewrite it (a
         # rewrite is a new checkpoint to whatever keys on its bytes, e.g. a DPO reference cache).
@@ -223,8 +223,9 @@ class Trainer:
                 computed[0] += batch["tokens"].numel()
                 yield batch
 
+        forward_step = self.stage.forward_step()
         reports = get_forward_backward_func()(
-            forward_step_func=self.stage.forward_step(nan_loss=nan),
+            forward_step_func=with_nan_output(forward_step) if nan else forward_step,
             data_iterator=counted(batches.global_batch(consumed)),
             model=[self.ddp],
             num_microbatches=batches.num_micro_batches,
@@ -232,7 +233,7 @@ class Trainer:
             micro_batch_size=1 if self.packed else par.micro_batch_size,
             forward_only=forward_only,
         )
-        width = 2 + len(self.stage.metric_names)
+        width = self.stage.report_width
         totals = torch.zeros(width + 1, dtype=torch.float64)  # the stage's sums, then the computed tokens
         if self.ps.is_pipeline_last_stage():
             for item in reports:
@@ -246,17 +247,22 @@ class Trainer:
         return {**self.stage.summarize(totals[:width]), "computed_tokens": int(totals[width].item())}
 
     def evaluate(self) -> dict[str, Any]:
+        """Validation over train.eval_iters global batches: a metric is the mean of its per-batch values (as logged
+        in training), the stage's count (target tokens, pairs) their total."""
         self.ddp.eval()
         sums: dict[str, float] = {}
         G = self.cfg.parallel.global_batch_size
+        iters = self.cfg.train.eval_iters
         with torch.no_grad():
-            for i in range(self.cfg.train.eval_iters):
-                for key, value in self._forward_backward(self.valid_batches, i * G, forward_only=True).items():
+            for i in range(iters):
+                stats = self._forward_backward(self.valid_batches, i * G, forward_only=True)
+                stats.pop("computed_tokens")
+                for key, value in stats.items():
                     if value is not None:
                         sums[key] = sums.get(key, 0.0) + value
         self.ddp.train()
-        return {f"val_{k}": v / self.cfg.train.eval_iters for k, v in sums.items()
-                if k not in ("target_tokens", "computed_tokens")}
+        count = self.stage.count_name
+        return {f"val_{k}": (int(v) if k == count else v / iters) for k, v in sums.items()}
 
     def fit(self) -> int:
         from megafin.metrics.metrics import MetricsLogger
@@ -264,8 +270,9 @@ class Trainer:
         cfg = self.cfg
         stop = STOP_REQUEST.install()
         bad = BadStepTracker(cfg.train.max_bad_steps)
-        nan_steps = _injected_nan_steps()
-        metrics = MetricsLogger(cfg, enabled=self.is_logger, resumed_step=self.progress.step)
+        nan_steps = injected_nan_steps()
+        metrics = MetricsLogger(cfg, enabled=self.is_logger, resumed_step=self.progress.step,
+                                printed=self.stage.printed())
         if self.is_logger:
             Path(cfg.run_dir).mkdir(parents=True, exist_ok=True)
             (Path(cfg.run_dir) / "config.yaml").write_text(yaml.safe_dump(config_to_dict(cfg), sort_keys=False))

@@ -13,20 +13,20 @@ import os
 import signal
 import sys
 
-import megafin.train.dpo as dpo
+import megafin.stages.preference.reference as dpo
 from megafin.cli import main
 
 if __name__ == "__main__":
     mode, args = sys.argv[1], sys.argv[2:]
     dpo.REFERENCE_CHUNK = 1
     if mode == "term-at-start":
-        compute = dpo.DPOStage._compute_cache
+        compute = dpo.PrecomputedReference._compute_cache
 
         def compute_after_sigterm(self, *a, **kw):
             os.kill(os.getpid(), signal.SIGTERM)
             return compute(self, *a, **kw)
 
-        dpo.DPOStage._compute_cache = compute_after_sigterm
+        dpo.PrecomputedReference._compute_cache = compute_after_sigterm
     elif mode == "kill-after-chunk":
         save = dpo._save_chunk
 

@@ -52,7 +52,7 @@ def test_new_data_in_the_same_run_dir_recomputes_the_reference(tiny_data, swappe
 
 def test_cache_key_follows_reference_model_and_shape(tiny_data, tmp_path):
     from megafin.config import load_config
-    from megafin.train.dpo import reference_cache_key
+    from megafin.stages.preference.reference import reference_cache_key
 
     base = ["train.init_from=", f"data.tokenizer={tiny_data / 'tokenizer'}",
             f"data.blend=[{{path: {tiny_data / 'preference'}, weight: 1}}]"]

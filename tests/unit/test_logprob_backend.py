@@ -29,7 +29,7 @@ def _model(backend: str, tie: bool, positions: str = "targets"):
 @pytest.mark.parametrize("tie", [False, True], ids=["untied", "tied"])
 def test_kernel_loss_and_gradients_equal_megatron_cross_entropy(tie, megatron_world):
     pytest.importorskip("triton")
-    from megafin.train.stages import per_token_loss
+    from megafin.stages.base import per_token_loss
 
     lens = [5, 17, 9]
     rng = np.random.default_rng(0)
@@ -64,7 +64,7 @@ def test_targets_only_equals_every_position(backend, tie, megatron_world):
     """Logits only at loss positions: the same per-token losses there, zero elsewhere, the same gradients."""
     if backend == "triton":
         pytest.importorskip("triton")
-    from megafin.train.stages import per_token_loss
+    from megafin.stages.base import per_token_loss
 
     batch = _partly_masked_batch([9, 17, 12], [6, 15, 12])  # the third document has no target at all
     mask = batch["loss_mask"].float()
@@ -82,7 +82,7 @@ def test_targets_only_equals_every_position(backend, tie, megatron_world):
 
 def test_targets_only_with_an_empty_mask_still_backpropagates(megatron_world):
     """A micro-batch without targets (e.g. a filler pack) gives zero loss and zero gradients, not an error."""
-    from megafin.train.stages import per_token_loss
+    from megafin.stages.base import per_token_loss
 
     batch = _partly_masked_batch([20, 20], [20, 20])
     assert batch["loss_mask"].sum() == 0

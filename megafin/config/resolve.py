@@ -1,0 +1,15 @@
+"""The one step that settles every `auto` in a config, before validation: what is checked, run, logged and saved
+(config.yaml, the checkpoint's megafin.json) is what runs on this machine."""
+from __future__ import annotations
+
+from megafin.config.schema import Config
+
+
+def resolve(cfg: Config) -> Config:
+    """Replace `auto` choices by the concrete ones for this machine (in place; returns cfg)."""
+    from megafin.model.llama import resolve_logprob_backend
+    from megafin.model.spec import resolve_attention_backend
+
+    cfg.model.attention_backend = resolve_attention_backend(cfg.model.attention_backend)
+    cfg.model.logprob_backend = resolve_logprob_backend(cfg.model.logprob_backend)
+    return cfg
