@@ -6,10 +6,11 @@ from dataclasses import dataclass
 
 @dataclass
 class DPOConfig:
-    loss: str = "dpo"  # a name in megafin/stages/preference/losses: dpo | rpo (dpo + NLL on chosen) | ipo
+    loss: str = "dpo"  # a name in megafin/stages/preference/losses: dpo | rpo (dpo + NLL on chosen) | ipo | simpo
     beta: float = 0.1
     rpo_alpha: float = 1.0  # weight of the length-normalized NLL on chosen responses (loss: rpo)
     label_smoothing: float = 0.0  # conservative DPO (loss: dpo)
+    simpo_gamma: float = 0.5  # SimPO's target reward margin (loss: simpo; reference-free, length-normalized)
     reference: str = ""  # checkpoint of the frozen reference; "" = train.init_from (the policy's starting point)
     reference_logps: str = "precompute"  # precompute (once, stored in RUN_DIR) | online (every step; pp=1)
     # Each pair's prompt is computed once: the rejected response attends to the chosen document's prompt tokens
