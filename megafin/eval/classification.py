@@ -17,7 +17,8 @@ from transformers import AutoTokenizer
 def evaluate(ckpt: str | Path, task: str, data: str | Path, limit: Optional[int] = None,
              max_new_tokens: int = 6) -> dict[str, Any]:
     """Accuracy of greedy answers, the majority-class rate of the same examples, and a few predictions."""
-    from megafin.convert.runtime import greedy_decode, load_model, megatron_session
+    from megafin.generate.greedy import greedy_decode
+    from megafin.runtime.model_session import load_model, megatron_session
 
     rows = read_examples(task, Path(data), limit)
     _check_checkpoint(Path(ckpt))
