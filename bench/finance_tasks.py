@@ -21,8 +21,9 @@ def require_shared() -> None:
 
 
 def sft_records(limit: int) -> list[dict]:
-    """FPB, FiQA-SA and gold-headline instruction examples (data_prep.fintasks), interleaved, first `limit`."""
-    from data_prep.fintasks import convert
+    """FPB, FiQA-SA and gold-headline instruction examples (megafin.eval.tasks.sft_records), interleaved, first
+    `limit`."""
+    from megafin.eval.tasks.sft_records import convert
 
     sets = [list(convert("fpb", str(SHARED / "fpb/train.jsonl"))),
             list(convert("fiqa_sa", str(SHARED / "fiqa_sa/train.jsonl"))),
@@ -35,7 +36,7 @@ def sft_records(limit: int) -> list[dict]:
 
 def preference_records(limit: int, seed: int = 0) -> list[dict]:
     """FPB sentiment pairs: chosen = the gold label, rejected = another label."""
-    from data_prep.fintasks import convert
+    from megafin.eval.tasks.sft_records import convert
 
     rng = random.Random(seed)
     out = []

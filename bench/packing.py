@@ -21,13 +21,13 @@ SHARED = REPO.parent / "shared" / "data"
 
 
 def write_mix(tmp: Path) -> list[str]:
-    from data_prep import fintasks
+    from megafin.eval.tasks import sft_records
 
     paths = []
     for task, rel in (("fpb", "fpb/train.jsonl"), ("fiqa_sa", "fiqa_sa/train.jsonl"), ("headline", "headline/train.jsonl"),
                       ("xbrl", "instruct/xbrl_terms_train.jsonl")):
         p = tmp / f"{task}.jsonl"
-        fintasks.write(task, str(SHARED / rel), str(p))
+        sft_records.write(task, str(SHARED / rel), str(p))
         paths.append(str(p))
     # Long-form answers: FiQA opinion QA and FinanceBench (prompt with 10-K page text).
     p = tmp / "qa.jsonl"

@@ -1,8 +1,8 @@
 """SFT training throughput in useful (non-pad) tokens per second: megafin vs TRL's SFTTrainer without and with
 packing, same model, same examples.
 
-Examples: FPB, FiQA-SA and gold-headline instructions from ../shared/data (data_prep.fintasks), as chat messages
-rendered with the same chat template on both sides; loss on the responses only. Model: the tiny recipes' Llama
+Examples: FPB, FiQA-SA and gold-headline instructions from ../shared/data (megafin.eval.tasks.sft_records), as chat
+messages rendered with the same chat template on both sides; loss on the responses only. Model: the tiny recipes' Llama
 shape, fp32, AdamW, CPU, 2 threads. megafin packs with data_prep (best-fit-decreasing, seq 1024) and attends within
 documents (THD); TRL pads each batch to its longest example, or packs (`packing=True`, max_length 1024).
 Step times are medians after warm-up. The last line is the ratio megafin / TRL with packing.

@@ -57,11 +57,15 @@ def build_parser() -> argparse.ArgumentParser:
     convert = sub.add_parser("convert", help="checkpoint conversion: from-hf | to-hf")
     _convert_arguments(convert)
     convert.set_defaults(func=_convert)
+    from megafin.eval.tasks.registry import TASKS, task_names
+
     evaluate = sub.add_parser("eval", help="evaluate a checkpoint on a financial task")
     tasks = evaluate.add_subparsers(dest="kind", required=True)
-    cls = tasks.add_parser("classification", help="greedy answer vs gold label (FPB, FiQA-SA, TFNS, headlines)")
+    classification = task_names("classification")
+    cls = tasks.add_parser("classification", help=f"greedy answer vs gold label "
+                                                  f"({', '.join(TASKS[t].title for t in classification)})")
     cls.add_argument("--ckpt", required=True, help="a megafin checkpoint directory (RUN/checkpoints/step_N)")
-    cls.add_argument("--task", required=True, choices=["fpb", "fiqa_sa", "tfns", "headline"])
+    cls.add_argument("--task", required=True, choices=classification)
     cls.add_argument("--data", required=True, help="the task's JSONL (schemas: ../shared/data/SOURCES.md)")
     cls.add_argument("--limit", type=int, default=None, help="first N examples only")
     cls.add_argument("--out", default=None, help="also write the result as JSON here")

@@ -41,7 +41,7 @@ def template_sharded_items(cfg: Config) -> tuple[dict[str, tuple[int, ...]], dic
 
     from megatron.core.dist_checkpointing.mapping import ShardedObject, ShardedTensor, ShardedTensorFactory
 
-    from megafin.convert.runtime import megatron_session, model_build_config
+    from megafin.runtime.model_session import megatron_session, model_build_config
     from megafin.model import build_model
 
     tiny = copy.deepcopy(cfg)

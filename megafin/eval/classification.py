@@ -1,5 +1,6 @@
-"""Financial classification tasks (FPB, FiQA-SA, TFNS, headlines) scored as FinDAP scores them: the model's greedy
-answer to the chat-formatted question, exact match with the gold label (case and surrounding space ignored).
+"""The classification family's runner (tasks of family "classification" in tasks/registry.py: FPB, FiQA-SA, TFNS,
+headlines), scored as FinDAP scores them: the model's greedy answer to the chat-formatted question, exact match with
+the gold label (case and surrounding space ignored).
 
     megafin eval classification --ckpt RUN/checkpoints/step_N --task fpb --data ../shared/data/fpb/test.jsonl
 """
@@ -13,13 +14,21 @@ from typing import Any, Optional
 
 from transformers import AutoTokenizer
 
+from megafin.eval.errors import EvalError
+from megafin.eval.examples import read_examples
+from megafin.eval.tasks.registry import get_task
+
 
 def evaluate(ckpt: str | Path, task: str, data: str | Path, limit: Optional[int] = None,
              max_new_tokens: int = 6) -> dict[str, Any]:
     """Accuracy of greedy answers, the majority-class rate of the same examples, and a few predictions."""
-    from megafin.convert.runtime import greedy_decode, load_model, megatron_session
+    from megafin.generate.greedy import greedy_decode
+    from megafin.runtime.model_session import load_model, megatron_session
 
-    rows = read_examples(task, Path(data), limit)
+    spec = get_task(task)
+    if spec.family != "classification":
+        raise EvalError(f"task {task!r} is scored by the {spec.family} runner, not classification")
+    rows = read_examples(spec, Path(data), limit)
     _check_checkpoint(Path(ckpt))
     with megatron_session():
         model, cfg, vocab = load_model(Path(ckpt))
@@ -41,36 +50,6 @@ def evaluate(ckpt: str | Path, task: str, data: str | Path, limit: Optional[int]
     return {"task": task, "checkpoint": str(ckpt), "examples": len(rows), "accuracy": correct / len(rows),
             "majority_label": majority_label, "majority_rate": majority_count / len(rows),
             "predicted": dict(Counter(predictions).most_common(8))}
-
-
-class EvalError(Exception):
-    """Bad input to an evaluation: one line naming the file (and line) at fault; the CLI exits 2."""
-
-
-def read_examples(task: str, path: Path, limit: Optional[int]) -> list[dict]:
-    """The task's prompt/response records; a file that is missing, holds no examples or has a malformed line is an
-    EvalError naming it (blank lines are skipped)."""
-    from data_prep.fintasks import convert_row
-
-    if not path.is_file():
-        raise EvalError(f"{path}: data file not found")
-    rows: list[dict] = []
-    with open(path, encoding="utf-8", errors="replace") as f:
-        for lineno, line in enumerate(f, 1):
-            if limit is not None and len(rows) >= limit:
-                break
-            if not line.strip():
-                continue
-            try:
-                rows.append(convert_row(task, json.loads(line), len(rows)))
-            except ValueError as err:
-                raise EvalError(f"{path}:{lineno}: not a JSON object ({err})") from None
-            except (KeyError, TypeError, AttributeError) as err:
-                raise EvalError(f"{path}:{lineno}: not a {task} example (missing or malformed {err}; schemas: "
-                                f"../shared/data/SOURCES.md)") from None
-    if not rows:
-        raise EvalError(f"{path}: no {task} examples (the file is empty)")
-    return rows
 
 
 def _check_checkpoint(ckpt: Path) -> None:

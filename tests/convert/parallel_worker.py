@@ -43,7 +43,8 @@ def main() -> None:
     import torch.distributed as dist
     from megatron.core import parallel_state
 
-    from megafin.convert.runtime import forward_logits, load_model
+    from megafin.generate.forward import forward_logits
+    from megafin.runtime.model_session import load_model
     from megafin.runtime.distributed import detect_launch_env, init_distributed, shutdown_distributed
 
     torch.set_num_threads(1)

@@ -15,7 +15,8 @@ TOL = 1e-4
 
 @pytest.mark.parametrize("variant", FP32_VARIANTS)
 def test_from_hf_logits_match_hf_at_tp1(variant, converted, hf_logits, tokens):
-    from megafin.convert.runtime import forward_logits, load_model, megatron_session
+    from megafin.generate.forward import forward_logits
+    from megafin.runtime.model_session import load_model, megatron_session
 
     with megatron_session():
         model, _, vocab = load_model(converted[variant])
@@ -75,7 +76,7 @@ def test_sharded_keys_match_the_model(converted):
     from megafin.convert.adapters import adapter_for_model
     from megafin.convert.convert import checkpoint_config
     from megafin.convert.dcp_writer import template_sharded_items
-    from megafin.convert.runtime import megatron_session, model_build_config
+    from megafin.runtime.model_session import megatron_session, model_build_config
     from megafin.model import build_model, padded_vocab_size
 
     for variant in ("untied", "tied", "qwen2"):
@@ -142,7 +143,8 @@ def test_greedy_decoding_matches_hf_generate_on_random_weights(converted, hf_mod
     cache) does on the original. Small random weights still repeat themselves, but not a single token."""
     from transformers import AutoModelForCausalLM
 
-    from megafin.convert.runtime import greedy_decode, load_model, megatron_session
+    from megafin.generate.greedy import greedy_decode
+    from megafin.runtime.model_session import load_model, megatron_session
 
     prompt = [5, 17, 250, 3, 999, 42]
     model = AutoModelForCausalLM.from_pretrained(hf_models["untied"], dtype=torch.float32).eval()

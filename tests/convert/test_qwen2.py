@@ -44,7 +44,8 @@ def test_converted_qwen2_trains_and_exports(converted, hf_models, tiny_data, tok
     from transformers import AutoModelForCausalLM
 
     from megafin.convert.convert import to_hf
-    from megafin.convert.runtime import forward_logits, load_model, megatron_session
+    from megafin.generate.forward import forward_logits
+    from megafin.runtime.model_session import load_model, megatron_session
 
     start = converted["qwen2"]
     proc = run_train([*FAST, *data_overrides(tiny_data), "train.steps=2", "scheduler.warmup_steps=0",

@@ -31,7 +31,9 @@ def exported(trained, tmp_path_factory) -> Path:
 def test_trained_checkpoint_exports_and_greedy_generate_matches_megafin(trained, exported):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from megafin.convert.runtime import forward_logits, greedy_decode, load_model, megatron_session
+    from megafin.generate.forward import forward_logits
+    from megafin.generate.greedy import greedy_decode
+    from megafin.runtime.model_session import load_model, megatron_session
 
     tok = AutoTokenizer.from_pretrained(exported)
     model = AutoModelForCausalLM.from_pretrained(exported).eval()
@@ -63,7 +65,7 @@ def _zero_padded_vocab_rows(ckpt: Path, out: Path) -> Path:
     own save_checkpoint. HF has no padded rows, so from-hf pads with zeros; the padded logits still enter
     megatron's softmax, so only a reference with zero padded rows gives the same loss bit for bit."""
     from megafin.checkpoint.manager import Progress, read_meta, save_checkpoint
-    from megafin.convert.runtime import load_model, megatron_session
+    from megafin.runtime.model_session import load_model, megatron_session
 
     meta = read_meta(ckpt)
     with megatron_session():

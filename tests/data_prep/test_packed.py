@@ -56,7 +56,7 @@ def _expected_sft(tok, records, seq_length):
 def test_sft_real_sets_masks_and_packing(shared_data, real_tok, tmp_path):
     """FPB, FiQA-SA, gold headlines and XBRL terms: every example is in exactly one pack, intact, with the
     loss on its assistant tokens (response + <|eot_id|>) only."""
-    from data_prep import fintasks
+    from megafin.eval.tasks import sft_records
     from data_prep.packed import sft
     from data_prep.tokenizer import load_tokenizer
 
@@ -64,7 +64,7 @@ def test_sft_real_sets_masks_and_packing(shared_data, real_tok, tmp_path):
             "xbrl": "instruct/xbrl_terms_train.jsonl"}
     paths, records = [], []
     for task, rel in sets.items():
-        recs = list(fintasks.convert(task, str(shared_data / rel)))
+        recs = list(sft_records.convert(task, str(shared_data / rel)))
         paths.append(str(write_jsonl(tmp_path / f"{task}.jsonl", recs)))
         records += recs
     L = 256
@@ -82,10 +82,10 @@ def test_sft_real_sets_masks_and_packing(shared_data, real_tok, tmp_path):
 
 
 def test_sft_same_bytes_for_any_worker_count_and_seeded_order(shared_data, real_tok, tmp_path):
-    from data_prep import fintasks
+    from megafin.eval.tasks import sft_records
     from data_prep.packed import sft
 
-    src = write_jsonl(tmp_path / "fpb.jsonl", list(fintasks.convert("fpb", str(shared_data / "fpb/train.jsonl")))[:1500])
+    src = write_jsonl(tmp_path / "fpb.jsonl", list(sft_records.convert("fpb", str(shared_data / "fpb/train.jsonl")))[:1500])
     outs = {}
     for name, w, seed in (("a", 1, 7), ("b", 2, 7), ("c", 1, 8)):
         sft(str(src), real_tok, str(tmp_path / name), seq_length=512, workers=w, seed=seed, quiet=True)
@@ -151,7 +151,7 @@ def test_preference_pairs_stay_together_with_response_masks(sample_tok, tmp_path
 
 
 def test_mix_ratio_masks_and_cpt_chunking(shared_data, real_tok, tmp_path):
-    from data_prep import fintasks
+    from megafin.eval.tasks import sft_records
     from data_prep.packed import mix
     from data_prep.tokenizer import load_tokenizer
 
@@ -161,7 +161,7 @@ def test_mix_ratio_masks_and_cpt_chunking(shared_data, real_tok, tmp_path):
             o.write(line)
         for _, line in zip(range(3), g):  # transcripts of ~10k tokens: split into seq-length pieces
             o.write(line)
-    it = write_jsonl(tmp_path / "it.jsonl", list(fintasks.convert("fpb", str(shared_data / "fpb/train.jsonl")))[:150])
+    it = write_jsonl(tmp_path / "it.jsonl", list(sft_records.convert("fpb", str(shared_data / "fpb/train.jsonl")))[:150])
     L = 512
     r = mix(str(cpt), str(it), real_tok, str(tmp_path / "m"), seq_length=L, cpt_ratio=0.5, workers=2, quiet=True)
     m = r.meta

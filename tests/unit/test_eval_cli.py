@@ -85,3 +85,56 @@ def test_classification_result_on_a_trained_checkpoint(trained, tmp_path, capsys
     # Questions rotate over the six headline labels by position: yes, no, no.
     assert (result["examples"], result["majority_label"], result["majority_rate"]) == (3, "no", pytest.approx(2 / 3))
     assert 0.0 <= result["accuracy"] <= 1.0 and sum(result["predicted"].values()) == 3
+
+
+def test_task_prompts_are_the_ones_trained_on():
+    """The prompt text is shared by training records and evaluation: pinned here so neither drifts alone."""
+    from megafin.eval.tasks import sft_records
+    from megafin.eval.tasks.registry import get_task
+
+    row = {"text": "Profit rose.", "label": "positive"}
+    assert get_task("fpb").record(row, 0) == {
+        "prompt": "What is the sentiment of this news? Please choose an answer from {negative/neutral/positive}.\n"
+                  "Input: Profit rose.\nAnswer:", "response": "positive"}
+    labels = {"price_up": 1, "price_constant": 0, "price_down": 0, "past_information": 1, "future_information": 0,
+              "asset_comparison": 0}
+    assert get_task("headline").record({"text": "Gold up", "labels": labels}, 7) == {
+        "prompt": "Does the news headline talk about price staying constant? Answer Yes or No.\nInput: Gold up\n"
+                  "Answer:", "response": "No"}
+    assert sft_records.SETS["tfns"](row, 0) == get_task("tfns").record(row, 0)
+    assert list(sft_records.SETS) == ["fpb", "fiqa_sa", "tfns", "headline", "xbrl"]
+
+
+def test_a_registered_task_reaches_the_cli_and_other_families_are_refused(monkeypatch, tmp_path, capsys):
+    """A task is one file plus its registry entry: the CLI's --task choices follow the registry, and the
+    classification runner refuses (one line, exit 2) a task another runner scores."""
+    from dataclasses import dataclass
+
+    from megafin.cli import build_parser
+    from megafin.eval.tasks import registry
+
+    @dataclass(frozen=True)
+    class Summary:
+        name: str = "summary"
+        title: str = "summaries"
+        family: str = "rouge"
+
+        def record(self, row: dict, k: int) -> dict:
+            return {"prompt": row["text"], "response": row["summary"]}
+
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["eval", "classification", "--ckpt", "c", "--task", "summary", "--data", "d"])
+    monkeypatch.setitem(registry.TASKS, "summary", Summary())
+    with pytest.raises(SystemExit):  # still not a classification task
+        build_parser().parse_args(["eval", "classification", "--ckpt", "c", "--task", "summary", "--data", "d"])
+    monkeypatch.setitem(registry.TASKS, "summary", Summary(family="classification"))
+    args = build_parser().parse_args(["eval", "classification", "--ckpt", "c", "--task", "summary", "--data", "d"])
+    assert args.task == "summary"
+    capsys.readouterr()
+    monkeypatch.setitem(registry.TASKS, "summary", Summary())
+    args.ckpt, args.data = str(tmp_path), str(tmp_path / "d.jsonl")
+    from megafin.eval.classification import main as run
+
+    assert run(args) == 2
+    assert capsys.readouterr().err.splitlines() == [
+        "megafin eval: error: task 'summary' is scored by the rouge runner, not classification"]
