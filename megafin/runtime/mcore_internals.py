@@ -1,0 +1,140 @@
+"""Every place megafin depends on a megatron-core internal (a private name, a rebound method, a copied method, a
+shadowed attribute), in one index: what it is, who uses it, why, and what megafin needs of it.
+
+megafin otherwise extends megatron-core through its public seams (ModuleSpec layer specs, GPTModel subclasses,
+dist-checkpointing strategies, schedules). tests/unit/test_mcore_internals.py checks every entry against the
+installed megatron-core, so raising the `megatron-core<0.20` pin in setup.py starts with that test: an entry that
+fails names the file to revisit. Add an entry with any new use of an internal."""
+from __future__ import annotations
+
+import importlib
+import inspect
+import re
+from dataclasses import dataclass
+from typing import Any, Optional
+
+
+@dataclass(frozen=True)
+class Internal:
+    target: str  # "module:Qualified.name"
+    used_by: str  # the megafin file that depends on it
+    why: str
+    params: tuple[str, ...] = ()  # parameter names megafin passes or relies on (callables only)
+
+
+INTERNALS: tuple[Internal, ...] = (
+    # ---- CPU execution (megafin/runtime/cpu_compat.py): rebinds these while running without CUDA
+    Internal("megatron.core.tensor_parallel.random:_set_cuda_rng_state", "megafin/runtime/cpu_compat.py",
+             "replaced by a CPU-generator version (the RNG tracker sets CUDA RNG state)", ("new_state",)),
+    Internal("megatron.core.optimizer.distrib_optimizer:DistributedOptimizer.__init__", "megafin/runtime/cpu_compat.py",
+             "wrapped: checks param.type() against CUDA type names"),
+    Internal("megatron.core.optimizer.distrib_optimizer:DistributedOptimizer.get_parameter_state_dp_zero",
+             "megafin/runtime/cpu_compat.py", "wrapped: calls tensor.cuda()"),
+    Internal("megatron.core.optimizer.optimizer:Float16OptimizerWithFloat16Params.__init__",
+             "megafin/runtime/cpu_compat.py", "wrapped: checks param.type() (bf16)"),
+    Internal("megatron.core.optimizer.clip_grads:clip_grad_by_total_norm_fp32", "megafin/runtime/cpu_compat.py",
+             "wrapped, and rebound where optimizer/distrib_optimizer imported it by name"),
+    Internal("megatron.core.models.common.language_module.language_module:"
+             "LanguageModule.setup_embeddings_and_output_layer", "megafin/runtime/cpu_compat.py",
+             "wrapped: tied embeddings at pp>1 call .cuda()"),
+    # ---- torch Adam fallback state (megafin/train/optimizer_fixes.py): rebinds three DistributedOptimizer methods
+    Internal("megatron.core.optimizer.distrib_optimizer:HAVE_APEX_OR_TE", "megafin/train/optimizer_fixes.py",
+             "the fix applies only to the torch-Adam fallback"),
+    Internal("megatron.core.optimizer.distrib_optimizer:DistributedOptimizer._set_main_param_and_optimizer_states",
+             "megafin/train/optimizer_fixes.py", "rebound per instance: keeps Adam's step tensor on load",
+             ("model_param", "tensors")),
+    Internal("megatron.core.optimizer.distrib_optimizer:DistributedOptimizer.model_param_group_index_map",
+             "megafin/train/optimizer_fixes.py", "read by the rebound method (an instance attribute)"),
+    Internal("megatron.core.optimizer.distrib_optimizer:DistributedOptimizer.sharded_state_dict",
+             "megafin/train/optimizer_fixes.py", "rebound per instance", ("model_sharded_state_dict", "is_loading")),
+    # ---- GPTModel internals (megafin/model/logprob_model.py, megafin/model/llama.py)
+    Internal("megatron.core.models.gpt.gpt_model:GPTModel.rotary_pos_emb", "megafin/model/logprob_model.py",
+             "shadowed through __dict__ for one forward (per-token RoPE positions of shared-prompt packs)"),
+    Internal("megatron.core.models.gpt.gpt_model:GPTModel.output_layer", "megafin/model/logprob_model.py",
+             "shadowed through __dict__ for one forward (hidden states to the log-prob kernel)"),
+    Internal("megatron.core.models.common.embeddings.rotary_pos_embedding:RotaryEmbedding._apply_scaling",
+             "megafin/model/llama.py", "Llama-3 RoPE scaling with all four HF parameters (GPTModel passes only "
+             "the factor)", ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings")),
+    # ---- restricted checkpoint loading (megafin/checkpoint/dist_load.py): a copy of
+    # TorchDistLoadShardedStrategy.load that unpickles nothing
+    Internal("megatron.core.dist_checkpointing.strategies.torch:TorchDistLoadShardedStrategy.load",
+             "megafin/checkpoint/dist_load.py", "copied, with objects read by torch_load_restricted",
+             ("sharded_state_dict", "checkpoint_dir")),
+    Internal("megatron.core.dist_checkpointing.strategies.torch:MCoreLoadPlanner", "megafin/checkpoint/dist_load.py",
+             "subclassed (objects are read restricted)"),
+    Internal("megatron.core.dist_checkpointing.strategies.torch:_replace_state_dict_keys_with_sharded_keys",
+             "megafin/checkpoint/dist_load.py", "called by the copied load"),
+    Internal("megatron.core.dist_checkpointing.strategies.torch:mcore_to_pyt_state_dict",
+             "megafin/checkpoint/dist_load.py", "called by the copied load"),
+    Internal("megatron.core.dist_checkpointing.strategies.torch:_unwrap_pyt_sharded_tensor",
+             "megafin/checkpoint/dist_load.py", "called by the copied load"),
+    Internal("megatron.core.dist_checkpointing.strategies.torch:_replace_sharded_keys_with_state_dict_keys",
+             "megafin/checkpoint/dist_load.py", "called by the copied load"),
+    Internal("megatron.core.dist_checkpointing.strategies.torch:_restore_dict_types",
+             "megafin/checkpoint/dist_load.py", "called by the copied load"),
+    Internal("megatron.core.dist_checkpointing.strategies.cached_metadata_filesystem_reader:"
+             "CachedMetadataFileSystemReader", "megafin/checkpoint/dist_load.py", "the copied load's reader"),
+    Internal("megatron.core.dist_checkpointing.strategies.common:COMMON_STATE_FNAME", "megafin/checkpoint/dist_load.py",
+             "the common-state file read restricted"),
+    Internal("megatron.core.dist_checkpointing.strategies.common:TorchCommonLoadStrategy",
+             "megafin/checkpoint/dist_load.py", "subclassed (common state read restricted)"),
+    Internal("megatron.core.dist_checkpointing.mapping:ShardedObject.empty_from_unique_key",
+             "megafin/checkpoint/dist_load.py", "sharded metadata of objects"),
+    Internal("torch.distributed.checkpoint._traverse:set_element", "megafin/checkpoint/dist_load.py",
+             "the copied planner's object placement (a torch internal)"),
+    # ---- in-process checkpoint writes (megafin/checkpoint/in_process_save.py): no spawned writer processes
+    Internal("megatron.core.dist_checkpointing.strategies.torch:TorchDistSaveShardedStrategy."
+             "_get_save_and_finalize_callbacks", "megafin/checkpoint/in_process_save.py",
+             "overridden: the write runs in threads of this process", ("writer", "save_state_dict_ret")),
+    Internal("megatron.core.dist_checkpointing.strategies.filesystem_async:_results_queue",
+             "megafin/checkpoint/in_process_save.py", "set to a thread queue instead of a multiprocessing one"),
+    Internal("megatron.core.dist_checkpointing.strategies.filesystem_async:FileSystemWriterAsync.write_preloaded_data",
+             "megafin/checkpoint/in_process_save.py", "called per file from threads"),
+    Internal("megatron.core.dist_checkpointing.strategies.async_utils:AsyncRequest._replace",
+             "megafin/checkpoint/in_process_save.py", "a NamedTuple's replace: async_fn and its arguments",),
+)
+
+
+def resolve(target: str) -> Any:
+    """The object a target names (raises ImportError / AttributeError when it moved). An instance attribute (a
+    submodule GPTModel registers in __init__, a map the optimizer builds) resolves to None when some megatron class
+    of the instance's type assigns it (`self.name = ...`, also in a tuple assignment)."""
+    module_name, _, qualname = target.partition(":")
+    obj: Any = importlib.import_module(module_name)
+    for part in qualname.split("."):
+        if not hasattr(obj, part) and inspect.isclass(obj) and _assigned_by(obj, part):
+            return None
+        obj = getattr(obj, part)
+    return obj
+
+
+def _assigned_by(cls: type, name: str) -> bool:
+    assignment = re.compile(rf"^\s*\(?\s*self\.{name}\b[^=\n]*=(?!=)", re.MULTILINE)
+    for klass in cls.__mro__:
+        if not klass.__module__.startswith("megatron"):
+            continue
+        try:
+            source = inspect.getsource(klass)
+        except (OSError, TypeError):
+            continue
+        if assignment.search(source):
+            return True
+    return False
+
+
+def problem(internal: Internal) -> Optional[str]:
+    """Why the installed megatron-core breaks this dependency, or None."""
+    try:
+        obj = resolve(internal.target)
+    except (ImportError, AttributeError) as err:
+        return f"{internal.target} is gone ({type(err).__name__}: {err}); revisit {internal.used_by}"
+    if internal.params:
+        try:
+            names = set(inspect.signature(obj).parameters)
+        except (TypeError, ValueError):
+            return f"{internal.target} is no longer a callable with a signature; revisit {internal.used_by}"
+        missing = [p for p in internal.params if p not in names]
+        if missing:
+            return (f"{internal.target} no longer takes {', '.join(missing)} (it takes {', '.join(sorted(names))}); "
+                    f"revisit {internal.used_by}")
+    return None
