@@ -10,7 +10,8 @@ from typing import Optional, Sequence
 
 from megafin.config import ConfigError, load_config, validate
 from megafin.config.validate import world_size_from_env
-from megafin.checkpoint.signals import EXIT_CONFIG_ERROR, STOP_REQUEST
+from megafin.runtime.exit_codes import EXIT_CONFIG_ERROR
+from megafin.runtime.stop_request import STOP_REQUEST
 
 
 def quiet_third_party() -> None:

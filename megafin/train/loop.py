@@ -15,14 +15,19 @@ from megafin.checkpoint.errors import CheckpointError
 from megafin.checkpoint.integrity import check_readable
 from megafin.checkpoint.manager import (Progress, checkpoint_root, checkpoint_to_resume, load_checkpoint,
                                         save_checkpoint)
-from megafin.checkpoint.signals import (EXIT_CONFIG_ERROR, EXIT_DIVERGED, EXIT_OK, EXIT_SIGNAL_CHECKPOINTED,
-                                        STOP_REQUEST, StopInPreparation)
+from megafin.runtime.exit_codes import EXIT_CONFIG_ERROR, EXIT_DIVERGED, EXIT_OK, EXIT_SIGNAL_CHECKPOINTED
+from megafin.runtime.stop_request import STOP_REQUEST, StopInPreparation
 from megafin.config.load import config_to_dict
 from megafin.config.schema import Config
 from megafin.runtime.fault_injection import nan_steps as injected_nan_steps, with_nan_output
 from megafin.runtime.distributed import LaunchEnv, collective_device, init_distributed, shutdown_distributed
 from megafin.runtime.run_dir import RunDirBusy, discard_earlier_checkpoints, lock_run_dir
 from megafin.train.flops import PeakFlops, flops_per_token
+
+
+# optimizer.name -> megatron-core's name for it: its "adam" with decoupled_weight_decay (the default) is AdamW
+# (torch.optim.AdamW, or TE/Apex FusedAdam with adam_w_mode).
+MEGATRON_OPTIMIZER = {"adamw": "adam"}
 
 
 class TrainingDiverged(RuntimeError):
@@ -123,7 +128,7 @@ class Trainer:
         opt = cfg.optimizer
         dtype = self.model.config.params_dtype
         self.optimizer = get_megatron_optimizer(
-            OptimizerConfig(optimizer="adam", lr=opt.lr, min_lr=opt.min_lr, weight_decay=opt.weight_decay,
+            OptimizerConfig(optimizer=MEGATRON_OPTIMIZER[opt.name], lr=opt.lr, min_lr=opt.min_lr, weight_decay=opt.weight_decay,
                             adam_beta1=opt.beta1, adam_beta2=opt.beta2, adam_eps=opt.eps, clip_grad=opt.clip_grad,
                             bf16=dtype == torch.bfloat16, params_dtype=dtype,
                             use_distributed_optimizer=par.distributed_optimizer),
@@ -279,7 +284,7 @@ class Trainer:
         self._say(f"{self.num_params / 1e6:.2f}M parameters on this rank; world {dist.get_world_size()} = "
                   f"tp {cfg.parallel.tp} x pp {cfg.parallel.pp} x dp {self.dp_size}; "
                   f"attention {self.model.megafin_attention_backend}; {self.launch.launcher} launch")
-        G, S = cfg.parallel.global_batch_size, cfg.data.seq_length
+        G = cfg.parallel.global_batch_size
         saved_at = self.saved_step
         try:
             while self.progress.step < cfg.train.steps:
@@ -301,7 +306,7 @@ class Trainer:
                 elapsed = time.perf_counter() - t0
                 self.progress.step = step
                 self.progress.consumed_samples += G
-                self.progress.consumed_tokens += G * S
+                self.progress.consumed_tokens += computed_tokens  # tokens, not G * S slots (packs are trimmed)
                 tokens_per_s = computed_tokens / elapsed  # real tokens: trimmed packs hold fewer than G * S
                 record.update(
                     lr=self.optimizer.param_groups[0]["lr"], tokens_per_s=tokens_per_s, step_time_s=elapsed,

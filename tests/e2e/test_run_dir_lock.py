@@ -6,7 +6,7 @@ import json
 import signal
 import socket
 
-from megafin.checkpoint.signals import EXIT_CONFIG_ERROR, EXIT_SIGNAL_CHECKPOINTED
+from megafin.runtime.exit_codes import EXIT_CONFIG_ERROR, EXIT_SIGNAL_CHECKPOINTED
 from tests.helpers import FAST, TINY_RECIPE, data_overrides, kill_session, losses, run_train, start_train
 from tests.proc_watch import Watched, hold_lock_elsewhere, start_ranks
 

@@ -12,7 +12,7 @@ import time
 import pytest
 
 from megafin.checkpoint.manager import latest_checkpoint, read_meta
-from megafin.checkpoint.signals import EXIT_DIVERGED, EXIT_SIGNAL_CHECKPOINTED
+from megafin.runtime.exit_codes import EXIT_DIVERGED, EXIT_SIGNAL_CHECKPOINTED
 from tests.distributed.test_parallel_equivalence import GOLDEN, GOLDEN_REL, STEPS, recipe_overrides
 from tests.helpers import (FAST, REPO, assert_ok, data_overrides, kill_session, losses, run_train, start_train,
                            train_here)

@@ -113,7 +113,7 @@ class PrecomputedReference:
         from megatron.core import parallel_state as ps
         from megatron.core.pipeline_parallel import get_forward_backward_func
 
-        from megafin.checkpoint.signals import STOP_REQUEST, StopInPreparation
+        from megafin.runtime.stop_request import STOP_REQUEST, StopInPreparation
         from megafin.data.build import packed_fixed_length, shares_prompt
         from megafin.data.packed import collate_packed
 

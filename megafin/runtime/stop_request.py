@@ -5,12 +5,6 @@ import signal
 from types import FrameType
 from typing import Optional
 
-# Exit codes a launcher can act on (documented in the README).
-EXIT_OK = 0
-EXIT_CONFIG_ERROR = 2  # bad recipe/override: rejected before any process group started
-EXIT_DIVERGED = 3  # train.max_bad_steps consecutive non-finite losses
-EXIT_SIGNAL_CHECKPOINTED = 75  # EX_TEMPFAIL: a checkpoint was written on SIGTERM/SIGUSR1; resume to continue
-
 HANDLED_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
 
 
