@@ -49,7 +49,7 @@ def main() -> int:
     ap.add_argument("--workers", type=int, default=2)
     args = ap.parse_args()
     sys.path.insert(0, str(REPO))
-    from data_prep.packed import sft
+    from data_prep.packed_writer import sft
     from data_prep.packing import fill_ratio, first_fit
     from data_prep.reader import PackedDataset
 

@@ -57,7 +57,7 @@ def test_sft_real_sets_masks_and_packing(shared_data, real_tok, tmp_path):
     """FPB, FiQA-SA, gold headlines and XBRL terms: every example is in exactly one pack, intact, with the
     loss on its assistant tokens (response + <|eot_id|>) only."""
     from data_prep import fintasks
-    from data_prep.packed import sft
+    from data_prep.packed_writer import sft
     from data_prep.tokenizer import load_tokenizer
 
     sets = {"fpb": "fpb/train.jsonl", "fiqa_sa": "fiqa_sa/train.jsonl", "headline": "headline/train.jsonl",
@@ -83,7 +83,7 @@ def test_sft_real_sets_masks_and_packing(shared_data, real_tok, tmp_path):
 
 def test_sft_same_bytes_for_any_worker_count_and_seeded_order(shared_data, real_tok, tmp_path):
     from data_prep import fintasks
-    from data_prep.packed import sft
+    from data_prep.packed_writer import sft
 
     src = write_jsonl(tmp_path / "fpb.jsonl", list(fintasks.convert("fpb", str(shared_data / "fpb/train.jsonl")))[:1500])
     outs = {}
@@ -96,7 +96,7 @@ def test_sft_same_bytes_for_any_worker_count_and_seeded_order(shared_data, real_
 
 
 def test_sft_multi_turn_masks_every_assistant_turn(sample_tok, tmp_path):
-    from data_prep.packed import sft
+    from data_prep.packed_writer import sft
     from data_prep.tokenizer import load_tokenizer
 
     conv = {"messages": [
@@ -111,7 +111,7 @@ def test_sft_multi_turn_masks_every_assistant_turn(sample_tok, tmp_path):
 
 
 def test_sft_truncate_mode(sample_tok, tmp_path):
-    from data_prep.packed import sft
+    from data_prep.packed_writer import sft
 
     rows = [{"prompt": "Summarize.", "response": "word " * 300}, {"prompt": "long " * 300, "response": "x"}]
     r = sft(str(write_jsonl(tmp_path / "t.jsonl", rows)), sample_tok, str(tmp_path / "o"), seq_length=64,
@@ -122,7 +122,7 @@ def test_sft_truncate_mode(sample_tok, tmp_path):
 
 
 def test_preference_pairs_stay_together_with_response_masks(sample_tok, tmp_path):
-    from data_prep.packed import preference
+    from data_prep.packed_writer import preference
     from data_prep.tokenizer import load_tokenizer
 
     rows = [json.loads(l) for l in open(SAMPLES / "preference_sample.jsonl")]
@@ -152,7 +152,7 @@ def test_preference_pairs_stay_together_with_response_masks(sample_tok, tmp_path
 
 def test_mix_ratio_masks_and_cpt_chunking(shared_data, real_tok, tmp_path):
     from data_prep import fintasks
-    from data_prep.packed import mix
+    from data_prep.packed_writer import mix
     from data_prep.tokenizer import load_tokenizer
 
     cpt = tmp_path / "cpt.jsonl"
