@@ -218,7 +218,7 @@ class DPOStage(Stage):
 
         from megafin.checkpoint.signals import STOP_REQUEST, StopInPreparation
         from megafin.data.build import packed_fixed_length, shares_prompt
-        from megafin.data.packed import collate_packed
+        from megafin.data.packed_collate import collate_packed
 
         packs = trainer.train_batches.dataset.packs
         dp_rank, dp_size = ps.get_data_parallel_rank(), ps.get_data_parallel_world_size()

@@ -12,22 +12,23 @@ from dp_helpers import SAMPLES, write_jsonl
 
 def _check_packs(prefix: str, seq_length: int):
     """Format invariants of every pack; returns the list of (tokens, mask) documents, in file order."""
-    from data_prep.reader import PackedDataset
+    from megafin.data.packed_dataset import PackedSequences
 
-    ds = PackedDataset(prefix)
+    ds = PackedSequences(prefix)
     meta = ds.meta
     assert meta["format"] == "megafin-packed" and meta["version"] == 1 and meta["seq_length"] == seq_length
+    assert len(ds) == meta["num_packs"]
     assert ds.loss_mask.index.dtype == np.uint8 and ds.doc_lens.index.dtype == np.int32
     docs, n_tok = [], 0
     for i in range(len(ds)):
-        p = ds[i]
-        t, m, lens, cu, pos = p["tokens"], p["loss_mask"], p["doc_lens"], p["cu_seqlens"], p["position_ids"]
+        t, m, lens = ds[i]
         assert 0 < t.size <= seq_length and m.size == t.size and int(lens.sum()) == t.size and (lens > 0).all()
         assert set(np.unique(m).tolist()) <= {0, 1}
-        assert cu[0] == 0 and cu[-1] == t.size and cu.dtype == np.int32
-        for a, b in zip(cu[:-1], cu[1:]):
-            assert (pos[a:b] == np.arange(b - a)).all()  # position ids restart per document
-        docs += ds.documents(i)
+        pack_docs = ds.documents(i)
+        assert [d.size for d, _ in pack_docs] == lens.tolist()
+        assert np.array_equal(np.concatenate([d for d, _ in pack_docs]), t)
+        assert np.array_equal(np.concatenate([dm for _, dm in pack_docs]), m)
+        docs += pack_docs
         n_tok += t.size
     assert len(docs) == meta["num_docs"] and n_tok == meta["num_tokens"]
     return docs, meta
@@ -129,9 +130,9 @@ def test_preference_pairs_stay_together_with_response_masks(sample_tok, tmp_path
     rows = rows * 3  # 36 pairs over several packs
     r = preference(str(write_jsonl(tmp_path / "p.jsonl", rows)), sample_tok, str(tmp_path / "p"), seq_length=320, quiet=True)
     assert r.meta["num_pairs"] == len(rows) and r.stats["docs_written"] == len(rows)
-    from data_prep.reader import PackedDataset
+    from megafin.data.packed_dataset import PackedSequences
 
-    ds = PackedDataset(str(tmp_path / "p"))
+    ds = PackedSequences(str(tmp_path / "p"))
     assert len(ds) > 1
     tok = load_tokenizer(sample_tok)
     eot = "<|eot_id|>"
