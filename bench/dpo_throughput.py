@@ -89,7 +89,7 @@ def main() -> None:
     parser.add_argument("--packs-per-step", type=int, default=4)
     args = parser.parse_args()
     require_shared()
-    from data_prep.packed import preference
+    from data_prep.packed_writer import preference
 
     rows = preference_records(args.pairs)
     with tempfile.TemporaryDirectory() as tmp:

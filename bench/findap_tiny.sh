@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 sys.path.insert(0, "bench")
 from finance_tasks import preference_records, sft_records, train_tokenizer, write_jsonl
-from data_prep.packed import preference, sft
+from data_prep.packed_writer import preference, sft
 work = Path(sys.argv[1])
 rows = sft_records(100_000)
 tok = train_tokenizer(rows, work / "tok")

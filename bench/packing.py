@@ -49,9 +49,9 @@ def main() -> int:
     ap.add_argument("--workers", type=int, default=2)
     args = ap.parse_args()
     sys.path.insert(0, str(REPO))
-    from data_prep.packed import sft
+    from data_prep.packed_writer import sft
     from data_prep.packing import fill_ratio, first_fit
-    from data_prep.reader import PackedDataset
+    from megafin.data.packed_dataset import PackedSequences
 
     L = args.seq_length
     with tempfile.TemporaryDirectory(prefix="packbench_") as d:
@@ -62,8 +62,8 @@ def main() -> int:
 
             tok = str(train_tokenizer_from_file(SHARED / "cpt" / "reuters21578_news.jsonl", 8000, tmp / "tok"))
         r = sft(write_mix(tmp), tok, str(tmp / "sft"), seq_length=L, workers=args.workers, quiet=True)
-        ds = PackedDataset(str(tmp / "sft"))
-        lengths = np.concatenate([ds[i]["doc_lens"] for i in range(len(ds))])
+        ds = PackedSequences(str(tmp / "sft"))
+        lengths = np.concatenate([ds[i][2] for i in range(len(ds))])
         n_tok = int(lengths.sum())
         rng = np.random.default_rng(0)
         stream = lengths[rng.permutation(lengths.size)]

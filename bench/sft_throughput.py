@@ -87,7 +87,7 @@ def main() -> None:
     parser.add_argument("--packs-per-step", type=int, default=2)
     args = parser.parse_args()
     require_shared()
-    from data_prep.packed import sft
+    from data_prep.packed_writer import sft
 
     rows = sft_records(args.examples)
     with tempfile.TemporaryDirectory() as tmp:

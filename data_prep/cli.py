@@ -1,10 +1,14 @@
-"""`python -m data_prep {tokenizer train | pretrain | sft | preference | mix}`: parse, dispatch, one-line errors."""
+"""`python -m data_prep {tokenizer train | pretrain | sft | preference | mix}`: parse, dispatch, one-line errors.
+
+`megafin prep ...` is the same commands: megafin's CLI adds them to its `prep` parser with `add_commands` and runs
+them with `run`, so both share this one definition.
+"""
 from __future__ import annotations
 
 import argparse
 import sys
 
-from data_prep.readers import DEFAULT_MAX_DOC_BYTES
+from data_prep.sources import DEFAULT_MAX_DOC_BYTES
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -28,8 +32,8 @@ def _packed(p: argparse.ArgumentParser) -> None:
     p.add_argument("--chat-template", default=None, help="file with a Jinja chat template (overrides the tokenizer's)")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="python -m data_prep", description=__doc__)
+def add_commands(ap: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Add data_prep's subcommands (tokenizer, pretrain, sft, preference, mix) to `ap`; `run` dispatches them."""
     sub = ap.add_subparsers(dest="cmd", required=True)
 
     tk = sub.add_parser("tokenizer", help="tokenizer utilities")
@@ -74,8 +78,12 @@ def build_parser() -> argparse.ArgumentParser:
     return ap
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+def build_parser() -> argparse.ArgumentParser:
+    return add_commands(argparse.ArgumentParser(prog="python -m data_prep", description=__doc__))
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the parsed subcommand; a bad input, output or setting is one line on stderr and exit 2."""
     from data_prep.outputs import OutputError
     from data_prep.stats import BadInputError
 
@@ -97,18 +105,18 @@ def main(argv: list[str] | None = None) -> int:
                      dedup=args.dedup, strict=args.strict, max_doc_bytes=args.max_doc_bytes, encoder=args.encoder,
                      bos=args.bos, quiet=args.quiet, allow_empty=args.allow_empty)
         else:
-            from data_prep import packed
+            from data_prep import packed_writer
 
             common = dict(tokenizer=args.tokenizer, output_prefix=args.output_prefix, seq_length=args.seq_length,
                           workers=args.workers, strict=args.strict, max_doc_bytes=args.max_doc_bytes,
                           seed=args.seed, chat_template=args.chat_template, encoder=args.encoder, quiet=args.quiet,
                           allow_empty=args.allow_empty)
             if args.cmd == "sft":
-                packed.sft(args.input, on_overflow=args.on_overflow, **common)
+                packed_writer.sft(args.input, on_overflow=args.on_overflow, **common)
             elif args.cmd == "preference":
-                packed.preference(args.input, **common)
+                packed_writer.preference(args.input, **common)
             else:
-                packed.mix(args.cpt, args.it, cpt_ratio=args.cpt_ratio, text_key=args.text_key, **common)
+                packed_writer.mix(args.cpt, args.it, cpt_ratio=args.cpt_ratio, text_key=args.text_key, **common)
     except (BadInputError, OutputError, FileNotFoundError, ValueError) as e:
         print(f"data_prep {args.cmd}: error: {e}", file=sys.stderr)
         return 2
@@ -117,3 +125,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"data_prep {args.cmd}: error: {where}{e.strerror or e}", file=sys.stderr)
         return 2
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run(build_parser().parse_args(argv))

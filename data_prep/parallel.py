@@ -77,3 +77,24 @@ def chunked(items: Iterable[Any], max_items: int, max_bytes: int, size: Callable
             buf, nbytes = [], 0
     if buf:
         yield buf
+
+
+# The chunk processor of this worker process. multiprocessing hands per-process state to its tasks only through
+# the pool's initializer, so this one slot is where it lands (in the parent itself when workers <= 1).
+_PROCESSOR: Any = None
+
+
+def _install(processor: Any) -> None:
+    global _PROCESSOR
+    processor.setup()
+    _PROCESSOR = processor
+
+
+def _process(chunk: Any) -> Any:
+    return _PROCESSOR(chunk)
+
+
+def map_chunks(processor: Any, chunks: Iterable[Any], workers: int) -> Iterator[Any]:
+    """`ordered_map` for a processor object: `processor.setup()` once per worker process, then `processor(chunk)`
+    per chunk, results in chunk order."""
+    return ordered_map(_process, chunks, workers, _install, (processor,))

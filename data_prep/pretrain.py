@@ -17,7 +17,7 @@ import numpy as np
 
 from data_prep import outputs
 from data_prep.parallel import cap_workers, chunked, ordered_map
-from data_prep.readers import DEFAULT_MAX_DOC_BYTES, Raw, Record, check_inputs, input_fingerprint, iter_raw, parse_raw
+from data_prep.sources import DEFAULT_MAX_DOC_BYTES, Raw, Record, check_inputs, input_fingerprint, iter_raw, parse_raw
 from data_prep.stats import Stats
 from data_prep.writers import SequenceWriter, token_dtype
 

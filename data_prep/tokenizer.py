@@ -47,7 +47,7 @@ def iter_training_texts(path: str | os.PathLike, text_key: str = "text", max_cha
     skipped: a Counter that receives `rows` and, per reason, the rows that gave no text (for the error message
     when none did).
     """
-    from data_prep.readers import iter_records
+    from data_prep.sources import iter_records
 
     seen = 0
     for rec in iter_records([str(path)]):
@@ -168,7 +168,7 @@ def train_tokenizer_from_file(
     from collections import Counter
 
     from data_prep.outputs import check_writable_dir
-    from data_prep.readers import check_inputs
+    from data_prep.sources import check_inputs
     from data_prep.stats import EmptyOutputError, input_names
 
     check_inputs([str(input_path)])

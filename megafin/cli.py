@@ -58,6 +58,12 @@ def build_parser() -> argparse.ArgumentParser:
     convert = sub.add_parser("convert", help="checkpoint conversion: from-hf | to-hf")
     _convert_arguments(convert)
     convert.set_defaults(func=_convert)
+    from data_prep.cli import add_commands as _prep_commands, run as _prep
+
+    prep = sub.add_parser("prep", help="data preparation, the same commands as `python -m data_prep`: "
+                                       "tokenizer train | pretrain | sft | preference | mix")
+    _prep_commands(prep)
+    prep.set_defaults(func=_prep)
     from megafin.eval.tasks.registry import TASKS, task_names
 
     evaluate = sub.add_parser("eval", help="evaluate a checkpoint on a financial task")

@@ -25,7 +25,7 @@ def prepare_data(out: Path = OUT / "data") -> Path:
     for name, path in corpora.items():
         pretrain([str(path)], str(tokenizer), str(out / name), quiet=True)
     # Packed outputs for the post-training stages (docs/formats.md).
-    from data_prep.packed import mix, preference, sft
+    from data_prep.packed_writer import mix, preference, sft
 
     sft([str(SAMPLES / "sft_sample.jsonl")], str(tokenizer), str(out / "sft"), seq_length=256, quiet=True)
     mix([str(corpora["finance"]), str(corpora["general"])], [str(SAMPLES / "sft_sample.jsonl")], str(tokenizer),

@@ -7,7 +7,7 @@ import random
 import torch
 
 from megafin.config import load_config
-from megafin.data.packed import collate_packed
+from megafin.data.packed_collate import collate_packed
 
 VOCAB = 1024
 # Tolerances, relative to the magnitude the fp32 rounding scales with: the two sides sum the same log-probs in

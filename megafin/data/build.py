@@ -15,7 +15,8 @@ def build_datasets(cfg: Config, tokenizer: HFTokenizerAdapter, num_train_samples
 
         train, valid = build_pretrain_datasets(cfg, tokenizer, num_train_samples, num_valid_samples, cache_dir)
         return train, valid, collate
-    from megafin.data.packed import PackedSequences, PackedSplit, collate_packed, split_packs
+    from megafin.data.packed_collate import collate_packed
+    from megafin.data.packed_dataset import PackedSequences, PackedSplit, split_packs
 
     packs = PackedSequences(cfg.data.blend[0].path)
     train_ids, valid_ids = split_packs(packs, cfg.data.split, cfg.train.seed)

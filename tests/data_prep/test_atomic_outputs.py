@@ -95,7 +95,7 @@ PACKED_CRASH_POINTS = {"o.incomplete": True, "o_loss_mask.bin": False, "o_doc_le
 @pytest.mark.parametrize("point", list(PACKED_CRASH_POINTS))
 def test_packed_killed_between_renames_is_refused_or_intact(sample_tok, tmp_path, monkeypatch, point):
     from data_prep.outputs import check_complete
-    from data_prep.packed import sft
+    from data_prep.packed_writer import sft
 
     rows = [{"prompt": f"Define EPS {i}.", "response": "Earnings per share."} for i in range(6)]
     sft(str(write_jsonl(tmp_path / "a.jsonl", rows[:2])), sample_tok, str(tmp_path / "o"), seq_length=64, quiet=True)
@@ -133,7 +133,7 @@ def test_outputs_of_megatron_lm_and_older_data_prep_are_accepted(tmp_path):
 
 def test_check_complete_reports_a_missing_file_and_an_unreadable_manifest(sample_tok, tmp_path):
     from data_prep.outputs import check_complete
-    from data_prep.packed import sft
+    from data_prep.packed_writer import sft
 
     rows = [{"prompt": "Define EPS.", "response": "Earnings per share."}]
     sft(str(write_jsonl(tmp_path / "a.jsonl", rows)), sample_tok, str(tmp_path / "o"), seq_length=64, quiet=True)

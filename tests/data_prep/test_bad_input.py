@@ -100,7 +100,7 @@ def test_missing_file_fails_in_every_mode(sample_tok, tmp_path):
 def test_sft_needs_a_chat_template(sample_tok, tmp_path):
     import shutil
 
-    from data_prep.packed import sft
+    from data_prep.packed_writer import sft
 
     d = tmp_path / "tok_no_template"
     shutil.copytree(sample_tok, d)
@@ -119,7 +119,7 @@ def test_sft_needs_a_chat_template(sample_tok, tmp_path):
 
 
 def test_sft_bad_records_strict_and_default(sample_tok, tmp_path):
-    from data_prep.packed import sft
+    from data_prep.packed_writer import sft
     from data_prep.stats import BadInputError
 
     rows = [

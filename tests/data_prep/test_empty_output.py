@@ -107,18 +107,17 @@ def test_mix_with_one_side_empty_is_an_error(sample_tok, tmp_path, capsys, empty
     assert not list(tmp_path.glob("o_*"))
 
 
-def test_packed_allow_empty_is_loadable_by_both_readers(sample_tok, tmp_path, capsys):
+def test_packed_allow_empty_is_loadable(sample_tok, tmp_path, capsys):
     from data_prep.outputs import check_complete
-    from data_prep.reader import PackedDataset
-    from megafin.data.packed import PackedSequences
+    from megafin.data.packed_dataset import PackedSequences
 
     (tmp_path / "empty.jsonl").write_text("")
     rc, _ = _main(["sft", "--input", tmp_path / "empty.jsonl", "--tokenizer", sample_tok, "--output-prefix",
                    tmp_path / "o", "--seq-length", 64, "--quiet", "--allow-empty"], capsys)
     assert rc == 0
     prefix = str(tmp_path / "o")
-    assert len(PackedDataset(prefix)) == 0 and len(PackedSequences(prefix)) == 0
-    assert PackedDataset(prefix).meta["num_packs"] == 0 and check_complete(prefix) is None
+    assert len(PackedSequences(prefix)) == 0
+    assert PackedSequences(prefix).meta["num_packs"] == 0 and check_complete(prefix) is None
 
 
 @pytest.mark.parametrize("case", ["empty", "typo"])

@@ -12,22 +12,23 @@ from dp_helpers import SAMPLES, write_jsonl
 
 def _check_packs(prefix: str, seq_length: int):
     """Format invariants of every pack; returns the list of (tokens, mask) documents, in file order."""
-    from data_prep.reader import PackedDataset
+    from megafin.data.packed_dataset import PackedSequences
 
-    ds = PackedDataset(prefix)
+    ds = PackedSequences(prefix)
     meta = ds.meta
     assert meta["format"] == "megafin-packed" and meta["version"] == 1 and meta["seq_length"] == seq_length
+    assert len(ds) == meta["num_packs"]
     assert ds.loss_mask.index.dtype == np.uint8 and ds.doc_lens.index.dtype == np.int32
     docs, n_tok = [], 0
     for i in range(len(ds)):
-        p = ds[i]
-        t, m, lens, cu, pos = p["tokens"], p["loss_mask"], p["doc_lens"], p["cu_seqlens"], p["position_ids"]
+        t, m, lens = ds[i]
         assert 0 < t.size <= seq_length and m.size == t.size and int(lens.sum()) == t.size and (lens > 0).all()
         assert set(np.unique(m).tolist()) <= {0, 1}
-        assert cu[0] == 0 and cu[-1] == t.size and cu.dtype == np.int32
-        for a, b in zip(cu[:-1], cu[1:]):
-            assert (pos[a:b] == np.arange(b - a)).all()  # position ids restart per document
-        docs += ds.documents(i)
+        pack_docs = ds.documents(i)
+        assert [d.size for d, _ in pack_docs] == lens.tolist()
+        assert np.array_equal(np.concatenate([d for d, _ in pack_docs]), t)
+        assert np.array_equal(np.concatenate([dm for _, dm in pack_docs]), m)
+        docs += pack_docs
         n_tok += t.size
     assert len(docs) == meta["num_docs"] and n_tok == meta["num_tokens"]
     return docs, meta
@@ -56,8 +57,8 @@ def _expected_sft(tok, records, seq_length):
 def test_sft_real_sets_masks_and_packing(shared_data, real_tok, tmp_path):
     """FPB, FiQA-SA, gold headlines and XBRL terms: every example is in exactly one pack, intact, with the
     loss on its assistant tokens (response + <|eot_id|>) only."""
+    from data_prep.packed_writer import sft
     from megafin.eval.tasks import sft_records
-    from data_prep.packed import sft
     from data_prep.tokenizer import load_tokenizer
 
     sets = {"fpb": "fpb/train.jsonl", "fiqa_sa": "fiqa_sa/train.jsonl", "headline": "headline/train.jsonl",
@@ -82,8 +83,8 @@ def test_sft_real_sets_masks_and_packing(shared_data, real_tok, tmp_path):
 
 
 def test_sft_same_bytes_for_any_worker_count_and_seeded_order(shared_data, real_tok, tmp_path):
+    from data_prep.packed_writer import sft
     from megafin.eval.tasks import sft_records
-    from data_prep.packed import sft
 
     src = write_jsonl(tmp_path / "fpb.jsonl", list(sft_records.convert("fpb", str(shared_data / "fpb/train.jsonl")))[:1500])
     outs = {}
@@ -96,7 +97,7 @@ def test_sft_same_bytes_for_any_worker_count_and_seeded_order(shared_data, real_
 
 
 def test_sft_multi_turn_masks_every_assistant_turn(sample_tok, tmp_path):
-    from data_prep.packed import sft
+    from data_prep.packed_writer import sft
     from data_prep.tokenizer import load_tokenizer
 
     conv = {"messages": [
@@ -111,7 +112,7 @@ def test_sft_multi_turn_masks_every_assistant_turn(sample_tok, tmp_path):
 
 
 def test_sft_truncate_mode(sample_tok, tmp_path):
-    from data_prep.packed import sft
+    from data_prep.packed_writer import sft
 
     rows = [{"prompt": "Summarize.", "response": "word " * 300}, {"prompt": "long " * 300, "response": "x"}]
     r = sft(str(write_jsonl(tmp_path / "t.jsonl", rows)), sample_tok, str(tmp_path / "o"), seq_length=64,
@@ -122,16 +123,16 @@ def test_sft_truncate_mode(sample_tok, tmp_path):
 
 
 def test_preference_pairs_stay_together_with_response_masks(sample_tok, tmp_path):
-    from data_prep.packed import preference
+    from data_prep.packed_writer import preference
     from data_prep.tokenizer import load_tokenizer
 
     rows = [json.loads(l) for l in open(SAMPLES / "preference_sample.jsonl")]
     rows = rows * 3  # 36 pairs over several packs
     r = preference(str(write_jsonl(tmp_path / "p.jsonl", rows)), sample_tok, str(tmp_path / "p"), seq_length=320, quiet=True)
     assert r.meta["num_pairs"] == len(rows) and r.stats["docs_written"] == len(rows)
-    from data_prep.reader import PackedDataset
+    from megafin.data.packed_dataset import PackedSequences
 
-    ds = PackedDataset(str(tmp_path / "p"))
+    ds = PackedSequences(str(tmp_path / "p"))
     assert len(ds) > 1
     tok = load_tokenizer(sample_tok)
     eot = "<|eot_id|>"
@@ -151,8 +152,8 @@ def test_preference_pairs_stay_together_with_response_masks(sample_tok, tmp_path
 
 
 def test_mix_ratio_masks_and_cpt_chunking(shared_data, real_tok, tmp_path):
+    from data_prep.packed_writer import mix
     from megafin.eval.tasks import sft_records
-    from data_prep.packed import mix
     from data_prep.tokenizer import load_tokenizer
 
     cpt = tmp_path / "cpt.jsonl"

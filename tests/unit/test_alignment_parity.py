@@ -11,7 +11,7 @@ import random
 import pytest
 import torch
 
-from megafin.data.packed import collate_packed
+from megafin.data.packed_collate import collate_packed
 from tests.helpers import assert_close_to_scale
 
 pytest.importorskip("trl", reason="trl is in the test extra (pip install -e .[test]); without it there is no peer")

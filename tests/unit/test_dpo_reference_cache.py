@@ -22,7 +22,7 @@ def _dpo(run_dir: Path, data: Path, tiny_data: Path, *extra: str) -> int:
 @pytest.fixture(scope="module")
 def swapped_data(tiny_data, tmp_path_factory) -> Path:
     """The demo's preference pairs with chosen and rejected exchanged: same prompts, opposite preferences."""
-    from data_prep.packed import preference
+    from data_prep.packed_writer import preference
 
     out = tmp_path_factory.mktemp("swapped")
     rows = [json.loads(line) for line in SAMPLE.read_text().splitlines() if line.strip()]

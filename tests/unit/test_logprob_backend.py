@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from megafin.config import load_config
-from megafin.data.packed import collate_packed
+from megafin.data.packed_collate import collate_packed
 from tests.helpers import TINY_MODEL, assert_close_to_scale
 
 # Gradients: the two paths differ in GEMM shapes and reduction order, so they agree to fp32 rounding of the

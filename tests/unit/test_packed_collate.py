@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from megafin.data.packed import collate_packed
+from megafin.data.packed_collate import collate_packed
 
 
 def _sample(pid: int, lens: list[int], mask_from: list[int]) -> dict:

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from megafin.config import load_config
-from megafin.data.packed import collate_packed, shared_prompt_length
+from megafin.data.packed_collate import collate_packed, shared_prompt_length
 from tests.helpers import TINY_MODEL, assert_close_to_scale
 
 

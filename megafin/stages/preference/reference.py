@@ -115,7 +115,7 @@ class PrecomputedReference:
 
         from megafin.runtime.stop_request import STOP_REQUEST, StopInPreparation
         from megafin.data.build import packed_fixed_length, shares_prompt
-        from megafin.data.packed import collate_packed
+        from megafin.data.packed_collate import collate_packed
 
         packs = ctx.train_data.packs
         dp_rank, dp_size = ps.get_data_parallel_rank(), ps.get_data_parallel_world_size()

@@ -1,9 +1,10 @@
-"""Streaming readers: JSONL, JSONL.gz, parquet, a local `datasets` directory, or a hub dataset name.
+"""Raw input sources: JSONL, JSONL.gz, parquet, a local `datasets` directory, or a hub dataset name.
 
-Reading is split in two so that the expensive half runs in worker processes:
-`iter_raw` (parent, cheap: raw bytes of a line, or a row dict) and `parse_raw` (worker: UTF-8 + JSON).
-Every item carries its `source:line` so any problem is reported where it is. Memory stays bounded: a line
-longer than `max_bytes` is skipped without ever being held whole.
+One small class per source format (`SOURCES`, first match wins). Reading is split in two so that the expensive
+half runs in worker processes: `iter_raw` (parent, cheap: raw bytes of a line, or a row dict) and `parse_raw`
+(worker: UTF-8 + JSON). Every item carries its `source:line` so any problem is reported where it is. Memory stays
+bounded: a line longer than `max_bytes` is skipped without ever being held whole.
+A new source format = one class here with `matches` and `raws`, placed in `SOURCES` (and named in EXPECTED_INPUT).
 """
 from __future__ import annotations
 
@@ -50,10 +51,7 @@ def check_inputs(paths: Iterable[str]) -> list[str]:
     """Fail fast (in every mode) on inputs that do not exist: a typo must not yield an empty dataset."""
     out = []
     for p in paths:
-        if p.startswith("hub:"):
-            out.append(p)
-            continue
-        if not os.path.exists(p):
+        if not HubSource.matches(p) and not os.path.exists(p):
             raise FileNotFoundError(f"{p}: no such file or directory (expected {EXPECTED_INPUT})")
         out.append(p)
     return out
@@ -63,18 +61,26 @@ def _display(path: str) -> str:
     return os.path.basename(path.rstrip("/")) or path
 
 
-def _iter_jsonl_lines(path: str, max_bytes: int) -> Iterator[Raw]:
-    name = _display(path)
-    if not path.endswith(".gz"):
-        yield from _iter_lines(open(path, "rb"), name, max_bytes, [0])
-        return
-    line_no = [0]  # lines read so far, for the message if the stream breaks
-    try:
-        yield from _iter_lines(gzip.open(path, "rb"), name, max_bytes, line_no)
-    except (EOFError, gzip.BadGzipFile, zlib.error) as e:
-        # Never a skip: what is missing after the break cannot be counted.
-        raise BadInputError(f"{name}: unreadable gzip after {line_no[0]:,} lines ({e}); expected a complete "
-                            "gzip file (re-download or re-compress it)") from None
+class JsonlSource:
+    """JSON lines, plain or gzip-compressed (any path no other source claims)."""
+
+    @staticmethod
+    def matches(path: str) -> bool:
+        return True
+
+    @staticmethod
+    def raws(path: str, max_bytes: int) -> Iterator[Raw]:
+        name = _display(path)
+        if not path.endswith(".gz"):
+            yield from _iter_lines(open(path, "rb"), name, max_bytes, [0])
+            return
+        line_no = [0]  # lines read so far, for the message if the stream breaks
+        try:
+            yield from _iter_lines(gzip.open(path, "rb"), name, max_bytes, line_no)
+        except (EOFError, gzip.BadGzipFile, zlib.error) as e:
+            # Never a skip: what is missing after the break cannot be counted.
+            raise BadInputError(f"{name}: unreadable gzip after {line_no[0]:,} lines ({e}); expected a complete "
+                                "gzip file (re-download or re-compress it)") from None
 
 
 def _iter_lines(f: Any, name: str, max_bytes: int, line_count: list[int]) -> Iterator[Raw]:
@@ -101,21 +107,29 @@ def _iter_lines(f: Any, name: str, max_bytes: int, line_count: list[int]) -> Ite
             yield Raw(name, line_no, chunk)
 
 
-def _iter_parquet(path: str, batch_rows: int = 4096) -> Iterator[Raw]:
-    import pyarrow as pa
-    import pyarrow.parquet as pq
+class ParquetSource:
+    """A parquet file, read in record batches."""
 
-    name = _display(path)
-    row = 0
-    try:
-        pf = pq.ParquetFile(path)
-        for batch in pf.iter_batches(batch_size=batch_rows):
-            for rec in batch.to_pylist():
-                row += 1
-                yield Raw(name, row, rec)
-    except (pa.ArrowException, OSError) as e:
-        raise BadInputError(f"{name}: unreadable parquet after {row:,} rows ({e}); expected a complete parquet "
-                            "file") from None
+    @staticmethod
+    def matches(path: str) -> bool:
+        return path.endswith(".parquet")
+
+    @staticmethod
+    def raws(path: str, max_bytes: int, batch_rows: int = 4096) -> Iterator[Raw]:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        name = _display(path)
+        row = 0
+        try:
+            pf = pq.ParquetFile(path)
+            for batch in pf.iter_batches(batch_size=batch_rows):
+                for rec in batch.to_pylist():
+                    row += 1
+                    yield Raw(name, row, rec)
+        except (pa.ArrowException, OSError) as e:
+            raise BadInputError(f"{name}: unreadable parquet after {row:,} rows ({e}); expected a complete parquet "
+                                "file") from None
 
 
 def _iter_datasets(ds: Any, name: str) -> Iterator[Raw]:
@@ -124,25 +138,50 @@ def _iter_datasets(ds: Any, name: str) -> Iterator[Raw]:
         yield Raw(name, i, rec)
 
 
+class DatasetsDirSource:
+    """A `datasets` save_to_disk directory (its `train` split, else its first)."""
+
+    @staticmethod
+    def matches(path: str) -> bool:
+        return os.path.isdir(path)
+
+    @staticmethod
+    def raws(path: str, max_bytes: int) -> Iterator[Raw]:
+        import datasets
+
+        ds = datasets.load_from_disk(path)
+        if isinstance(ds, datasets.DatasetDict):
+            ds = ds["train"] if "train" in ds else ds[next(iter(ds))]
+        yield from _iter_datasets(ds, _display(path))
+
+
+class HubSource:
+    """`hub:NAME`: a Hugging Face hub dataset's train split, streamed."""
+
+    @staticmethod
+    def matches(path: str) -> bool:
+        return path.startswith("hub:")
+
+    @staticmethod
+    def raws(path: str, max_bytes: int) -> Iterator[Raw]:
+        import datasets
+
+        ds = datasets.load_dataset(path[4:], split="train", streaming=True)
+        yield from _iter_datasets(ds, path)
+
+
+# First match wins: JsonlSource takes whatever the others do not.
+SOURCES = (HubSource, DatasetsDirSource, ParquetSource, JsonlSource)
+
+
+def source_for(path: str) -> type:
+    return next(s for s in SOURCES if s.matches(path))
+
+
 def iter_raw(paths: Iterable[str], max_bytes: int = DEFAULT_MAX_DOC_BYTES) -> Iterator[Raw]:
     """Raw items of every input in order. Inputs must exist (see `check_inputs`)."""
     for path in paths:
-        if path.startswith("hub:"):
-            import datasets
-
-            ds = datasets.load_dataset(path[4:], split="train", streaming=True)
-            yield from _iter_datasets(ds, path)
-        elif os.path.isdir(path):
-            import datasets
-
-            ds = datasets.load_from_disk(path)
-            if isinstance(ds, datasets.DatasetDict):
-                ds = ds["train"] if "train" in ds else ds[next(iter(ds))]
-            yield from _iter_datasets(ds, _display(path))
-        elif path.endswith(".parquet"):
-            yield from _iter_parquet(path)
-        else:
-            yield from _iter_jsonl_lines(path, max_bytes)
+        yield from source_for(path).raws(path, max_bytes)
 
 
 def parse_raw(raw: Raw, max_bytes: int = DEFAULT_MAX_DOC_BYTES) -> Record:
