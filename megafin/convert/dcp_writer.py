@@ -42,7 +42,7 @@ def template_sharded_items(cfg: Config) -> tuple[dict[str, tuple[int, ...]], dic
     from megatron.core.dist_checkpointing.mapping import ShardedObject, ShardedTensor, ShardedTensorFactory
 
     from megafin.convert.runtime import megatron_session, model_build_config
-    from megafin.model import build_model
+    from megafin.models.gpt import build_model
 
     tiny = copy.deepcopy(cfg)
     m = tiny.model

@@ -160,7 +160,7 @@ class DPOStage(Stage):
 
         ref_ckpt = self.d.reference or self.cfg.train.init_from
         if self.d.reference_logps == "online":
-            from megafin.model import build_model
+            from megafin.models.gpt import build_model
 
             self.ref_model = build_model(self.cfg, trainer.vocab_size)
             if ref_ckpt:

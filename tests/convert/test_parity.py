@@ -76,7 +76,7 @@ def test_sharded_keys_match_the_model(converted):
     from megafin.convert.convert import checkpoint_config
     from megafin.convert.dcp_writer import template_sharded_items
     from megafin.convert.runtime import megatron_session, model_build_config
-    from megafin.model import build_model, padded_vocab_size
+    from megafin.models.gpt import build_model, padded_vocab_size
 
     for variant in ("untied", "tied", "qwen2"):
         cfg, vocab = checkpoint_config(converted[variant])

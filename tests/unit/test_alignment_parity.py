@@ -54,7 +54,7 @@ def _adapter_and_config(hf_model):
 
 def _megafin_model(hf_model, stage_overrides=()):
     """megafin GPTModel holding the HF model's weights (fp32), plus the adapter and its config."""
-    from megafin.model import build_model
+    from megafin.models.gpt import build_model
 
     adapter, m = _adapter_and_config(hf_model)
     overrides = [f"model.{k}={v}" for k, v in vars(m).items() if k != "rope_scaling"]

@@ -49,7 +49,7 @@ def test_collate_keeps_one_prompt_per_pair():
 
 @pytest.mark.parametrize("rope", ["none", "llama3"])
 def test_shared_prompt_log_probs_and_gradients_equal_whole_documents(rope, megatron_world):
-    from megafin.model import build_model
+    from megafin.models.gpt import build_model
     from megafin.train.dpo import sequence_sums
     from megafin.train.stages import per_token_loss
 

@@ -1,5 +1,5 @@
-"""The Llama family (and Qwen2: the same block with a q/k/v bias) as a megatron-core GPTModel: architecture only
-(no data, no training)."""
+"""The decoder every family builds: a megatron-core GPTModel (RMSNorm, SwiGLU, RoPE, GQA, q/k/v biases when the
+family has them). Architecture only (no data, no training)."""
 from __future__ import annotations
 
 import math
@@ -12,7 +12,7 @@ from megatron.core.transformer.transformer_config import TransformerConfig
 from megatron.core.transformer.transformer_layer import get_transformer_layer_offset
 
 from megafin.config.schema import Config, ModelConfig
-from megafin.model.spec import llama_layer_spec, resolve_attention_backend
+from megafin.models.spec import llama_layer_spec, resolve_attention_backend
 
 _DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp8": torch.bfloat16}
 
@@ -110,7 +110,7 @@ def build_model(cfg: Config, vocab_size: int, pre_process: bool | None = None,
     model_cls, extra = GPTModel, {}
     backend = resolve_logprob_backend(m.logprob_backend)
     if backend == "triton" or m.loss_positions == "targets":
-        from megafin.model.logprob_model import LogprobGPTModel
+        from megafin.models.logprob_model import LogprobGPTModel
 
         model_cls, extra = LogprobGPTModel, {"logprob_backend": backend, "loss_positions": m.loss_positions}
     model = model_cls(

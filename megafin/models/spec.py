@@ -33,11 +33,11 @@ def llama_layer_spec(attention_backend: str) -> ModuleSpec:
         spec = get_gpt_layer_local_spec(normalization="RMSNorm")
         attention = spec.submodules.self_attention.submodules
         if backend == "sdpa":
-            from megafin.model.sdpa_attention import SDPACoreAttention
+            from megafin.models.sdpa_attention import SDPACoreAttention
 
             attention.core_attention = SDPACoreAttention
         elif backend == "triton":
-            from megafin.model.triton_attention import TritonCoreAttention
+            from megafin.models.triton_attention import TritonCoreAttention
 
             attention.core_attention = TritonCoreAttention
         elif backend != "local":
