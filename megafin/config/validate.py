@@ -11,13 +11,14 @@ from typing import Any, Optional
 from data_prep.outputs import check_complete, file_creation_error
 from megafin.config.errors import ConfigError
 from megafin.config.schema import Config
+from megafin.models.backends import ATTENTION_BACKENDS, LOGPROB_BACKENDS
+from megafin.models.layout import layout_problems
+from megafin.models.registry import FAMILIES
 from megafin.runtime.run_dir import checkpoint_overwrite_problem
 
 STAGES = ("cpt", "cpt_it", "sft", "dpo")
 # Which data_prep output each stage trains on (the `kind` in a packed dataset's meta.json).
 PACKED_KIND = {"cpt_it": "mix", "sft": "sft", "dpo": "preference"}
-FAMILIES = ("llama", "qwen2")
-ATTENTION_BACKENDS = ("auto", "te", "triton", "sdpa", "local")
 DTYPES = ("fp32", "bf16", "fp8")
 DECAYS = ("cosine", "linear", "constant")
 DATA_FORMATS = ("pretrain", "packed")
@@ -96,11 +97,9 @@ def _writable(directory: Path) -> bool:
 
 
 def _validate_model(c: _Checks, m: Any) -> None:
-    c.require(m.family in FAMILIES, "model.family", f"one of {', '.join(FAMILIES)}", m.family)
-    if m.family in FAMILIES:
-        # Qwen2 always has q/k/v biases; Llama's only bias option also biases o_proj, which megafin does not build.
-        c.require(m.add_qkv_bias == (m.family == "qwen2"), "model.add_qkv_bias",
-                  f"{str(m.family == 'qwen2').lower()} for model.family={m.family}", m.add_qkv_bias)
+    if c.require(m.family in FAMILIES, "model.family", f"one of {', '.join(FAMILIES)}", m.family):
+        for key, expected, got in FAMILIES[m.family].model_problems(m):
+            c.require(False, key, expected, got)
     positive = {key: c.require(getattr(m, key) > 0, f"model.{key}", "a positive integer", getattr(m, key))
                 for key in ("num_layers", "hidden_size", "num_attention_heads", "num_query_groups", "ffn_hidden_size")}
     if positive["hidden_size"] and positive["num_attention_heads"]:
@@ -113,8 +112,8 @@ def _validate_model(c: _Checks, m: Any) -> None:
               m.rope_scaling.type)
     c.require(m.attention_backend in ATTENTION_BACKENDS, "model.attention_backend",
               f"one of {', '.join(ATTENTION_BACKENDS)}", m.attention_backend)
-    c.require(m.logprob_backend in ("auto", "megatron", "triton"), "model.logprob_backend",
-              "one of auto, megatron, triton", m.logprob_backend)
+    c.require(m.logprob_backend in LOGPROB_BACKENDS, "model.logprob_backend",
+              f"one of {', '.join(LOGPROB_BACKENDS)}", m.logprob_backend)
     c.require(m.loss_positions in ("targets", "all"), "model.loss_positions", "targets or all", m.loss_positions)
     for key in ("attention_backend", "logprob_backend"):
         if getattr(m, key) == "triton":
@@ -129,16 +128,9 @@ def _validate_parallel(c: _Checks, cfg: Config, world_size: int) -> None:
     m, par = cfg.model, cfg.parallel
     tp_ok = c.require(par.tp >= 1, "parallel.tp", "a positive integer", par.tp)
     pp_ok = c.require(par.pp >= 1, "parallel.pp", "a positive integer", par.pp)
-    if tp_ok:
-        for key in ("num_attention_heads", "num_query_groups", "ffn_hidden_size", "make_vocab_size_divisible_by"):
-            value = getattr(m, key)
-            if value > 0 and not c.require(value % par.tp == 0, "parallel.tp", f"a divisor of model.{key}={value}",
-                                           par.tp):
-                tp_ok = False
-                break
-    if pp_ok and m.num_layers > 0:
-        pp_ok = c.require(m.num_layers % par.pp == 0, "parallel.pp", f"a divisor of model.num_layers={m.num_layers}",
-                          par.pp)
+    for misfit in layout_problems(m, par.tp, par.pp):
+        c.require(False, f"parallel.{misfit.axis}", f"a divisor of model.{misfit.key}={misfit.value}", misfit.size)
+        tp_ok, pp_ok = tp_ok and misfit.axis != "tp", pp_ok and misfit.axis != "pp"
     mbs_ok = c.require(par.micro_batch_size >= 1, "parallel.micro_batch_size", "a positive integer",
                        par.micro_batch_size)
     if par.sequence_parallel and c.require(par.tp > 1, "parallel.sequence_parallel", "false when parallel.tp=1", True):

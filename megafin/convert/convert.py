@@ -13,10 +13,12 @@ from typing import Any, Callable, Iterator, Optional
 import torch
 
 from megafin.config.schema import Config, ModelConfig
-from megafin.convert.adapters import adapter_for_hf_config, adapter_for_model
 from megafin.convert.errors import ConvertError
 from megafin.convert.prefetch import prefetched
 from megafin.convert.safetensors_io import DTYPE_NAMES, TORCH_DTYPE_JSON, HFWeights, parse_size, write_sharded
+from megafin.models import megatron_keys
+from megafin.models.layout import layout_problems, padded_vocab_size
+from megafin.models.registry import adapter_for_hf_config, adapter_for_model
 
 META = "megafin.json"
 TOKENIZER_SUBDIR = "tokenizer"
@@ -74,13 +76,8 @@ def check_layout(m: ModelConfig, tp: int, pp: int) -> None:
     """TP/PP must divide the model as the trainer's validation requires."""
     if tp < 1 or pp < 1:
         raise ConvertError(f"--tp {tp} --pp {pp}: must be positive integers")
-    for name, value in (("num_attention_heads", m.num_attention_heads), ("num_query_groups", m.num_query_groups),
-                        ("ffn_hidden_size", m.ffn_hidden_size),
-                        ("make_vocab_size_divisible_by", m.make_vocab_size_divisible_by)):
-        if value % tp:
-            raise ConvertError(f"--tp {tp}: does not divide model.{name}={value}")
-    if m.num_layers % pp:
-        raise ConvertError(f"--pp {pp}: does not divide model.num_layers={m.num_layers}")
+    for misfit in layout_problems(m, tp, pp):
+        raise ConvertError(f"--{misfit.axis} {misfit.size}: does not divide model.{misfit.key}={misfit.value}")
 
 
 def read_hf_input(hf_dir: Path, tp: int, pp: int) -> tuple[Any, ModelConfig, HFWeights, dict[str, Any]]:
@@ -190,7 +187,7 @@ def from_hf(hf_dir: str | Path, out: str | Path, tp: int = 1, pp: int = 1, dtype
         if _has_tokenizer(hf_dir):
             cfg.data.tokenizer = str((out / TOKENIZER_SUBDIR).resolve())
             _copy_tokenizer(hf_dir, tmp / TOKENIZER_SUBDIR)
-        write_model_checkpoint(tmp, adapter, cfg, padded, prefetched(adapter.to_megatron(m, padded, weights.get if allow_nonfinite else finite_tensors(weights))),
+        write_model_checkpoint(tmp, cfg, padded, prefetched(adapter.to_megatron(m, padded, weights.get if allow_nonfinite else finite_tensors(weights))),
                                DTYPE_NAMES[dtype])
         if (hf_dir / "generation_config.json").is_file():
             shutil.copy2(hf_dir / "generation_config.json", tmp / "hf_generation_config.json")
@@ -204,11 +201,6 @@ def from_hf(hf_dir: str | Path, out: str | Path, tp: int = 1, pp: int = 1, dtype
 
 
 # ---------------------------------------------------------------------------------------------- to-hf
-def padded_vocab_size(vocab_size: int, divisible_by: int) -> int:
-    """As megafin.model.llama.padded_vocab_size (not imported: that module pulls in megatron-core)."""
-    return -(-vocab_size // divisible_by) * divisible_by
-
-
 def _special_token_id(tok_dir: Path, name: str) -> Any:
     """bos/eos id from tokenizer_config.json + tokenizer.json without importing transformers; None if absent."""
     try:
@@ -271,7 +263,7 @@ def to_hf(ckpt: str | Path, out: str | Path, dtype: Optional[str] = None, max_sh
     try:
         reader.check_files()
         padded = padded_vocab_size(vocab, m.make_vocab_size_divisible_by)
-        for key, want in adapter.sharded_shapes(m, padded).items():
+        for key, want in megatron_keys.sharded_shapes(m, padded).items():
             got = reader.shape(key)
             if got is None:
                 raise ConvertError(f"{ckpt}: tensor {key} is not in the checkpoint (the config in {META} expects it)")
@@ -279,7 +271,7 @@ def to_hf(ckpt: str | Path, out: str | Path, dtype: Optional[str] = None, max_sh
                 raise ConvertError(f"{ckpt}: tensor {key} has shape {list(got)}, but the config in {META} implies "
                                    f"{list(want)}")
         with _staging(out, force) as tmp:
-            hf_tensors = adapter.to_hf(m, vocab, lambda k: reader.read(*adapter.sharded_location(k)))
+            hf_tensors = adapter.to_hf(m, vocab, lambda k: reader.read(*megatron_keys.sharded_location(k)))
             write_sharded(tmp, shapes, prefetched(hf_tensors), torch_dtype, max_bytes)
             _write_hf_metadata(tmp, adapter, m, vocab, torch_dtype, ckpt, tok_dir)
     finally:

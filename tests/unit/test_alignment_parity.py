@@ -44,7 +44,7 @@ def _hf_model(seed: int):
 
 
 def _adapter_and_config(hf_model):
-    from megafin.convert.adapters import adapter_for_hf_config
+    from megafin.models.registry import adapter_for_hf_config
 
     hf_cfg = hf_model.config.to_dict()
     hf_cfg["architectures"] = ["LlamaForCausalLM"]
