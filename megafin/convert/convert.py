@@ -12,6 +12,8 @@ from typing import Any, Callable, Iterator, Optional
 
 import torch
 
+from megafin.checkpoint.errors import CheckpointError
+from megafin.checkpoint.meta import META, CheckpointMeta
 from megafin.config.schema import Config, ModelConfig
 from megafin.convert.errors import ConvertError
 from megafin.convert.prefetch import prefetched
@@ -20,7 +22,6 @@ from megafin.models import megatron_keys
 from megafin.models.layout import layout_problems, padded_vocab_size
 from megafin.models.registry import adapter_for_hf_config, adapter_for_model
 
-META = "megafin.json"
 TOKENIZER_SUBDIR = "tokenizer"
 # Files of a Hugging Face tokenizer directory (the chat template lives in tokenizer_config.json or its own file).
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
@@ -127,22 +128,32 @@ def _known_keys(cls: type, raw: Any) -> Any:
     return out
 
 
+def read_checkpoint_meta(ckpt: Path) -> CheckpointMeta:
+    """A megafin checkpoint's megafin.json; a ConvertError line when it is missing or malformed."""
+    if not (ckpt / META).is_file():
+        raise ConvertError(f"{ckpt / META}: missing (not a megafin checkpoint directory)")
+    try:
+        return CheckpointMeta.read(ckpt)
+    except CheckpointError as err:
+        raise ConvertError(str(err)) from None
+
+
 def checkpoint_config(ckpt: Path) -> tuple[Config, int]:
     """The config snapshot and real vocab size a megafin checkpoint records in megafin.json."""
     from megafin.config.errors import ConfigError
     from megafin.config.load import build
 
     meta_path = ckpt / META
-    if not meta_path.is_file():
-        raise ConvertError(f"{meta_path}: missing (not a megafin checkpoint directory)")
+    meta = read_checkpoint_meta(ckpt)
+    if meta.config is None:
+        raise ConvertError(f"{meta_path}: no usable config snapshot (no key 'config')")
     try:
-        meta = json.loads(meta_path.read_text())
-        cfg = build(Config, _known_keys(Config, meta["config"]), prefix="")
+        cfg = build(Config, _known_keys(Config, meta.config), prefix="")
     except (ValueError, KeyError) as err:
         raise ConvertError(f"{meta_path}: no usable config snapshot ({err})") from None
     except ConfigError as err:
         raise ConvertError(f"{meta_path}: config snapshot: {'; '.join(err.lines)}") from None
-    vocab = int(meta.get("vocab_size") or cfg.model.vocab_size)
+    vocab = int(meta.vocab_size or cfg.model.vocab_size)
     if vocab <= 0:
         raise ConvertError(f"{meta_path}: no vocab_size recorded")
     return cfg, vocab
@@ -187,16 +198,15 @@ def from_hf(hf_dir: str | Path, out: str | Path, tp: int = 1, pp: int = 1, dtype
         if _has_tokenizer(hf_dir):
             cfg.data.tokenizer = str((out / TOKENIZER_SUBDIR).resolve())
             _copy_tokenizer(hf_dir, tmp / TOKENIZER_SUBDIR)
-        write_model_checkpoint(tmp, cfg, padded, prefetched(adapter.to_megatron(m, padded, weights.get if allow_nonfinite else finite_tensors(weights))),
-                               DTYPE_NAMES[dtype])
+        get = weights.get if allow_nonfinite else finite_tensors(weights)
+        write_model_checkpoint(tmp, cfg, padded, prefetched(adapter.to_megatron(m, padded, get)), DTYPE_NAMES[dtype])
         if (hf_dir / "generation_config.json").is_file():
             shutil.copy2(hf_dir / "generation_config.json", tmp / "hf_generation_config.json")
         # What the trainer's save_checkpoint records, for a model saved by one process.
-        meta = {"step": 0, "consumed_samples": 0, "consumed_tokens": 0, "layout": {"tp": 1, "pp": 1, "dp": 1},
-                "vocab_size": m.vocab_size, "config": config_to_dict(cfg),
-                "converted_from": {"hf_dir": str(hf_dir.resolve()), "architecture": adapter.architecture,
-                                   "hf_dtype": src_dtype, "requested_layout": {"tp": tp, "pp": pp}}}
-        (tmp / META).write_text(json.dumps(meta, indent=2))
+        CheckpointMeta(step=0, consumed_samples=0, consumed_tokens=0, layout={"tp": 1, "pp": 1, "dp": 1},
+                       vocab_size=m.vocab_size, config=config_to_dict(cfg),
+                       converted_from={"hf_dir": str(hf_dir.resolve()), "architecture": adapter.architecture,
+                                       "hf_dtype": src_dtype, "requested_layout": {"tp": tp, "pp": pp}}).write(tmp)
     return out
 
 
@@ -246,9 +256,8 @@ def to_hf(ckpt: str | Path, out: str | Path, dtype: Optional[str] = None, max_sh
     max_bytes = parse_size(max_shard_size)
     cfg, vocab = checkpoint_config(ckpt)
     adapter = adapter_for_model(cfg.model, str(ckpt / META))
-    meta = json.loads((ckpt / META).read_text())
     if dtype is None:
-        dtype = meta.get("converted_from", {}).get("hf_dtype") or \
+        dtype = (read_checkpoint_meta(ckpt).converted_from or {}).get("hf_dtype") or \
             ("fp32" if cfg.precision.dtype == "fp32" else "bf16")
     if dtype not in DTYPE_NAMES:
         raise ConvertError(f"--dtype {dtype}: must be bf16 or fp32")

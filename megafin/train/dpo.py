@@ -32,7 +32,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-from megafin.checkpoint.manager import write_text_atomic
+from megafin.checkpoint.atomic import write_text_atomic
 from megafin.train.stages import Stage, per_token_loss
 
 CACHE_DIR = "reference_logps"
