@@ -77,8 +77,10 @@ def check_layout(m: ModelConfig, tp: int, pp: int) -> None:
     """TP/PP must divide the model as the trainer's validation requires."""
     if tp < 1 or pp < 1:
         raise ConvertError(f"--tp {tp} --pp {pp}: must be positive integers")
-    for misfit in layout_problems(m, tp, pp):
-        raise ConvertError(f"--{misfit.axis} {misfit.size}: does not divide model.{misfit.key}={misfit.value}")
+    misfits = layout_problems(m, tp, pp)
+    if misfits:  # the first one, as validation reports it
+        f = misfits[0]
+        raise ConvertError(f"--{f.axis} {f.size}: does not divide model.{f.key}={f.value}")
 
 
 def read_hf_input(hf_dir: Path, tp: int, pp: int) -> tuple[Any, ModelConfig, HFWeights, dict[str, Any]]:
