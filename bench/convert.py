@@ -48,7 +48,7 @@ def make_hf_checkpoint(out: Path, layers: int) -> int:
     """Random bf16 weights written tensor by tensor (the megafin writer), ~5 GB shards as HF ships them."""
     import torch
 
-    from megafin.convert.adapters.llama import LlamaAdapter
+    from megafin.models.llama.state_dict_adapter import LlamaAdapter
     from megafin.convert.safetensors_io import parse_size, write_sharded
 
     out.mkdir(parents=True)

@@ -37,7 +37,7 @@ def hf_model(seed: int):
 
 
 def adapter_and_config(hf_model):
-    from megafin.convert.adapters import adapter_for_hf_config
+    from megafin.models.registry import adapter_for_hf_config
 
     hf_cfg = hf_model.config.to_dict()
     hf_cfg["architectures"] = ["LlamaForCausalLM"]
@@ -47,7 +47,7 @@ def adapter_and_config(hf_model):
 
 def megafin_model(hf_model, stage_overrides=()):
     """megafin GPTModel holding the HF model's weights (fp32), plus the adapter and its config."""
-    from megafin.model import build_model
+    from megafin.models.gpt import build_model
 
     adapter, m = adapter_and_config(hf_model)
     overrides = [f"model.{k}={v}" for k, v in vars(m).items() if k != "rope_scaling"]

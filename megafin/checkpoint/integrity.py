@@ -6,41 +6,28 @@ only small files (megafin.json, metadata.json, .metadata) and file sizes.
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 from torch.distributed.checkpoint.metadata import Metadata, TensorStorageMetadata
 
 from megafin.checkpoint.errors import CheckpointError
+from megafin.checkpoint.meta import CheckpointMeta, read_json_object
 from megafin.checkpoint.safe_load import check_data_files, read_dcp_metadata
 
-META = "megafin.json"
 MEGATRON_CONFIG = "metadata.json"  # megatron-core's backend marker
 COMMON = "common.pt"
 _BACKENDS = {"sharded_backend": "torch_dist", "common_backend": "torch"}
 
 
-def read_json_object(path: Path, what: str) -> dict[str, Any]:
-    try:
-        value = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise CheckpointError(f"{path}: missing ({what})") from None
-    except (OSError, UnicodeDecodeError, ValueError) as err:
-        raise CheckpointError(f"{path}: unreadable ({type(err).__name__}: {err})") from None
-    if not isinstance(value, dict):
-        raise CheckpointError(f"{path}: expected a JSON object, got {type(value).__name__}")
-    return value
-
-
-def check_readable(ckpt_dir: str | Path) -> tuple[dict[str, Any], Metadata]:
+def check_readable(ckpt_dir: str | Path) -> tuple[CheckpointMeta, Metadata]:
     """megafin.json and metadata.json parse, `.metadata` passes the restricted unpickler, and every data file it
     points into exists and is long enough. Returns (megafin.json, the DCP metadata)."""
     ckpt = Path(ckpt_dir)
     if not ckpt.is_dir():
         raise CheckpointError(f"{ckpt}: not a checkpoint directory (it does not exist)" if not ckpt.exists()
                               else f"{ckpt}: not a checkpoint directory (it is a file)")
-    meta = read_json_object(ckpt / META, "not a complete megafin checkpoint")
+    meta = CheckpointMeta.read(ckpt)
     backend = read_json_object(ckpt / MEGATRON_CONFIG, "not a megatron-core distributed checkpoint")
     for key, want in _BACKENDS.items():
         if backend.get(key) != want:

@@ -11,7 +11,7 @@ Every problem is a CheckpointError: one line naming the file, tensor or marker.
 """
 from __future__ import annotations
 
-import json
+import dataclasses
 import os
 import random
 import re
@@ -29,10 +29,12 @@ from megatron.core.dist_checkpointing.mapping import ShardedObject
 from megatron.core.tensor_parallel import get_cuda_rng_tracker
 from torch.distributed.checkpoint.api import CheckpointException
 
+from megafin.checkpoint.atomic import write_text_atomic
 from megafin.checkpoint.dist_load import load_restricted
 from megafin.checkpoint.errors import CheckpointError
 from megafin.checkpoint.in_process_save import InProcessSaveStrategy
-from megafin.checkpoint.integrity import META, check_readable, check_state_matches, read_json_object
+from megafin.checkpoint.integrity import check_readable, check_state_matches
+from megafin.checkpoint.meta import META, CheckpointMeta
 
 LATEST = "latest"
 _STEP_DIR = re.compile(r"^step_(\d+)$")
@@ -112,7 +114,8 @@ def _step_dirs(root: Path) -> list[tuple[int, Path]]:
 
 
 def read_meta(ckpt_dir: str | Path) -> dict[str, Any]:
-    return read_json_object(Path(ckpt_dir) / META, "not a complete megafin checkpoint")
+    """megafin.json as a dict (CheckpointMeta.read's fields), for tests and tools that index it by key."""
+    return dataclasses.asdict(CheckpointMeta.read(ckpt_dir))
 
 
 def _layout() -> dict[str, int]:
@@ -165,24 +168,10 @@ def _barrier() -> None:
         dist.barrier()
 
 
-def write_text_atomic(path: Path, text: str) -> None:
-    """Replace `path` with `text` atomically and durably (temporary file, fsync, rename, fsync of the directory)."""
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
-
-
 def save_checkpoint(run_dir: str | Path, model: Any, optimizer: Any, scheduler: Any, progress: Progress,
                     keep_last: int, extra_meta: Optional[dict[str, Any]] = None) -> Path:
-    """Collective: every rank calls it. Returns the final checkpoint directory."""
+    """Collective: every rank calls it. Returns the final checkpoint directory. `extra_meta`: CheckpointMeta's
+    optional fields (vocab_size, config) for megafin.json."""
     root = checkpoint_root(run_dir)
     final = root / step_dir_name(progress.step)
     partial = root / (final.name + ".partial")
@@ -198,9 +187,8 @@ def save_checkpoint(run_dir: str | Path, model: Any, optimizer: Any, scheduler: 
     _crash_if_injected(progress.step)
     _barrier()
     if is_writer:
-        meta = {"step": progress.step, "consumed_samples": progress.consumed_samples,
-                "consumed_tokens": progress.consumed_tokens, "layout": _layout(), **(extra_meta or {})}
-        write_text_atomic(partial / META, json.dumps(meta, indent=2))
+        CheckpointMeta(step=progress.step, consumed_samples=progress.consumed_samples,
+                       consumed_tokens=progress.consumed_tokens, layout=_layout(), **(extra_meta or {})).write(partial)
         if final.exists():
             shutil.rmtree(final)
         os.replace(partial, final)
@@ -242,7 +230,7 @@ def load_checkpoint(ckpt_dir: str | Path, model: Any, optimizer: Any, scheduler:
     The checkpoint is untrusted: checked before anything is loaded (CheckpointError, one line, on every rank alike),
     and read without running code from it."""
     meta, md = check_readable(ckpt_dir)
-    same_layout = meta.get("layout") == _layout()
+    same_layout = meta.layout == _layout()
     progress = Progress()
     state = _sharded_state(model, optimizer, scheduler, progress, is_loading=True,
                            with_rng=same_layout and optimizer is not None)

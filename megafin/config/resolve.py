@@ -7,9 +7,7 @@ from megafin.config.schema import Config
 
 def resolve(cfg: Config) -> Config:
     """Replace `auto` choices by the concrete ones for this machine (in place; returns cfg)."""
-    from megafin.model.llama import resolve_logprob_backend
-    from megafin.model.spec import resolve_attention_backend
+    from megafin.models.backends import resolve_backends
 
-    cfg.model.attention_backend = resolve_attention_backend(cfg.model.attention_backend)
-    cfg.model.logprob_backend = resolve_logprob_backend(cfg.model.logprob_backend)
+    cfg.model.attention_backend, cfg.model.logprob_backend = resolve_backends(cfg.model)
     return cfg

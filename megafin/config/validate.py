@@ -1,7 +1,6 @@
 """Every check that can fail before a process group starts. Each failure is one line naming the key."""
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import struct
@@ -11,10 +10,11 @@ from typing import Any, Optional
 from data_prep.outputs import check_complete, file_creation_error
 from megafin.config.errors import ConfigError
 from megafin.config.schema import Config
+from megafin.models.backends import ATTENTION_BACKENDS, LOGPROB_BACKENDS, cuda_available, te_available
+from megafin.models.layout import layout_problems
+from megafin.models.registry import FAMILIES
 from megafin.runtime.run_dir import checkpoint_overwrite_problem
 
-FAMILIES = ("llama", "qwen2")
-ATTENTION_BACKENDS = ("auto", "te", "triton", "sdpa", "local")
 DTYPES = ("fp32", "bf16", "fp8")
 DECAYS = ("cosine", "linear", "constant")
 DATA_FORMATS = ("pretrain", "packed")
@@ -22,22 +22,12 @@ DATA_FORMATS = ("pretrain", "packed")
 _INDEX_MAGIC = b"MMIDIDX\x00\x00"
 
 
-def _cuda_available() -> bool:
-    import torch
-
-    return torch.cuda.is_available()
-
-
-def _te_available() -> bool:
-    return importlib.util.find_spec("transformer_engine") is not None
-
-
 def validate(cfg: Config, world_size: int) -> None:
     """Raise ConfigError listing every problem found, one line each. Needs only the config, the world size and the
     filesystem. A check that depends on a value already reported bad is skipped (one cause, one line)."""
     from megafin.stages import stage_class, stage_names
 
-    c = _Checks()
+    c = Checks()
     names = stage_names()
     stage = stage_class(cfg.stage) if c.require(cfg.stage in names, "stage", f"one of {', '.join(names)}",
                                                  cfg.stage) else None
@@ -54,7 +44,7 @@ def validate(cfg: Config, world_size: int) -> None:
     c.raise_if_any()
 
 
-class _Checks:
+class Checks:
     """Collects every failed check as one `key: expected ..., got ...` line."""
 
     def __init__(self) -> None:
@@ -76,7 +66,7 @@ class _Checks:
             raise ConfigError(*self.errors)
 
 
-def _validate_run_dir(c: _Checks, run_dir: str) -> None:
+def _validate_run_dir(c: Checks, run_dir: str) -> None:
     """run_dir must be, or be creatable as, a writable directory: found now, not at the first checkpoint."""
     if not c.require(bool(run_dir), "run_dir", "a directory path", run_dir):
         return
@@ -96,12 +86,10 @@ def _writable(directory: Path) -> bool:
     return file_creation_error(directory) is None
 
 
-def _validate_model(c: _Checks, m: Any) -> None:
-    c.require(m.family in FAMILIES, "model.family", f"one of {', '.join(FAMILIES)}", m.family)
-    if m.family in FAMILIES:
-        # Qwen2 always has q/k/v biases; Llama's only bias option also biases o_proj, which megafin does not build.
-        c.require(m.add_qkv_bias == (m.family == "qwen2"), "model.add_qkv_bias",
-                  f"{str(m.family == 'qwen2').lower()} for model.family={m.family}", m.add_qkv_bias)
+def _validate_model(c: Checks, m: Any) -> None:
+    if c.require(m.family in FAMILIES, "model.family", f"one of {', '.join(FAMILIES)}", m.family):
+        for key, expected, got in FAMILIES[m.family].model_problems(m):
+            c.require(False, key, expected, got)
     positive = {key: c.require(getattr(m, key) > 0, f"model.{key}", "a positive integer", getattr(m, key))
                 for key in ("num_layers", "hidden_size", "num_attention_heads", "num_query_groups", "ffn_hidden_size")}
     if positive["hidden_size"] and positive["num_attention_heads"]:
@@ -114,36 +102,29 @@ def _validate_model(c: _Checks, m: Any) -> None:
               m.rope_scaling.type)
     c.require(m.attention_backend in ATTENTION_BACKENDS, "model.attention_backend",
               f"one of {', '.join(ATTENTION_BACKENDS)}", m.attention_backend)
-    c.require(m.logprob_backend in ("auto", "megatron", "triton"), "model.logprob_backend",
-              "one of auto, megatron, triton", m.logprob_backend)
+    c.require(m.logprob_backend in LOGPROB_BACKENDS, "model.logprob_backend",
+              f"one of {', '.join(LOGPROB_BACKENDS)}", m.logprob_backend)
     c.require(m.loss_positions in ("targets", "all"), "model.loss_positions", "targets or all", m.loss_positions)
     for key in ("attention_backend", "logprob_backend"):
         if getattr(m, key) == "triton":
-            c.require(_cuda_available() or os.environ.get("TRITON_INTERPRET") == "1", f"model.{key}",
+            c.require(cuda_available() or os.environ.get("TRITON_INTERPRET") == "1", f"model.{key}",
                       "triton only on CUDA (or with TRITON_INTERPRET=1, for testing)", "triton")
     if m.attention_backend == "te":
-        c.require(_cuda_available() and _te_available(), "model.attention_backend",
+        c.require(cuda_available() and te_available(), "model.attention_backend",
                   "te only with CUDA and transformer_engine installed (use auto or sdpa)", "te")
 
 
-def _validate_parallel(c: _Checks, cfg: Config, world_size: int) -> None:
+def _validate_parallel(c: Checks, cfg: Config, world_size: int) -> None:
     m, par = cfg.model, cfg.parallel
     tp_ok = c.require(par.tp >= 1, "parallel.tp", "a positive integer", par.tp)
     pp_ok = c.require(par.pp >= 1, "parallel.pp", "a positive integer", par.pp)
-    if tp_ok:
-        for key in ("num_attention_heads", "num_query_groups", "ffn_hidden_size", "make_vocab_size_divisible_by"):
-            value = getattr(m, key)
-            if value > 0 and not c.require(value % par.tp == 0, "parallel.tp", f"a divisor of model.{key}={value}",
-                                           par.tp):
-                tp_ok = False
-                break
-    if pp_ok and m.num_layers > 0:
-        pp_ok = c.require(m.num_layers % par.pp == 0, "parallel.pp", f"a divisor of model.num_layers={m.num_layers}",
-                          par.pp)
+    for misfit in layout_problems(m, par.tp, par.pp):
+        c.require(False, f"parallel.{misfit.axis}", f"a divisor of model.{misfit.key}={misfit.value}", misfit.size)
+        tp_ok, pp_ok = tp_ok and misfit.axis != "tp", pp_ok and misfit.axis != "pp"
     mbs_ok = c.require(par.micro_batch_size >= 1, "parallel.micro_batch_size", "a positive integer",
                        par.micro_batch_size)
     if par.sequence_parallel and c.require(par.tp > 1, "parallel.sequence_parallel", "false when parallel.tp=1", True):
-        c.require(_cuda_available() and _te_available(), "parallel.sequence_parallel",
+        c.require(cuda_available() and te_available(), "parallel.sequence_parallel",
                   "false without CUDA and Transformer Engine (the local RMSNorm does not support it)", True)
     if not (tp_ok and pp_ok):
         return
@@ -156,16 +137,16 @@ def _validate_parallel(c: _Checks, cfg: Config, world_size: int) -> None:
                   par.global_batch_size)
 
 
-def _validate_precision(c: _Checks, cfg: Config) -> None:
+def _validate_precision(c: Checks, cfg: Config) -> None:
     dtype = cfg.precision.dtype
     if c.require(dtype in DTYPES, "precision.dtype", f"one of {', '.join(DTYPES)}", dtype) and dtype == "fp8":
-        if c.require(_cuda_available(), "precision.dtype", "fp8 only on CUDA GPUs (Hopper or newer); use bf16 or fp32",
+        if c.require(cuda_available(), "precision.dtype", "fp8 only on CUDA GPUs (Hopper or newer); use bf16 or fp32",
                      "fp8"):
-            c.require(_te_available(), "precision.dtype", "fp8 needs transformer_engine installed (pip install .[gpu])",
+            c.require(te_available(), "precision.dtype", "fp8 needs transformer_engine installed (pip install .[gpu])",
                       "fp8")
 
 
-def _validate_schedule(c: _Checks, cfg: Config) -> None:
+def _validate_schedule(c: Checks, cfg: Config) -> None:
     opt, train = cfg.optimizer, cfg.train
     c.require(opt.name == "adamw", "optimizer.name", "adamw", opt.name)
     if c.require(opt.lr > 0, "optimizer.lr", "a positive number", opt.lr):
@@ -187,7 +168,7 @@ def _validate_schedule(c: _Checks, cfg: Config) -> None:
                   train.init_from)
 
 
-def _validate_data(c: _Checks, cfg: Config, stage: Any) -> None:
+def _validate_data(c: Checks, cfg: Config, stage: Any) -> None:
     m, data = cfg.model, cfg.data
     if c.require(data.seq_length >= 2, "data.seq_length", "at least 2", data.seq_length):
         c.require(data.seq_length <= m.max_position_embeddings, "data.seq_length",
@@ -218,7 +199,7 @@ def _validate_data(c: _Checks, cfg: Config, stage: Any) -> None:
         c.require(float(parts[1]) > 0, "data.split", "a valid share > 0 when train.eval_interval > 0", data.split)
 
 
-def _validate_indexed(c: _Checks, key: str, prefix: str) -> None:
+def _validate_indexed(c: Checks, key: str, prefix: str) -> None:
     """A Megatron .bin/.idx pair holding at least one sequence (an empty corpus fails here, not inside GPTDataset)."""
     for suffix in (".bin", ".idx"):
         if not c.require(Path(prefix + suffix).is_file(), key,
@@ -245,7 +226,7 @@ def indexed_sequence_count(idx_path: str) -> Optional[int]:
     return struct.unpack("<Q", header[18:26])[0]
 
 
-def _validate_packed(c: _Checks, cfg: Config, want: Optional[str]) -> None:
+def _validate_packed(c: Checks, cfg: Config, want: Optional[str]) -> None:
     from megafin.data.build import packed_prefix_files
 
     data = cfg.data

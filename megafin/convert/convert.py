@@ -12,13 +12,16 @@ from typing import Any, Callable, Iterator, Optional
 
 import torch
 
+from megafin.checkpoint.errors import CheckpointError
+from megafin.checkpoint.meta import META, CheckpointMeta
 from megafin.config.schema import Config, ModelConfig
-from megafin.convert.adapters import adapter_for_hf_config, adapter_for_model
 from megafin.convert.errors import ConvertError
 from megafin.convert.prefetch import prefetched
 from megafin.convert.safetensors_io import DTYPE_NAMES, TORCH_DTYPE_JSON, HFWeights, parse_size, write_sharded
+from megafin.models import megatron_keys
+from megafin.models.layout import layout_problems, padded_vocab_size
+from megafin.models.registry import adapter_for_hf_config, adapter_for_model
 
-META = "megafin.json"
 TOKENIZER_SUBDIR = "tokenizer"
 # Files of a Hugging Face tokenizer directory (the chat template lives in tokenizer_config.json or its own file).
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
@@ -74,13 +77,10 @@ def check_layout(m: ModelConfig, tp: int, pp: int) -> None:
     """TP/PP must divide the model as the trainer's validation requires."""
     if tp < 1 or pp < 1:
         raise ConvertError(f"--tp {tp} --pp {pp}: must be positive integers")
-    for name, value in (("num_attention_heads", m.num_attention_heads), ("num_query_groups", m.num_query_groups),
-                        ("ffn_hidden_size", m.ffn_hidden_size),
-                        ("make_vocab_size_divisible_by", m.make_vocab_size_divisible_by)):
-        if value % tp:
-            raise ConvertError(f"--tp {tp}: does not divide model.{name}={value}")
-    if m.num_layers % pp:
-        raise ConvertError(f"--pp {pp}: does not divide model.num_layers={m.num_layers}")
+    misfits = layout_problems(m, tp, pp)
+    if misfits:  # the first one, as validation reports it
+        f = misfits[0]
+        raise ConvertError(f"--{f.axis} {f.size}: does not divide model.{f.key}={f.value}")
 
 
 def read_hf_input(hf_dir: Path, tp: int, pp: int) -> tuple[Any, ModelConfig, HFWeights, dict[str, Any]]:
@@ -130,22 +130,32 @@ def _known_keys(cls: type, raw: Any) -> Any:
     return out
 
 
+def read_checkpoint_meta(ckpt: Path) -> CheckpointMeta:
+    """A megafin checkpoint's megafin.json; a ConvertError line when it is missing or malformed."""
+    if not (ckpt / META).is_file():
+        raise ConvertError(f"{ckpt / META}: missing (not a megafin checkpoint directory)")
+    try:
+        return CheckpointMeta.read(ckpt)
+    except CheckpointError as err:
+        raise ConvertError(str(err)) from None
+
+
 def checkpoint_config(ckpt: Path) -> tuple[Config, int]:
     """The config snapshot and real vocab size a megafin checkpoint records in megafin.json."""
     from megafin.config.errors import ConfigError
     from megafin.config.load import build
 
     meta_path = ckpt / META
-    if not meta_path.is_file():
-        raise ConvertError(f"{meta_path}: missing (not a megafin checkpoint directory)")
+    meta = read_checkpoint_meta(ckpt)
+    if meta.config is None:
+        raise ConvertError(f"{meta_path}: no usable config snapshot (no key 'config')")
     try:
-        meta = json.loads(meta_path.read_text())
-        cfg = build(Config, _known_keys(Config, meta["config"]), prefix="")
+        cfg = build(Config, _known_keys(Config, meta.config), prefix="")
     except (ValueError, KeyError) as err:
         raise ConvertError(f"{meta_path}: no usable config snapshot ({err})") from None
     except ConfigError as err:
         raise ConvertError(f"{meta_path}: config snapshot: {'; '.join(err.lines)}") from None
-    vocab = int(meta.get("vocab_size") or cfg.model.vocab_size)
+    vocab = int(meta.vocab_size or cfg.model.vocab_size)
     if vocab <= 0:
         raise ConvertError(f"{meta_path}: no vocab_size recorded")
     return cfg, vocab
@@ -190,25 +200,19 @@ def from_hf(hf_dir: str | Path, out: str | Path, tp: int = 1, pp: int = 1, dtype
         if _has_tokenizer(hf_dir):
             cfg.data.tokenizer = str((out / TOKENIZER_SUBDIR).resolve())
             _copy_tokenizer(hf_dir, tmp / TOKENIZER_SUBDIR)
-        write_model_checkpoint(tmp, adapter, cfg, padded, prefetched(adapter.to_megatron(m, padded, weights.get if allow_nonfinite else finite_tensors(weights))),
-                               DTYPE_NAMES[dtype])
+        get = weights.get if allow_nonfinite else finite_tensors(weights)
+        write_model_checkpoint(tmp, cfg, padded, prefetched(adapter.to_megatron(m, padded, get)), DTYPE_NAMES[dtype])
         if (hf_dir / "generation_config.json").is_file():
             shutil.copy2(hf_dir / "generation_config.json", tmp / "hf_generation_config.json")
         # What the trainer's save_checkpoint records, for a model saved by one process.
-        meta = {"step": 0, "consumed_samples": 0, "consumed_tokens": 0, "layout": {"tp": 1, "pp": 1, "dp": 1},
-                "vocab_size": m.vocab_size, "config": config_to_dict(cfg),
-                "converted_from": {"hf_dir": str(hf_dir.resolve()), "architecture": adapter.architecture,
-                                   "hf_dtype": src_dtype, "requested_layout": {"tp": tp, "pp": pp}}}
-        (tmp / META).write_text(json.dumps(meta, indent=2))
+        CheckpointMeta(step=0, consumed_samples=0, consumed_tokens=0, layout={"tp": 1, "pp": 1, "dp": 1},
+                       vocab_size=m.vocab_size, config=config_to_dict(cfg),
+                       converted_from={"hf_dir": str(hf_dir.resolve()), "architecture": adapter.architecture,
+                                       "hf_dtype": src_dtype, "requested_layout": {"tp": tp, "pp": pp}}).write(tmp)
     return out
 
 
 # ---------------------------------------------------------------------------------------------- to-hf
-def padded_vocab_size(vocab_size: int, divisible_by: int) -> int:
-    """As megafin.model.llama.padded_vocab_size (not imported: that module pulls in megatron-core)."""
-    return -(-vocab_size // divisible_by) * divisible_by
-
-
 def _special_token_id(tok_dir: Path, name: str) -> Any:
     """bos/eos id from tokenizer_config.json + tokenizer.json without importing transformers; None if absent."""
     try:
@@ -254,9 +258,8 @@ def to_hf(ckpt: str | Path, out: str | Path, dtype: Optional[str] = None, max_sh
     max_bytes = parse_size(max_shard_size)
     cfg, vocab = checkpoint_config(ckpt)
     adapter = adapter_for_model(cfg.model, str(ckpt / META))
-    meta = json.loads((ckpt / META).read_text())
     if dtype is None:
-        dtype = meta.get("converted_from", {}).get("hf_dtype") or \
+        dtype = (read_checkpoint_meta(ckpt).converted_from or {}).get("hf_dtype") or \
             ("fp32" if cfg.precision.dtype == "fp32" else "bf16")
     if dtype not in DTYPE_NAMES:
         raise ConvertError(f"--dtype {dtype}: must be bf16 or fp32")
@@ -271,7 +274,7 @@ def to_hf(ckpt: str | Path, out: str | Path, dtype: Optional[str] = None, max_sh
     try:
         reader.check_files()
         padded = padded_vocab_size(vocab, m.make_vocab_size_divisible_by)
-        for key, want in adapter.sharded_shapes(m, padded).items():
+        for key, want in megatron_keys.sharded_shapes(m, padded).items():
             got = reader.shape(key)
             if got is None:
                 raise ConvertError(f"{ckpt}: tensor {key} is not in the checkpoint (the config in {META} expects it)")
@@ -279,7 +282,7 @@ def to_hf(ckpt: str | Path, out: str | Path, dtype: Optional[str] = None, max_sh
                 raise ConvertError(f"{ckpt}: tensor {key} has shape {list(got)}, but the config in {META} implies "
                                    f"{list(want)}")
         with _staging(out, force) as tmp:
-            hf_tensors = adapter.to_hf(m, vocab, lambda k: reader.read(*adapter.sharded_location(k)))
+            hf_tensors = adapter.to_hf(m, vocab, lambda k: reader.read(*megatron_keys.sharded_location(k)))
             write_sharded(tmp, shapes, prefetched(hf_tensors), torch_dtype, max_bytes)
             _write_hf_metadata(tmp, adapter, m, vocab, torch_dtype, ckpt, tok_dir)
     finally:

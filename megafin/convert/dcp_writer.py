@@ -7,10 +7,10 @@ Files: `__0_0.distcp` (blobs), `.metadata` (torch.distributed.checkpoint Metadat
 stacked on a leading layer axis, as megatron's sharded keys define them; dist_checkpointing reshards from these
 chunks to any TP/PP on load.
 
-Which keys and `_extra_state` objects the model has is the adapter's to say (`sharded_shapes`, `sharded_objects`):
-the writer never imports megatron-core, which would cost seconds of a conversion that is otherwise IO.
-`template_sharded_items` builds megafin's own GPTModel (same layer count, tiny widths) and lists what it saves; the
-tests hold the adapters to it, so the files match what `load_checkpoint` will ask for.
+Which keys and `_extra_state` objects the model has is megafin.models.megatron_keys' to say (`sharded_shapes`,
+`sharded_objects`): the writer never imports megatron-core, which would cost seconds of a conversion that is
+otherwise IO. `template_sharded_items` builds megafin's own GPTModel (same layer count, tiny widths) and lists what
+it saves; the tests hold megatron_keys to it, so the files match what `load_checkpoint` will ask for.
 
 Blobs are written without the zip CRC32 torch.save computes by default: torch.load never checks it (a flipped data
 byte loads silently either way), and computing it halves the write speed.
@@ -27,6 +27,7 @@ import torch
 
 from megafin.config.schema import Config
 from megafin.convert.errors import ConvertError
+from megafin.models import megatron_keys
 
 DATA_FILE = "__0_0.distcp"
 MEGATRON_METADATA = {"sharded_backend": "torch_dist", "sharded_backend_version": 1, "common_backend": "torch",
@@ -41,8 +42,8 @@ def template_sharded_items(cfg: Config) -> tuple[dict[str, tuple[int, ...]], dic
 
     from megatron.core.dist_checkpointing.mapping import ShardedObject, ShardedTensor, ShardedTensorFactory
 
+    from megafin.models.gpt import build_model
     from megafin.runtime.model_session import megatron_session, model_build_config
-    from megafin.model import build_model
 
     tiny = copy.deepcopy(cfg)
     m = tiny.model
@@ -130,15 +131,15 @@ class DistCheckpointWriter:
         (self.dir / "metadata.json").write_text(json.dumps(MEGATRON_METADATA))
 
 
-def write_model_checkpoint(out_dir: Path, adapter: Any, cfg: Config, padded_vocab: int,
+def write_model_checkpoint(out_dir: Path, cfg: Config, padded_vocab: int,
                            megatron_tensors: Iterable[tuple[str, torch.Tensor]], dtype: torch.dtype) -> None:
-    """All of the model's tensors (megatron state-dict keys, as the adapter yields them) into a torch_dist checkpoint
-    with the sharded keys and _extra_state objects of megafin's GPTModel (as the adapter lists them)."""
-    shapes = adapter.sharded_shapes(cfg.model, padded_vocab)
-    objects = adapter.sharded_objects(cfg.model)
+    """All of the model's tensors (megatron state-dict keys, as an adapter yields them) into a torch_dist checkpoint
+    with the sharded keys and _extra_state objects of megafin's GPTModel (as megatron_keys lists them)."""
+    shapes = megatron_keys.sharded_shapes(cfg.model, padded_vocab)
+    objects = megatron_keys.sharded_objects(cfg.model)
     writer = DistCheckpointWriter(out_dir, shapes, dtype)
     for key, tensor in megatron_tensors:
-        skey, layer = adapter.sharded_location(key)
+        skey, layer = megatron_keys.sharded_location(key)
         writer.add(skey, layer, tensor)
         del tensor
     writer.add_objects(objects)

@@ -56,7 +56,7 @@ def _check_checkpoint(ckpt: Path) -> None:
     """Fail with one line before any process group starts when --ckpt is not a complete, readable megafin
     checkpoint (its metadata read through the restricted loader: nothing in it executes)."""
     from megafin.checkpoint.integrity import check_readable
-    from megafin.checkpoint.manager import META
+    from megafin.checkpoint.meta import META
 
     if not ckpt.is_dir():
         raise EvalError(f"{ckpt}: checkpoint directory not found")

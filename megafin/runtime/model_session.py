@@ -47,7 +47,7 @@ def load_model(ckpt: Path, tp: int = 1, pp: int = 1) -> tuple[torch.nn.Module, C
     """This rank's stage of the checkpoint's model at the session's layout, weights loaded. Needs a session."""
     from megafin.checkpoint.manager import load_checkpoint
     from megafin.convert.convert import checkpoint_config
-    from megafin.model import build_model
+    from megafin.models.gpt import build_model
 
     ckpt = Path(ckpt)
     cfg, vocab = checkpoint_config(ckpt)

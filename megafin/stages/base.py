@@ -128,7 +128,7 @@ def _loss_mask_kwarg(model: Any, batch: dict, device: torch.device) -> dict:
     """The loss mask for a model that computes log-probs only where it is set (megafin's LogprobGPTModel, possibly
     inside DDP / Float16Module wrappers); stock GPTModel gets nothing (it would read it as a multi-token-prediction
     mask)."""
-    from megafin.model.logprob_model import LogprobGPTModel
+    from megafin.models.logprob_model import LogprobGPTModel
 
     inner = model
     while hasattr(inner, "module"):

@@ -101,7 +101,7 @@ class Trainer:
         from megafin.data.batches import MicroBatches
         from megafin.data.build import build_datasets
         from megafin.data.tokenizer import HFTokenizerAdapter
-        from megafin.model import build_model
+        from megafin.models.gpt import build_model
         from megafin.train.optimizer_fixes import fix_torch_adam_step_state
 
         self.cfg = cfg

@@ -69,32 +69,32 @@ def test_checkpoint_saved_at_tp2_or_pp2_exports_bit_exact(name, parallel_logits,
 
 
 def test_sharded_keys_match_the_model(converted):
-    """The adapter's torch_dist keys, global shapes and _extra_state objects are what megafin's GPTModel saves (the
-    writer takes them from the adapter and never builds the model)."""
+    """megatron_keys' torch_dist keys, global shapes and _extra_state objects (every adapter's megatron side) are what
+    megafin's GPTModel saves (the writer takes them from megatron_keys and never builds the model)."""
     from megatron.core.dist_checkpointing.mapping import ShardedTensor
 
-    from megafin.convert.adapters import adapter_for_model
     from megafin.convert.convert import checkpoint_config
     from megafin.convert.dcp_writer import template_sharded_items
+    from megafin.models import megatron_keys
+    from megafin.models.gpt import build_model
+    from megafin.models.layout import padded_vocab_size
     from megafin.runtime.model_session import megatron_session, model_build_config
-    from megafin.model import build_model, padded_vocab_size
 
     for variant in ("untied", "tied", "qwen2"):
         cfg, vocab = checkpoint_config(converted[variant])
-        adapter = adapter_for_model(cfg.model, variant)
         with megatron_session():
             model = build_model(model_build_config(cfg, 1, 1), vocab)
             sharded = model.sharded_state_dict()
             state = model.state_dict()
-        want = adapter.sharded_shapes(cfg.model, padded_vocab_size(vocab, 128))
+        want = megatron_keys.sharded_shapes(cfg.model, padded_vocab_size(vocab, 128))
         got = {v.key: tuple(v.global_shape) for v in sharded.values() if isinstance(v, ShardedTensor)}
         assert {k: v for k, v in want.items() if k in got} == got  # fc1 is a factory: not a ShardedTensor
         assert set(want) - set(got) == {"decoder.layers.mlp.linear_fc1.weight"}
         template_tensors, template_objects = template_sharded_items(cfg)
         assert set(template_tensors) == set(want)
-        assert template_objects == adapter.sharded_objects(cfg.model)
-        for key in adapter.megatron_keys(cfg.model):
-            skey, layer = adapter.sharded_location(key)
+        assert template_objects == megatron_keys.sharded_objects(cfg.model)
+        for key in megatron_keys.megatron_keys(cfg.model):
+            skey, layer = megatron_keys.sharded_location(key)
             assert sharded[key].key == skey, key
             if isinstance(sharded[key], ShardedTensor):
                 global_shape = tuple(sharded[key].global_shape)

@@ -26,7 +26,7 @@ def _cfg(*extra: str):
 
 
 def _model(*extra: str):
-    from megafin.model import build_model
+    from megafin.models.gpt import build_model
 
     return build_model(_cfg(*extra), VOCAB)
 

@@ -19,7 +19,7 @@ GRAD_REL = 1e-5
 
 
 def _model(backend: str, tie: bool, positions: str = "targets"):
-    from megafin.model import build_model
+    from megafin.models.gpt import build_model
 
     cfg = load_config(None, [*TINY_MODEL, f"model.logprob_backend={backend}", f"model.tie_embeddings={str(tie).lower()}",
                              f"model.loss_positions={positions}", "model.attention_backend=sdpa", "train.seed=5"])

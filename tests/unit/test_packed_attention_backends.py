@@ -14,7 +14,7 @@ GRAD_REL = 1e-5
 
 
 def _model(backend: str):
-    from megafin.model import build_model
+    from megafin.models.gpt import build_model
 
     cfg = load_config(None, [*TINY_MODEL, f"model.attention_backend={backend}", "train.seed=3"])
     torch.manual_seed(0)
@@ -73,7 +73,7 @@ def test_sdpa_and_triton_backends_agree(megatron_world):
 
 def test_thd_plan_groups_similar_lengths_and_unpads_in_pack_order():
     """SDPA's THD path pads documents of similar length into one call; every token comes back to its place."""
-    from megafin.model.sdpa_attention import _THDPlan
+    from megafin.models.sdpa_attention import _THDPlan
 
     lens = [1, 16, 11, 4, 0, 15]
     cu = [0, *torch.tensor(lens).cumsum(0).tolist()]

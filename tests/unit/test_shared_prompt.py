@@ -49,9 +49,8 @@ def test_collate_keeps_one_prompt_per_pair():
 
 @pytest.mark.parametrize("rope", ["none", "llama3"])
 def test_shared_prompt_log_probs_and_gradients_equal_whole_documents(rope, megatron_world):
-    from megafin.model import build_model
-    from megafin.stages.base import sequence_sums
-    from megafin.stages.base import per_token_loss
+    from megafin.models.gpt import build_model
+    from megafin.stages.base import per_token_loss, sequence_sums
 
     overrides = [*TINY_MODEL, "model.attention_backend=sdpa", "train.seed=3", f"model.rope_scaling.type={rope}"]
     if rope == "llama3":

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from megafin.checkpoint.manager import write_text_atomic
+from megafin.checkpoint.atomic import write_text_atomic
 from megafin.stages.base import StageContext, per_token_loss, sequence_sums
 
 CACHE_DIR = "reference_logps"

@@ -1,8 +1,6 @@
-"""The Llama family (and Qwen2: the same block with a q/k/v bias) as a megatron-core GPTModel: architecture only
-(no data, no training)."""
+"""The decoder every family builds: a megatron-core GPTModel (RMSNorm, SwiGLU, RoPE, GQA, q/k/v biases when the
+family has them). Architecture only (no data, no training)."""
 from __future__ import annotations
-
-import math
 
 import torch
 import torch.nn.functional as F
@@ -12,13 +10,11 @@ from megatron.core.transformer.transformer_config import TransformerConfig
 from megatron.core.transformer.transformer_layer import get_transformer_layer_offset
 
 from megafin.config.schema import Config, ModelConfig
-from megafin.model.spec import llama_layer_spec, resolve_attention_backend
+from megafin.models.backends import resolve_backends
+from megafin.models.layout import padded_vocab_size
+from megafin.models.spec import decoder_layer_spec
 
 _DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp8": torch.bfloat16}
-
-
-def padded_vocab_size(vocab_size: int, divisible_by: int) -> int:
-    return int(math.ceil(vocab_size / divisible_by) * divisible_by)
 
 
 def transformer_config(cfg: Config) -> TransformerConfig:
@@ -90,12 +86,6 @@ def _layout_independent_layer(layer_cls: type, seed: int) -> type:
     return SeededLayer
 
 
-def resolve_logprob_backend(requested: str) -> str:
-    if requested == "auto":
-        return "triton" if torch.cuda.is_available() else "megatron"
-    return requested
-
-
 def build_model(cfg: Config, vocab_size: int, pre_process: bool | None = None,
                 post_process: bool | None = None) -> GPTModel:
     """This rank's pipeline stage of the model (the whole model at pp=1)."""
@@ -105,14 +95,14 @@ def build_model(cfg: Config, vocab_size: int, pre_process: bool | None = None,
     if post_process is None:
         post_process = parallel_state.is_pipeline_last_stage()
     scaling = m.rope_scaling
-    spec = llama_layer_spec(m.attention_backend)
+    attention, logprob = resolve_backends(m)
+    spec = decoder_layer_spec(attention, m.attention_backend)
     spec.module = _layout_independent_layer(spec.module, cfg.train.seed)
     model_cls, extra = GPTModel, {}
-    backend = resolve_logprob_backend(m.logprob_backend)
-    if backend == "triton" or m.loss_positions == "targets":
-        from megafin.model.logprob_model import LogprobGPTModel
+    if logprob == "triton" or m.loss_positions == "targets":
+        from megafin.models.logprob_model import LogprobGPTModel
 
-        model_cls, extra = LogprobGPTModel, {"logprob_backend": backend, "loss_positions": m.loss_positions}
+        model_cls, extra = LogprobGPTModel, {"logprob_backend": logprob, "loss_positions": m.loss_positions}
     model = model_cls(
         **extra,
         config=transformer_config(cfg),
@@ -132,7 +122,7 @@ def build_model(cfg: Config, vocab_size: int, pre_process: bool | None = None,
         _apply_llama3_rope_scaling(model, m)
     if torch.cuda.is_available():
         model.cuda()
-    model.megafin_attention_backend = resolve_attention_backend(m.attention_backend)
+    model.megafin_attention_backend = attention
     return model
 
 
@@ -142,6 +132,7 @@ def _apply_llama3_rope_scaling(model: GPTModel, m: ModelConfig) -> None:
     dim = rope.inv_freq.numel() * 2
     base = 1.0 / (m.rope_theta ** (torch.arange(0, dim, 2, dtype=torch.float32, device=rope.inv_freq.device) / dim))
     s = m.rope_scaling
+    # A private megatron-core method: listed in the internals index (megafin/runtime/mcore_internals.py).
     rope.inv_freq = rope._apply_scaling(base, factor=s.factor, low_freq_factor=s.low_freq_factor,
                                         high_freq_factor=s.high_freq_factor,
                                         original_max_position_embeddings=s.original_max_position_embeddings)

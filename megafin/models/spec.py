@@ -1,0 +1,34 @@
+"""The layer spec of a backend (megatron-core's BackendSpecProvider idea): Transformer Engine's fused layers, or the
+local spec with Triton, SDPA or megatron's own core attention."""
+from __future__ import annotations
+
+import logging
+
+from megatron.core.models.gpt.gpt_layer_specs import get_gpt_layer_local_spec
+from megatron.core.transformer.spec_utils import ModuleSpec
+
+logger = logging.getLogger(__name__)
+
+
+def decoder_layer_spec(backend: str, requested: str) -> ModuleSpec:
+    """The decoder block (RMSNorm, SwiGLU, RoPE, GQA) with the core attention of `backend`, a concrete name
+    (megafin.models.backends.resolve_backends settled `auto`); `requested` is only logged."""
+    if backend == "te":
+        from megatron.core.models.gpt.gpt_layer_specs import get_gpt_layer_with_transformer_engine_spec
+
+        spec = get_gpt_layer_with_transformer_engine_spec()
+    else:
+        spec = get_gpt_layer_local_spec(normalization="RMSNorm")
+        attention = spec.submodules.self_attention.submodules
+        if backend == "sdpa":
+            from megafin.models.sdpa_attention import SDPACoreAttention
+
+            attention.core_attention = SDPACoreAttention
+        elif backend == "triton":
+            from megafin.models.triton_attention import TritonCoreAttention
+
+            attention.core_attention = TritonCoreAttention
+        elif backend != "local":
+            raise ValueError(f"model.attention_backend: unknown backend {backend!r}")
+    logger.info("attention backend: %s (requested %s)", backend, requested)
+    return spec
