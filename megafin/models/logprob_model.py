@@ -90,7 +90,7 @@ class LogprobGPTModel(GPTModel):
     def forward(self, *args: Any, labels: Optional[torch.Tensor] = None, loss_mask: Optional[torch.Tensor] = None,
                 **kwargs: Any) -> torch.Tensor:
         params = kwargs.get("packed_seq_params")
-        if params is not None and getattr(params, "megafin_attn_prefix", None):
+        if params is not None and getattr(params, "attn_prefix", None):
             with _rope_at_positions(self, args[1]):
                 return self._forward(*args, labels=labels, loss_mask=loss_mask, **kwargs)
         return self._forward(*args, labels=labels, loss_mask=loss_mask, **kwargs)

@@ -136,9 +136,9 @@ class _THDPlan:
 
 def _thd_plan(params: PackedSeqParams) -> _THDPlan:
     """The plan for these PackedSeqParams, cached on the object: all layers of one forward share the instance.
-    A shared-prompt batch carries its per-document prefix lengths as `megafin_attn_prefix`."""
+    A shared-prompt batch carries its per-document prefix lengths as `attn_prefix` (MegafinPackedSeqParams)."""
     plan = params.__dict__.get("_megafin_thd_plan")
     if plan is None:
         plan = params.__dict__["_megafin_thd_plan"] = _THDPlan(
-            params.cu_seqlens_q.tolist(), params.cu_seqlens_q.device, params.__dict__.get("megafin_attn_prefix"))
+            params.cu_seqlens_q.tolist(), params.cu_seqlens_q.device, getattr(params, "attn_prefix", None))
     return plan

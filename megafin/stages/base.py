@@ -106,14 +106,12 @@ def packed_seq_params(batch: dict, device: torch.device) -> Any:
     """THD parameters for a packed micro-batch (None for a plain [b, s] batch)."""
     if "cu_seqlens" not in batch:
         return None
-    from megatron.core.packed_seq_params import PackedSeqParams
+    from megafin.models.packed_seq_params import MegafinPackedSeqParams
 
     cu = batch["cu_seqlens"].to(device)
-    params = PackedSeqParams(qkv_format="thd", cu_seqlens_q=cu, cu_seqlens_kv=cu, max_seqlen_q=batch["max_seqlen"],
-                             max_seqlen_kv=batch["max_seqlen"])
-    if "attn_prefix" in batch:  # shared-prompt preference pairs (dpo.share_prompt): read by SDPACoreAttention
-        params.megafin_attn_prefix = batch["attn_prefix"]
-    return params
+    return MegafinPackedSeqParams(qkv_format="thd", cu_seqlens_q=cu, cu_seqlens_kv=cu,
+                                  max_seqlen_q=batch["max_seqlen"], max_seqlen_kv=batch["max_seqlen"],
+                                  attn_prefix=batch.get("attn_prefix"))  # shared-prompt pairs (dpo.share_prompt)
 
 
 def per_token_loss(model: Any, batch: dict) -> torch.Tensor:
