@@ -35,6 +35,7 @@ from megafin.checkpoint.errors import CheckpointError
 from megafin.checkpoint.in_process_save import InProcessSaveStrategy
 from megafin.checkpoint.integrity import check_readable, check_state_matches
 from megafin.checkpoint.meta import META, CheckpointMeta
+from megafin.runtime.fault_injection import crash_if_injected_in_save
 
 LATEST = "latest"
 _STEP_DIR = re.compile(r"^step_(\d+)$")
@@ -184,7 +185,7 @@ def save_checkpoint(run_dir: str | Path, model: Any, optimizer: Any, scheduler: 
     state = _sharded_state(model, optimizer, scheduler, progress, is_loading=False, with_rng=True)
     dist_checkpointing.save(state, str(partial), sharded_strategy=InProcessSaveStrategy(),  # no worker processes
                             validate_access_integrity=True)
-    _crash_if_injected(progress.step)
+    crash_if_injected_in_save(progress.step)
     _barrier()
     if is_writer:
         CheckpointMeta(step=progress.step, consumed_samples=progress.consumed_samples,
@@ -197,14 +198,6 @@ def save_checkpoint(run_dir: str | Path, model: Any, optimizer: Any, scheduler: 
         _remove_stale_partials(root)
     _barrier()
     return final
-
-
-def _crash_if_injected(step: int) -> None:
-    """Fault injection for drills and tests: MEGAFIN_FAULT_CRASH_IN_SAVE=<step> kills the process after the shards
-    are written but before the checkpoint is complete, as a node failure mid-save would."""
-    if os.environ.get("MEGAFIN_FAULT_CRASH_IN_SAVE") == str(step):
-        print(f"megafin: fault injection: crashing while saving step {step}", flush=True)
-        os._exit(86)
 
 
 def _prune(root: Path, keep_last: int, keep: Path) -> None:
