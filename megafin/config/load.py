@@ -9,6 +9,7 @@ from typing import Any, Mapping, Sequence
 import yaml
 
 from megafin.config.errors import ConfigError
+from megafin.config.resolve import resolve
 from megafin.config.schema import Config
 
 
@@ -30,9 +31,31 @@ def load_config(recipe: str | Path | None, overrides: Sequence[str] = ()) -> Con
         raw = loaded
     for item in overrides:
         _apply_override(raw, item)
-    from megafin.config.resolve import resolve
-
     return resolve(build(Config, raw, prefix=""))
+
+
+def config_from_snapshot(raw: Mapping[str, Any]) -> Config:
+    """The Config a checkpoint recorded (its megafin.json `config`), to rebuild its model elsewhere. Keys this schema
+    does not know are ignored (a checkpoint of an older or newer megafin still loads); the backends are this
+    machine's choice, not the checkpoint's (a model trained with Triton kernels on a GPU loads with SDPA on a CPU:
+    the same weights), so they are settled anew."""
+    cfg = build(Config, _known_keys(Config, raw), prefix="")
+    cfg.model.attention_backend = cfg.model.logprob_backend = "auto"
+    return resolve(cfg)
+
+
+def _known_keys(cls: type, raw: Any) -> Any:
+    """The part of a config snapshot this schema knows: a checkpoint written by a newer (or older) megafin with
+    other sections still converts; only model, precision, data.tokenizer and train.seed matter here."""
+    if not isinstance(raw, dict):
+        return raw
+    hints = typing.get_type_hints(cls)
+    out = {}
+    for f in dataclasses.fields(cls):
+        if f.name in raw:
+            tp = hints[f.name]
+            out[f.name] = _known_keys(tp, raw[f.name]) if dataclasses.is_dataclass(tp) else raw[f.name]
+    return out
 
 
 def config_to_dict(cfg: Config) -> dict[str, Any]:

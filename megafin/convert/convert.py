@@ -113,23 +113,6 @@ def read_hf_input(hf_dir: Path, tp: int, pp: int) -> tuple[Any, ModelConfig, HFW
     return adapter, m, weights, hf_cfg
 
 
-def _known_keys(cls: type, raw: Any) -> Any:
-    """The part of a config snapshot this schema knows: a checkpoint written by a newer (or older) megafin with
-    other sections still converts; only model, precision, data.tokenizer and train.seed matter here."""
-    import dataclasses
-    import typing
-
-    if not isinstance(raw, dict):
-        return raw
-    hints = typing.get_type_hints(cls)
-    out = {}
-    for f in dataclasses.fields(cls):
-        if f.name in raw:
-            tp = hints[f.name]
-            out[f.name] = _known_keys(tp, raw[f.name]) if dataclasses.is_dataclass(tp) else raw[f.name]
-    return out
-
-
 def read_checkpoint_meta(ckpt: Path) -> CheckpointMeta:
     """A megafin checkpoint's megafin.json; a ConvertError line when it is missing or malformed."""
     if not (ckpt / META).is_file():
@@ -143,14 +126,14 @@ def read_checkpoint_meta(ckpt: Path) -> CheckpointMeta:
 def checkpoint_config(ckpt: Path) -> tuple[Config, int]:
     """The config snapshot and real vocab size a megafin checkpoint records in megafin.json."""
     from megafin.config.errors import ConfigError
-    from megafin.config.load import build
+    from megafin.config.load import config_from_snapshot
 
     meta_path = ckpt / META
     meta = read_checkpoint_meta(ckpt)
     if meta.config is None:
         raise ConvertError(f"{meta_path}: no usable config snapshot (no key 'config')")
     try:
-        cfg = build(Config, _known_keys(Config, meta.config), prefix="")
+        cfg = config_from_snapshot(meta.config)
     except (ValueError, KeyError) as err:
         raise ConvertError(f"{meta_path}: no usable config snapshot ({err})") from None
     except ConfigError as err:
