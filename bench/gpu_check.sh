@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The GPU check: everything megafin can only check on a CUDA machine, as one short script (~6 min on one H100).
 #
-#   bash bench/gpu_check.sh            # on a CUDA machine, from the repo root
+#   bash bench/gpu_check.sh [PART ...]   # on a CUDA machine, from the repo root; PART: kernels bench model demo
+#                                        # (default: all; the kernels' tests autotune for ~5 min on an H100)
 #
 # 1. the Triton kernels' tests, compiled (on CPU they run under TRITON_INTERPRET=1);
 # 2. bench/kernels.py: varlen attention TFLOP/s against SDPA / flash-attn / TE where importable, and the
@@ -12,6 +13,8 @@
 # Each part has its own time limit, and a failing part does not stop the next; the exit status counts failures.
 set -u
 PY=${PYTHON:-python3}
+PARTS=" ${*:-kernels bench model demo} "
+want() { [[ "$PARTS" == *" $1 "* ]]; }
 export PYTHONUNBUFFERED=1
 fails=0
 part() { echo; echo "== $1"; }
@@ -35,16 +38,24 @@ $PY -c "import torch, triton; print('torch', torch.__version__, 'cuda', torch.ve
   || { echo "no torch/triton with CUDA here"; exit 2; }
 $PY -c "import torch; assert torch.cuda.is_available(), 'torch sees no CUDA device'" || exit 2
 
-part "1. Triton kernels' tests on CUDA"
-run 240 $PY -m pytest tests/kernels -q -p no:cacheprovider
+if want kernels; then
+  part "1. Triton kernels' tests on CUDA"
+  run 420 $PY -m pytest tests/kernels -q -p no:cacheprovider
+fi
+if want bench; then
+  part "2. kernel benchmarks (seq 4096)"
+  run 180 $PY bench/kernels.py --seq-length 4096
+fi
 
-part "2. kernel benchmarks (seq 4096)"
-run 180 $PY bench/kernels.py --seq-length 4096
-
-if $PY -c "import megatron.core" 2>/dev/null; then
+if ! $PY -c "import megatron.core" 2>/dev/null; then
+  part "3. skipped: megatron-core is not importable (put its wheel in .whl/)"
+fi
+if want model && $PY -c "import megatron.core" 2>/dev/null; then
   part "3a. model-level packed attention and log-prob tests on CUDA"
   run 180 $PY -m pytest tests/unit/test_packed_attention_backends.py tests/unit/test_logprob_backend.py -q \
     -p no:cacheprovider
+fi
+if want demo && $PY -c "import megatron.core" 2>/dev/null; then
   part "3b. make demo's job on the GPU"
   work=$(mktemp -d)
   here=$PWD
@@ -58,8 +69,6 @@ for run in ("cpt_it", "dpo"):
     print(run, "last ", {k: train[-1][k] for k in sorted(train[-1]) if not isinstance(train[-1][k], (dict, list))})
 EOF
   ) || fails=$((fails + 1))
-else
-  part "3. skipped: megatron-core is not importable (put its wheel in .whl/)"
 fi
 
 echo

@@ -20,7 +20,7 @@
 #   MEGAFIN_MAX_REQUEUES  stop requeueing after this many restarts (default 50)
 #   MASTER_ADDR / MASTER_PORT  rendezvous (default: first node's NodeAddr, 20000 + job id % 20000)
 #
-# Exit codes (the trainer's, see megafin/checkpoint/signals.py): 0 done; 2 config error (never requeued);
+# Exit codes (the trainer's, see megafin/runtime/exit_codes.py): 0 done; 2 config error (never requeued);
 # 3 diverged (never requeued); 75 checkpoint written on SIGUSR1/SIGTERM -> `scontrol requeue` and the next
 # attempt resumes from RUN_DIR/checkpoints/latest (train.resume=auto).
 set -uo pipefail

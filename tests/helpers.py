@@ -125,3 +125,11 @@ def assert_close_to_scale(actual, expected, rel: float, name: str = "") -> None:
     scale = expected.detach().double().abs().max().item() if expected.numel() else 0.0
     worst = diff.max().item() if diff.numel() else 0.0
     assert worst <= rel * scale, f"{name}: max |actual - expected| {worst:.3g} > {rel:g} x max|expected| ({scale:.3g})"
+
+
+def to_model_device(batch: dict, model) -> dict:
+    """A collated batch with its tensors where the model's parameters are (CUDA on a GPU machine, CPU here)."""
+    import torch
+
+    device = next(model.parameters()).device
+    return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}

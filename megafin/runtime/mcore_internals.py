@@ -47,13 +47,13 @@ INTERNALS: tuple[Internal, ...] = (
              "megafin/train/optimizer_fixes.py", "read by the rebound method (an instance attribute)"),
     Internal("megatron.core.optimizer.distrib_optimizer:DistributedOptimizer.sharded_state_dict",
              "megafin/train/optimizer_fixes.py", "rebound per instance", ("model_sharded_state_dict", "is_loading")),
-    # ---- GPTModel internals (megafin/model/logprob_model.py, megafin/model/llama.py)
-    Internal("megatron.core.models.gpt.gpt_model:GPTModel.rotary_pos_emb", "megafin/model/logprob_model.py",
+    # ---- GPTModel internals (megafin/models/logprob_model.py, megafin/models/gpt.py)
+    Internal("megatron.core.models.gpt.gpt_model:GPTModel.rotary_pos_emb", "megafin/models/logprob_model.py",
              "shadowed through __dict__ for one forward (per-token RoPE positions of shared-prompt packs)"),
-    Internal("megatron.core.models.gpt.gpt_model:GPTModel.output_layer", "megafin/model/logprob_model.py",
+    Internal("megatron.core.models.gpt.gpt_model:GPTModel.output_layer", "megafin/models/logprob_model.py",
              "shadowed through __dict__ for one forward (hidden states to the log-prob kernel)"),
     Internal("megatron.core.models.common.embeddings.rotary_pos_embedding:RotaryEmbedding._apply_scaling",
-             "megafin/model/llama.py", "Llama-3 RoPE scaling with all four HF parameters (GPTModel passes only "
+             "megafin/models/gpt.py", "Llama-3 RoPE scaling with all four HF parameters (GPTModel passes only "
              "the factor)", ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings")),
     # ---- restricted checkpoint loading (megafin/checkpoint/dist_load.py): a copy of
     # TorchDistLoadShardedStrategy.load that unpickles nothing

@@ -10,7 +10,7 @@ import torch
 
 from megafin.config import load_config
 from megafin.data.packed_collate import collate_packed
-from tests.helpers import TINY_MODEL, assert_close_to_scale
+from tests.helpers import TINY_MODEL, assert_close_to_scale, to_model_device
 
 # Gradients: the two paths differ in GEMM shapes and reduction order, so they agree to fp32 rounding of the
 # tensor's scale (<= 4e-7 of max|grad| measured under AVX-512, AVX2 and scalar kernels); 1e-5 leaves 25x, and a
@@ -37,6 +37,7 @@ def test_kernel_loss_and_gradients_equal_megatron_cross_entropy(tie, megatron_wo
               "doc_lens": np.array(lens)}
     batch = collate_packed([sample], seq_length=40, pad_id=0)
     ref, fused = _model("megatron", tie), _model("triton", tie)
+    batch = to_model_device(batch, ref)
     fused.load_state_dict(ref.state_dict())
     assert set(ref.state_dict()) == set(fused.state_dict())  # same checkpoint keys
     a, b = per_token_loss(ref, batch), per_token_loss(fused, batch)
@@ -66,10 +67,10 @@ def test_targets_only_equals_every_position(backend, tie, megatron_world):
         pytest.importorskip("triton")
     from megafin.stages.base import per_token_loss
 
-    batch = _partly_masked_batch([9, 17, 12], [6, 15, 12])  # the third document has no target at all
+    full, targets = _model(backend, tie, "all"), _model(backend, tie, "targets")
+    batch = to_model_device(_partly_masked_batch([9, 17, 12], [6, 15, 12]), full)  # the third document: no target
     mask = batch["loss_mask"].float()
     assert 0 < mask.sum() < mask.numel()
-    full, targets = _model(backend, tie, "all"), _model(backend, tie, "targets")
     targets.load_state_dict(full.state_dict())
     a, b = per_token_loss(full, batch), per_token_loss(targets, batch)
     torch.testing.assert_close(b * mask, a * mask, rtol=1e-6, atol=1e-6)
@@ -84,9 +85,9 @@ def test_targets_only_with_an_empty_mask_still_backpropagates(megatron_world):
     """A micro-batch without targets (e.g. a filler pack) gives zero loss and zero gradients, not an error."""
     from megafin.stages.base import per_token_loss
 
-    batch = _partly_masked_batch([20, 20], [20, 20])
-    assert batch["loss_mask"].sum() == 0
     model = _model("megatron", False)
+    batch = to_model_device(_partly_masked_batch([20, 20], [20, 20]), model)
+    assert batch["loss_mask"].sum() == 0
     out = per_token_loss(model, batch)
     (out * batch["loss_mask"]).sum().backward()
     assert all(p.grad is None or torch.count_nonzero(p.grad) == 0 for p in model.parameters())

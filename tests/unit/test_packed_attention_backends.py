@@ -24,18 +24,21 @@ def _model(backend: str):
 def _packed_loss(model, tokens, labels, lens):
     from megatron.core.packed_seq_params import PackedSeqParams
 
-    cu = torch.tensor([0, *torch.tensor(lens).cumsum(0).tolist()], dtype=torch.int32)
-    positions = torch.cat([torch.arange(n) for n in lens]).unsqueeze(0)
+    device = next(model.parameters()).device  # CUDA on a GPU machine
+    tokens, labels = tokens.to(device), labels.to(device)
+    cu = torch.tensor([0, *torch.tensor(lens).cumsum(0).tolist()], dtype=torch.int32, device=device)
+    positions = torch.cat([torch.arange(n) for n in lens]).unsqueeze(0).to(device)
     params = PackedSeqParams(qkv_format="thd", cu_seqlens_q=cu, cu_seqlens_kv=cu, max_seqlen_q=max(lens),
                              max_seqlen_kv=max(lens))
     return model(tokens.unsqueeze(0), positions, None, labels=labels.unsqueeze(0), packed_seq_params=params)[0]
 
 
 def _alone_loss(model, tokens, labels, lens):
+    device = next(model.parameters()).device
     out, start = [], 0
     for n in lens:
-        t, l = tokens[start:start + n], labels[start:start + n]
-        out.append(model(t.unsqueeze(0), torch.arange(n).unsqueeze(0), None, labels=l.unsqueeze(0))[0])
+        t, l = tokens[start:start + n].to(device), labels[start:start + n].to(device)
+        out.append(model(t.unsqueeze(0), torch.arange(n, device=device).unsqueeze(0), None, labels=l.unsqueeze(0))[0])
         start += n
     return torch.cat(out)
 
