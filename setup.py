@@ -38,9 +38,7 @@ setup(
         ],
         # GPU-only pieces: not installable on a CPU machine; see README "GPU".
         "gpu": ["transformer-engine[pytorch]", "flash-attn"],
-        "vllm": ["vllm"],
-        "eval": ["lm-eval"],
-        "align": ["trl"],
+        # Extras arrive with the code that imports them (vLLM with generation serving, lm-eval with the eval suite).
     },
     entry_points={"console_scripts": ["megafin=megafin.cli:main"]},
 )
