@@ -16,12 +16,14 @@ def forward_logits(model: torch.nn.Module, tokens: torch.Tensor, vocab_size: int
     """
     from megatron.core import parallel_state as ps
 
+    device = next(model.parameters()).device  # the GPU under NCCL: every tensor sent or reduced lives there
     b, s = tokens.shape
-    position_ids = torch.arange(s).unsqueeze(0).expand(b, s)
+    tokens = tokens.to(device)
+    position_ids = torch.arange(s, device=device).unsqueeze(0).expand(b, s)
     cfg = model.config
     first, last = ps.is_pipeline_first_stage(), ps.is_pipeline_last_stage()
     if not first:
-        hidden = torch.empty(s, b, cfg.hidden_size, dtype=cfg.pipeline_dtype)
+        hidden = torch.empty(s, b, cfg.hidden_size, dtype=cfg.pipeline_dtype, device=device)
         dist.recv(hidden, src=ps.get_pipeline_model_parallel_prev_rank())
         model.set_input_tensor(hidden)
     out = model(tokens, position_ids, None)
@@ -34,10 +36,10 @@ def forward_logits(model: torch.nn.Module, tokens: torch.Tensor, vocab_size: int
         out = torch.cat(parts, dim=-1)
     if ps.get_pipeline_model_parallel_world_size() > 1:
         last_rank = ps.get_pipeline_model_parallel_last_rank()
-        size = torch.tensor([padded], dtype=torch.int64)
+        size = torch.tensor([padded], dtype=torch.int64, device=device)
         dist.broadcast(size, src=last_rank, group=ps.get_pipeline_model_parallel_group())
         if not last:
-            out = torch.empty(b, s, int(size.item()), dtype=torch.float32)
+            out = torch.empty(b, s, int(size.item()), dtype=torch.float32, device=device)
         else:
             out = out.float().contiguous()
         dist.broadcast(out, src=last_rank, group=ps.get_pipeline_model_parallel_group())
