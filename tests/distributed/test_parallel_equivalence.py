@@ -8,18 +8,11 @@ import json
 
 import pytest
 
-from tests.helpers import FAST, REPO, assert_ok, losses, run_train
+from tests.golden_recipes import GOLDEN, GOLDEN_MAX_STEPS, GOLDEN_REL, LAYOUT_REL, STEPS, recipe_overrides
+from tests.helpers import REPO, assert_ok, losses, run_train
 
-# Another layout sums the same fp32 products in another order (split GEMMs, all-reduces), and so do another CPU's
-# kernels: measured drift <= 2e-7 relative over these 5-6 steps, under AVX-512 and scalar ATen kernels and MKL's
-# COMPATIBLE GEMMs. 2e-6 leaves 10x on that (it was abs 1e-5, i.e. 1.3e-6 to 2e-6 on these losses of 5 to 8) and
-# fails any layout bug that moves a loss by more.
-LAYOUT_REL = 2e-6
 DPO_METRICS = ("pref_loss", "nll", "reward_chosen", "reward_rejected", "reward_accuracy")
 
-# Same schedule in every run (decay_steps fixed), so runs of different lengths see the same learning rates.
-SCHEDULE = ["scheduler.decay_steps=20", "scheduler.warmup_steps=2"]
-STEPS = {"cpt": 6, "sft": 5, "cpt_it": 5, "dpo": 5}
 LAYOUTS = {"tp2": ["parallel.tp=2"], "pp2": ["parallel.pp=2"], "dp2": [],
            "pp2-tied": ["parallel.pp=2", "model.tie_embeddings=true"],
            # Shared prompts (pairs' prompts computed once) under PP, against the single process without them.
@@ -30,17 +23,6 @@ LAYOUTS = {"tp2": ["parallel.tp=2"], "pp2": ["parallel.pp=2"], "dp2": [],
 CASES = [("cpt", "tp2"), ("cpt", "pp2"), ("cpt", "dp2"), ("cpt", "pp2-tied"), ("sft", "tp2"), ("sft", "pp2"), ("sft", "dp2"),
          ("cpt_it", "tp2"), ("cpt_it", "pp2"), ("dpo", "tp2"), ("dpo", "pp2"), ("dpo", "dp2"),
          ("dpo", "pp2-shared-prompt")]
-
-
-def recipe_overrides(recipe: str, tiny_data, run_dir, layout: str = "") -> list[str]:
-    data = {"cpt": [f"data.blend=[{{path: {tiny_data / 'finance_text_document'}, weight: 0.7}}, "
-                    f"{{path: {tiny_data / 'general_text_document'}, weight: 0.3}}]"],
-            "sft": [f"data.blend=[{{path: {tiny_data / 'sft'}, weight: 1}}]"],
-            "cpt_it": [f"data.blend=[{{path: {tiny_data / 'cpt_it'}, weight: 1}}]"],
-            "dpo": [f"data.blend=[{{path: {tiny_data / 'preference'}, weight: 1}}]"]}[recipe]
-    tied = ["model.tie_embeddings=true"] if layout.endswith("tied") else []
-    return [*FAST, f"data.tokenizer={tiny_data / 'tokenizer'}", *data, *SCHEDULE, f"train.steps={STEPS[recipe]}",
-            f"run_dir={run_dir}", *tied]
 
 
 @pytest.fixture(scope="module")
@@ -81,14 +63,6 @@ def test_two_process_layout_matches_single_process(recipe, layout, single, tiny_
         scale = max(abs(a[key]) for key in DPO_METRICS)  # one rounding scale: all come from the same log-prob sums
         for key in DPO_METRICS:
             assert b[key] == pytest.approx(a[key], abs=LAYOUT_REL * scale), key
-
-
-GOLDEN = REPO / "tests/golden/loss_curves.json"
-# The curves were recorded on another machine. Measured against them under this machine's AVX-512, AVX2 and scalar
-# kernels and MKL's COMPATIBLE GEMMs: <= 1.7e-7 relative. 1e-5 leaves 60x, and a 1e-3 change of the math fails 100x
-# over. Drift between kernels grows with training (9e-7 by step 10, 5e-5 by step 20 for cpt): pinned curves stay short.
-GOLDEN_REL = 1e-5
-GOLDEN_MAX_STEPS = 10
 
 
 @pytest.mark.parametrize("recipe", list(STEPS))

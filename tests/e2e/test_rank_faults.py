@@ -12,7 +12,7 @@ import pytest
 
 from megafin.checkpoint.manager import latest_checkpoint, read_meta
 from megafin.runtime.exit_codes import EXIT_SIGNAL_CHECKPOINTED
-from tests.distributed.test_parallel_equivalence import GOLDEN, GOLDEN_REL, LAYOUT_REL, STEPS, recipe_overrides
+from tests.golden_recipes import GOLDEN, GOLDEN_REL, LAYOUT_REL, STEPS, recipe_overrides
 from tests.helpers import TINY_RECIPE, assert_ok, kill_session, losses, run_train, start_train
 from tests.proc_watch import Watched, alive, descendants, kill_all, start_ranks, wait_gone
 

@@ -13,7 +13,7 @@ import pytest
 
 from megafin.checkpoint.manager import latest_checkpoint, read_meta
 from megafin.runtime.exit_codes import EXIT_DIVERGED, EXIT_SIGNAL_CHECKPOINTED
-from tests.distributed.test_parallel_equivalence import GOLDEN, GOLDEN_REL, STEPS, recipe_overrides
+from tests.golden_recipes import GOLDEN, GOLDEN_REL, STEPS, recipe_overrides
 from tests.helpers import (FAST, REPO, assert_ok, data_overrides, kill_session, losses, run_train, start_train,
                            train_here)
 from tests.proc_watch import Watched, in_session, wait_gone
