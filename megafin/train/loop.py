@@ -15,13 +15,13 @@ from megafin.checkpoint.errors import CheckpointError
 from megafin.checkpoint.integrity import check_readable
 from megafin.checkpoint.manager import (Progress, checkpoint_root, checkpoint_to_resume, load_checkpoint,
                                         save_checkpoint)
-from megafin.runtime.exit_codes import EXIT_CONFIG_ERROR, EXIT_DIVERGED, EXIT_OK, EXIT_SIGNAL_CHECKPOINTED
-from megafin.runtime.stop_request import STOP_REQUEST, StopInPreparation
 from megafin.config.load import config_to_dict
 from megafin.config.schema import Config
-from megafin.runtime.fault_injection import nan_steps as injected_nan_steps, with_nan_output
 from megafin.runtime.distributed import LaunchEnv, collective_device, init_distributed, shutdown_distributed
+from megafin.runtime.exit_codes import EXIT_CONFIG_ERROR, EXIT_DIVERGED, EXIT_OK, EXIT_SIGNAL_CHECKPOINTED
+from megafin.runtime.fault_injection import nan_steps as injected_nan_steps, with_nan_output
 from megafin.runtime.run_dir import RunDirBusy, discard_earlier_checkpoints, lock_run_dir
+from megafin.runtime.stop_request import STOP_REQUEST, StopInPreparation
 from megafin.train.flops import PeakFlops, flops_per_token
 
 
@@ -128,8 +128,9 @@ class Trainer:
         opt = cfg.optimizer
         dtype = self.model.config.params_dtype
         self.optimizer = get_megatron_optimizer(
-            OptimizerConfig(optimizer=MEGATRON_OPTIMIZER[opt.name], lr=opt.lr, min_lr=opt.min_lr, weight_decay=opt.weight_decay,
-                            adam_beta1=opt.beta1, adam_beta2=opt.beta2, adam_eps=opt.eps, clip_grad=opt.clip_grad,
+            OptimizerConfig(optimizer=MEGATRON_OPTIMIZER[opt.name], lr=opt.lr, min_lr=opt.min_lr,
+                            weight_decay=opt.weight_decay, adam_beta1=opt.beta1, adam_beta2=opt.beta2,
+                            adam_eps=opt.eps, clip_grad=opt.clip_grad,
                             bf16=dtype == torch.bfloat16, params_dtype=dtype,
                             use_distributed_optimizer=par.distributed_optimizer),
             [self.ddp],

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tests.alignment_fixtures import GRAD_REL, SCALAR_REL, grads_as_hf, hf_model, megafin_model, pack_pairs, random_pairs
+from tests.alignment_fixtures import (GRAD_REL, SCALAR_REL, grads_as_hf, hf_model, megafin_model, pack_pairs,
+                                      random_pairs)
 from tests.helpers import assert_close_to_scale
 
 pytest.importorskip("trl", reason="trl is in the test extra (pip install -e .[test]); without it there is no peer")
