@@ -26,7 +26,8 @@ from typing import Any, Iterable, Iterator, Sequence
 import numpy as np
 
 from data_prep import outputs
-from data_prep.kinds import KINDS, ChunkDocuments, DataKind, PackOptions, Part
+from data_prep.kinds import KINDS, DataKind, PackOptions, Part
+from data_prep.processors import ChunkDocuments
 from data_prep.packing import best_fit_decreasing
 from data_prep.parallel import cap_workers, chunked, map_chunks
 from data_prep.pretrain import CHUNK_BYTES, _raw_size

@@ -16,7 +16,8 @@ def test_registry_names_the_built_in_kinds():
 
 def test_a_new_kind_is_one_class(sample_tok, tmp_path):
     """CPT text alone, packed (no writer change): every document is ids(text) + EOD, all targets but the first."""
-    from data_prep.kinds import CptDocuments, DataKind, PackOptions, Part
+    from data_prep.kinds import DataKind, PackOptions, Part
+    from data_prep.processors import CptDocuments
     from data_prep.packed_writer import write_packed
     from data_prep.tokenizer import load_tokenizer
     from megafin.data.packed_dataset import PackedSequences
