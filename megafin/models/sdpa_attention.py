@@ -37,6 +37,10 @@ class SDPACoreAttention(DotProductAttention):
         q, k, v = (x.permute(1, 2, 0, 3) for x in (query, key, value))
         causal = attention_mask is None
         mask = None if causal else ~attention_mask  # megatron masks mark positions to hide with True
+        if causal and q.size(2) != k.size(2):
+            # KV-cache decoding: the queries are the last tokens of a longer cached sequence. SDPA's is_causal
+            # aligns the causal triangle top-left (query 0 sees key 0 only), so align it bottom-right instead.
+            causal, mask = False, _bottom_right_causal(q.size(2), k.size(2), q.device)
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout, is_causal=causal,
                                              scale=self.softmax_scale, enable_gqa=q.size(1) != k.size(1))
         # [b, h, s, d] -> [s, b, h*d]
@@ -61,6 +65,13 @@ class SDPACoreAttention(DotProductAttention):
         if out.size(0) < query.size(0):  # tail padding past cu_seqlens[-1]: zeros, no gradient
             out = torch.cat([out, out.new_zeros(query.size(0) - out.size(0), *out.shape[1:])], dim=0)
         return out
+
+
+def _bottom_right_causal(lq: int, lk: int, device: torch.device) -> Optional[torch.Tensor]:
+    """Query i (of the last lq positions) sees keys 0 .. lk - lq + i; None when every query sees every key."""
+    if lq == 1:
+        return None
+    return torch.ones(lq, lk, dtype=torch.bool, device=device).tril(lk - lq)
 
 
 class _Group:

@@ -1,0 +1,253 @@
+"""The `megafin` engine: a megafin checkpoint decoded in this process at TP=1 with a KV cache.
+
+How: megatron-core's own static-batching KV cache. The GPTModel's `inference_context` argument, given a
+`megatron.core.inference.contexts.StaticInferenceContext`, makes every attention layer keep its keys and values in
+a [max_len, batch, ...] buffer and attend to it, the offset into it advancing by one per decode step. It runs on
+CPU through cpu_compat; the rest of megatron's inference stack (engine, controller, text server) is not used: it
+brings its own tokenizer abstraction and CUDA-only scheduling, while the loop here is a few lines (prefill, then
+one token per step) with megafin's own sampling (megafin/generate/sampling.py).
+
+Batching: prompts of different lengths are LEFT-PADDED to the longest in a batch, and an attention mask hides the
+padding (a pad position attends only to itself, so no row is all-masked). megatron's static cache gives the whole
+batch one RoPE position per slot, so a padded prompt's positions start at its padding length, not 0; RoPE scores
+depend only on the distance between positions, so this changes nothing but float rounding. Prompts are sorted by
+length before they are cut into batches of `max_batch_size`, so little is padded; finished sequences are dropped
+from the batch (and its cache) as they end.
+
+The model is built with the SDPA core attention (megafin/models/sdpa_attention.py) whatever backend it trained
+with: the one that takes an explicit padding mask and a decode step's single query against the cached keys.
+
+Options: `tokenizer=DIR` (else the checkpoint's `data.tokenizer`), `max_batch_size=N` (sequences per forward,
+default 32).
+"""
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+
+from megafin.generate.api import GenerationError, GenerationRequest, GenerationResult, Sample, SamplingParams
+from megafin.generate.engines import GenerationEngine, register_engine
+from megafin.generate.sampling import cut_at_stop_string, next_tokens, sample_generator, stop_token_ids
+
+PAD_ID = 0  # what fills the left padding: hidden by the mask, any valid id does
+
+
+@dataclass
+class _Sequence:
+    """One sample being generated: its prompt ids, its parameters and generator, what it produced, how it ended."""
+    prompt: list[int]
+    params: SamplingParams
+    generator: Optional[torch.Generator]
+    stop_ids: frozenset[int]
+    tokens: list[int] = field(default_factory=list)
+    finish_reason: Optional[str] = None
+    text: Optional[str] = None  # set when a stop string ended it: the text before the stop string
+
+
+@register_engine("megafin")
+class MegafinEngine(GenerationEngine):
+
+    def __init__(self, model: str, tokenizer: Optional[str] = None, max_batch_size: int = 32,
+                 **options: Any) -> None:
+        super().__init__(model)
+        unknown = sorted(k for k, v in options.items() if v is not None)
+        if unknown:
+            raise GenerationError(f"the megafin engine takes the options tokenizer and max_batch_size, got "
+                                  f"{', '.join(unknown)}")
+        if int(max_batch_size) < 1:
+            raise GenerationError(f"max_batch_size: expected a positive integer, got {max_batch_size}")
+        self.max_batch_size = int(max_batch_size)
+        ckpt = Path(model)
+        _check_checkpoint(ckpt)
+        self._session = contextlib.ExitStack()
+        try:
+            self.net, cfg, self.vocab_size = _load_model(ckpt, self._session)
+            self.max_positions = cfg.model.max_position_embeddings
+            self.tokenizer = _open_tokenizer(tokenizer, cfg.data.tokenizer, ckpt)
+        except BaseException:
+            self._session.close()
+            raise
+
+    def close(self) -> None:
+        self._session.close()
+
+    # ----------------------------------------------------------------------------------------- text in, text out
+    def generate(self, requests: list[GenerationRequest]) -> list[GenerationResult]:
+        prompts = []
+        for i, req in enumerate(requests):
+            try:
+                req.check()
+            except GenerationError as err:
+                raise GenerationError(f"request {i}: {err}") from None
+            prompts.append(self.prompt_ids(req, i))
+        seqs = self.generate_ids(prompts, [r.params for r in requests])
+        results, k = [], 0
+        for req, prompt in zip(requests, prompts):
+            samples = [Sample(text=s.text if s.text is not None else self._decode(s.tokens),
+                              finish_reason=s.finish_reason or "length", completion_tokens=len(s.tokens))
+                       for s in seqs[k:k + req.params.n]]
+            k += req.params.n
+            results.append(GenerationResult(samples=samples, prompt_tokens=len(prompt)))
+        return results
+
+    def prompt_ids(self, req: GenerationRequest, index: int = 0) -> list[int]:
+        """The request's prompt as token ids: chat `messages` through the tokenizer's chat template (generation
+        prompt added), plain text with the tokenizer's special tokens (BOS), as vLLM and HF pipelines do."""
+        tok = self.tokenizer
+        if req.messages is not None:
+            if not tok.chat_template:
+                raise GenerationError(f"request {index}: 'messages' need a chat template and the tokenizer at "
+                                      f"{tok.name_or_path} has none; send a 'prompt' instead")
+            ids = tok.apply_chat_template(req.messages, add_generation_prompt=True, tokenize=True)
+            if hasattr(ids, "keys"):  # transformers 5 returns a BatchEncoding (a UserDict)
+                ids = ids["input_ids"]
+        else:
+            ids = tok(req.prompt, add_special_tokens=True)["input_ids"]
+        ids = [int(i) for i in ids]
+        if not ids:
+            raise GenerationError(f"request {index}: the prompt is empty (no tokens)")
+        if len(ids) >= self.max_positions:
+            raise GenerationError(f"request {index}: the prompt has {len(ids)} tokens, the model takes at most "
+                                  f"{self.max_positions - 1} before generating (max_position_embeddings)")
+        return ids
+
+    def _decode(self, tokens: list[int]) -> str:
+        return self.tokenizer.decode(tokens, skip_special_tokens=True)
+
+    # ------------------------------------------------------------------------------------------- ids in, ids out
+    def generate_ids(self, prompts: list[list[int]], params: list[SamplingParams]) -> list[_Sequence]:
+        """`n` sequences per prompt, in order (prompt 0's samples, then prompt 1's, ...). A sequence's `tokens`
+        include the stop token that ended it (counted as generated, as vLLM counts it) but its text does not."""
+        seqs = []
+        for prompt, p in zip(prompts, params):
+            stops = stop_token_ids(self.tokenizer, p.stop_token_ids)
+            for j in range(p.n):
+                gen = sample_generator(p.seed, j) if p.temperature > 0 else None
+                seqs.append(_Sequence(list(prompt), p, gen, stops))
+        order = sorted(range(len(seqs)), key=lambda i: len(seqs[i].prompt))
+        for start in range(0, len(order), self.max_batch_size):
+            self._generate_batch([seqs[i] for i in order[start:start + self.max_batch_size]])
+        return seqs
+
+    @torch.no_grad()
+    def _generate_batch(self, batch: list[_Sequence]) -> None:
+        from megatron.core.inference.contexts import StaticInferenceContext
+
+        device = next(self.net.parameters()).device
+        longest = max(len(s.prompt) for s in batch)
+        total = min(longest + max(s.params.max_new_tokens for s in batch), self.max_positions)
+        pads = torch.tensor([longest - len(s.prompt) for s in batch], device=device)
+        tokens = torch.tensor([[PAD_ID] * (longest - len(s.prompt)) + s.prompt for s in batch], device=device)
+        hide = _padding_mask(pads, total) if int(pads.max()) > 0 else None
+        ctx = StaticInferenceContext(len(batch), total)
+        positions = torch.arange(longest, device=device).unsqueeze(0).expand(len(batch), -1)
+        logits = self._forward(tokens, positions, None if hide is None else hide[:, :, :longest, :longest], ctx)
+        ctx.sequence_len_offset = longest
+        alive = list(range(len(batch)))
+        while True:
+            rows = [batch[i] for i in alive]
+            nxt = next_tokens(logits[:, -1, :self.vocab_size], [s.params for s in rows],
+                              [s.generator for s in rows]).tolist()
+            keep = [r for r, (seq, t) in enumerate(zip(rows, nxt)) if not self._append(seq, t, total - longest)]
+            if not keep:
+                return
+            if len(keep) < len(alive):  # drop finished rows from the batch, its cache and its mask
+                alive = [alive[r] for r in keep]
+                index = torch.tensor(keep, device=device)
+                for layer, (k, v) in ctx.key_value_memory_dict.items():
+                    ctx.key_value_memory_dict[layer] = (k.index_select(1, index), v.index_select(1, index))
+                hide = None if hide is None else hide.index_select(0, index)
+                nxt = [nxt[r] for r in keep]
+            t = ctx.sequence_len_offset
+            step = torch.tensor(nxt, device=device).unsqueeze(1)
+            positions = torch.full_like(step, t)
+            logits = self._forward(step, positions, None if hide is None else hide[:, :, t:t + 1, :t + 1], ctx)
+            ctx.sequence_len_offset = t + 1
+
+    def _forward(self, tokens: torch.Tensor, positions: torch.Tensor, hide: Optional[torch.Tensor],
+                 ctx: Any) -> torch.Tensor:
+        # Prefill returns the last position's logits only (the context's materialize_only_last_token_logits).
+        return self.net(tokens, positions, hide, inference_context=ctx, runtime_gather_output=True)
+
+    def _append(self, seq: _Sequence, token: int, room: int) -> bool:
+        """Add one generated token; True when the sequence has ended (its finish_reason set). `room`: how many
+        tokens the batch's cache holds after the (padded) prompt."""
+        seq.tokens.append(token)
+        if token in seq.stop_ids:
+            seq.finish_reason = "stop"
+            seq.text = self._decode(seq.tokens[:-1])
+        elif seq.params.stop and (cut := cut_at_stop_string(self._decode(seq.tokens), seq.params.stop)) is not None:
+            seq.finish_reason, seq.text = "stop", cut
+        elif len(seq.tokens) >= min(seq.params.max_new_tokens, room):
+            seq.finish_reason = "length"
+        return seq.finish_reason is not None
+
+
+def _padding_mask(pads: torch.Tensor, total: int) -> torch.Tensor:
+    """megatron's attention mask (True = hidden) [b, 1, total, total] for left-padded rows: causal, and the first
+    pads[b] positions hidden from every query but themselves (a pad query must see something: no NaN rows)."""
+    pos = torch.arange(total, device=pads.device)
+    future = pos.view(1, -1) > pos.view(-1, 1)
+    pad_key = pos.view(1, 1, -1) < pads.view(-1, 1, 1)
+    diagonal = torch.eye(total, dtype=torch.bool, device=pads.device)
+    return (future.unsqueeze(0) | (pad_key & ~diagonal.unsqueeze(0))).unsqueeze(1)
+
+
+def _check_checkpoint(ckpt: Path) -> None:
+    """One line before any process group starts when `ckpt` is not a complete, readable megafin checkpoint (its
+    metadata read through the restricted loader: nothing in it executes)."""
+    from megafin.checkpoint.errors import CheckpointError
+    from megafin.checkpoint.integrity import check_readable
+    from megafin.checkpoint.meta import META
+
+    if not ckpt.is_dir():
+        raise GenerationError(f"{ckpt}: checkpoint directory not found")
+    if not (ckpt / META).is_file():
+        raise GenerationError(f"{ckpt}: not a megafin checkpoint ({META} missing; pass RUN/checkpoints/step_N)")
+    try:
+        check_readable(ckpt)
+    except CheckpointError as err:
+        raise GenerationError(str(err)) from None
+
+
+def _load_model(ckpt: Path, session: contextlib.ExitStack) -> tuple[torch.nn.Module, Any, int]:
+    """The checkpoint's model at TP=1, PP=1 in a megatron session of this process (closed with `session`), built
+    with SDPA core attention (see the module docstring) and its trained weights."""
+    from megafin.checkpoint.errors import CheckpointError
+    from megafin.checkpoint.manager import load_checkpoint
+    from megafin.convert.convert import checkpoint_config
+    from megafin.convert.errors import ConvertError
+    from megafin.models.gpt import build_model
+    from megafin.runtime.model_session import megatron_session, model_build_config
+
+    try:
+        cfg, vocab = checkpoint_config(ckpt)
+        build = model_build_config(cfg, 1, 1)
+        build.model.attention_backend = "sdpa"
+        session.enter_context(megatron_session())
+        model = build_model(build, vocab)
+        load_checkpoint(ckpt, model, None, None)
+    except (ConvertError, CheckpointError) as err:
+        raise GenerationError(str(err)) from None
+    model.eval()
+    return model, cfg, vocab
+
+
+def _open_tokenizer(option: Optional[str], recorded: Optional[str], ckpt: Path) -> Any:
+    """The tokenizer= option, else the checkpoint's config snapshot `data.tokenizer`; one line when neither is a
+    tokenizer directory. No remote code runs (trust_remote_code stays off)."""
+    from transformers import AutoTokenizer
+
+    where = f"tokenizer={option}" if option else f"{ckpt}: config data.tokenizer={recorded or ''!r}"
+    path = Path(option or recorded or "")
+    if not (option or recorded) or not ((path / "tokenizer.json").is_file()
+                                        or (path / "tokenizer_config.json").is_file()):
+        raise GenerationError(f"{where}: not a tokenizer directory (pass the option tokenizer=DIR)")
+    try:
+        return AutoTokenizer.from_pretrained(str(path))
+    except (OSError, ValueError) as err:
+        raise GenerationError(f"{where}: the tokenizer does not load ({str(err).splitlines()[0]})") from None
