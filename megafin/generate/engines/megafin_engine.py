@@ -63,11 +63,12 @@ class MegafinEngine(GenerationEngine):
         self.max_batch_size = int(max_batch_size)
         ckpt = Path(model)
         _check_checkpoint(ckpt)
+        cfg, self.vocab_size = _checkpoint_config(ckpt)
+        self.max_positions = cfg.model.max_position_embeddings
+        self.tokenizer = _open_tokenizer(tokenizer, cfg.data.tokenizer, ckpt)
         self._session = contextlib.ExitStack()
         try:
-            self.net, cfg, self.vocab_size = _load_model(ckpt, self._session)
-            self.max_positions = cfg.model.max_position_embeddings
-            self.tokenizer = _open_tokenizer(tokenizer, cfg.data.tokenizer, ckpt)
+            self.net = _load_model(ckpt, cfg, self.vocab_size, self._session)
         except BaseException:
             self._session.close()
             raise
@@ -214,27 +215,35 @@ def _check_checkpoint(ckpt: Path) -> None:
         raise GenerationError(str(err)) from None
 
 
-def _load_model(ckpt: Path, session: contextlib.ExitStack) -> tuple[torch.nn.Module, Any, int]:
+def _checkpoint_config(ckpt: Path) -> tuple[Any, int]:
+    """The checkpoint's config snapshot and real vocab size (read before any process group starts)."""
+    from megafin.convert.convert import checkpoint_config
+    from megafin.convert.errors import ConvertError
+
+    try:
+        return checkpoint_config(ckpt)
+    except ConvertError as err:
+        raise GenerationError(str(err)) from None
+
+
+def _load_model(ckpt: Path, cfg: Any, vocab: int, session: contextlib.ExitStack) -> torch.nn.Module:
     """The checkpoint's model at TP=1, PP=1 in a megatron session of this process (closed with `session`), built
     with SDPA core attention (see the module docstring) and its trained weights."""
     from megafin.checkpoint.errors import CheckpointError
     from megafin.checkpoint.manager import load_checkpoint
-    from megafin.convert.convert import checkpoint_config
     from megafin.convert.errors import ConvertError
     from megafin.models.gpt import build_model
     from megafin.runtime.model_session import megatron_session, model_build_config
 
+    build = model_build_config(cfg, 1, 1)
+    build.model.attention_backend = "sdpa"
+    session.enter_context(megatron_session())
+    model = build_model(build, vocab)
     try:
-        cfg, vocab = checkpoint_config(ckpt)
-        build = model_build_config(cfg, 1, 1)
-        build.model.attention_backend = "sdpa"
-        session.enter_context(megatron_session())
-        model = build_model(build, vocab)
         load_checkpoint(ckpt, model, None, None)
     except (ConvertError, CheckpointError) as err:
         raise GenerationError(str(err)) from None
-    model.eval()
-    return model, cfg, vocab
+    return model.eval()
 
 
 def _open_tokenizer(option: Optional[str], recorded: Optional[str], ckpt: Path) -> Any:
