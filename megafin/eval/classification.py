@@ -1,6 +1,6 @@
 """The classification family's runner (tasks of family "classification" in tasks/registry.py: FPB, FiQA-SA, TFNS,
-headlines), scored as FinDAP scores them: the model's greedy answer to the chat-formatted question, exact match with
-the gold label (case and surrounding space ignored).
+headlines), scored as FinDAP scores them: the model's greedy answer to the chat-formatted question (the `megafin`
+generation engine, all questions batched), exact match with the gold label (case and surrounding space ignored).
 
     megafin eval classification --ckpt RUN/checkpoints/step_N --task fpb --data ../shared/data/fpb/test.jsonl
 """
@@ -12,8 +12,6 @@ from collections import Counter
 from pathlib import Path
 from typing import Any, Optional
 
-from transformers import AutoTokenizer
-
 from megafin.eval.errors import EvalError
 from megafin.eval.examples import read_examples
 from megafin.eval.tasks.registry import get_task
@@ -22,29 +20,24 @@ from megafin.eval.tasks.registry import get_task
 def evaluate(ckpt: str | Path, task: str, data: str | Path, limit: Optional[int] = None,
              max_new_tokens: int = 6) -> dict[str, Any]:
     """Accuracy of greedy answers, the majority-class rate of the same examples, and a few predictions."""
-    from megafin.generate.greedy import greedy_decode
-    from megafin.runtime.model_session import load_model, megatron_session
+    from megafin.generate.api import GenerationError, GenerationRequest, SamplingParams
+    from megafin.generate.engines import open_engine
 
     spec = get_task(task)
     if spec.family != "classification":
         raise EvalError(f"task {task!r} is scored by the {spec.family} runner, not classification")
     rows = read_examples(spec, Path(data), limit)
     _check_checkpoint(Path(ckpt))
-    with megatron_session():
-        model, cfg, vocab = load_model(Path(ckpt))
-        tok = AutoTokenizer.from_pretrained(cfg.data.tokenizer)
-        stop = tok.convert_tokens_to_ids("<|eot_id|>") if "<|eot_id|>" in tok.get_vocab() else tok.eos_token_id
-        correct, predictions = 0, []
-        for row in rows:
-            prompt = tok.apply_chat_template([{"role": "user", "content": row["prompt"]}], add_generation_prompt=True,
-                                             tokenize=True)
-            if hasattr(prompt, "keys"):  # transformers 5 returns a BatchEncoding (a UserDict)
-                prompt = prompt["input_ids"]
-            out = greedy_decode(model, list(prompt), vocab, max_new_tokens, eos_token_id=stop)
-            answer = tok.decode(out, skip_special_tokens=True).strip().lower()
-            gold = row["response"].strip().lower()
-            correct += answer == gold
-            predictions.append(answer)
+    greedy = SamplingParams(max_new_tokens=max_new_tokens, temperature=0.0)
+    requests = [GenerationRequest(messages=[{"role": "user", "content": row["prompt"]}], params=greedy)
+                for row in rows]
+    try:
+        with open_engine("megafin", str(ckpt)) as engine:
+            results = engine.generate(requests)
+    except GenerationError as err:
+        raise EvalError(str(err)) from None
+    predictions = [r.samples[0].text.strip().lower() for r in results]
+    correct = sum(answer == row["response"].strip().lower() for answer, row in zip(predictions, rows))
     labels = Counter(r["response"].strip().lower() for r in rows)
     majority_label, majority_count = labels.most_common(1)[0]
     return {"task": task, "checkpoint": str(ckpt), "examples": len(rows), "accuracy": correct / len(rows),

@@ -139,12 +139,12 @@ def test_export_loads_with_auto_classes(converted, hf_logits, tokens, tmp_path):
 
 
 def test_greedy_decoding_matches_hf_generate_on_random_weights(converted, hf_models):
-    """megafin's greedy loop (full forward per token, TP=2-converted checkpoint) produces what HF's generate (KV
-    cache) does on the original. Small random weights still repeat themselves, but not a single token."""
+    """The cache-less greedy reference (full forward per token, TP=2-converted checkpoint) produces what HF's
+    generate (KV cache) does on the original. Small random weights still repeat themselves, but not a single token."""
     from transformers import AutoModelForCausalLM
 
-    from megafin.generate.greedy import greedy_decode
     from megafin.runtime.model_session import load_model, megatron_session
+    from tests.greedy_reference import greedy_decode
 
     prompt = [5, 17, 250, 3, 999, 42]
     model = AutoModelForCausalLM.from_pretrained(hf_models["untied"], dtype=torch.float32).eval()

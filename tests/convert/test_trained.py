@@ -32,8 +32,8 @@ def test_trained_checkpoint_exports_and_greedy_generate_matches_megafin(trained,
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from megafin.generate.forward import forward_logits
-    from megafin.generate.greedy import greedy_decode
     from megafin.runtime.model_session import load_model, megatron_session
+    from tests.greedy_reference import greedy_decode
 
     tok = AutoTokenizer.from_pretrained(exported)
     model = AutoModelForCausalLM.from_pretrained(exported).eval()
