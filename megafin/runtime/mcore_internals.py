@@ -55,6 +55,14 @@ INTERNALS: tuple[Internal, ...] = (
     Internal("megatron.core.models.common.embeddings.rotary_pos_embedding:RotaryEmbedding._apply_scaling",
              "megafin/models/gpt.py", "Llama-3 RoPE scaling with all four HF parameters (GPTModel passes only "
              "the factor)", ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings")),
+    # ---- generation (megafin/generate/rotated_key_cache.py): overridden in a subclass of the self-attention
+    Internal("megatron.core.transformer.attention:Attention._adjust_key_value_for_inference",
+             "megafin/generate/rotated_key_cache.py", "keys cached after RoPE in the static KV cache (the override "
+             "rotates the new keys, calls it with rotary_pos_emb=None, returns (q_pos_emb, None))",
+             ("inference_context", "query", "key", "value", "rotary_pos_emb")),
+    Internal("megatron.core.inference.contexts.static_context:StaticInferenceContext.key_value_memory_dict",
+             "megafin/generate/engines/megafin_engine.py", "buffers preallocated zeroed per layer number, and rows "
+             "dropped from them as sequences finish"),
     # ---- restricted checkpoint loading (megafin/checkpoint/dist_load.py): a copy of
     # TorchDistLoadShardedStrategy.load that unpickles nothing
     Internal("megatron.core.dist_checkpointing.strategies.torch:TorchDistLoadShardedStrategy.load",

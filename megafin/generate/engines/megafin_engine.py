@@ -7,14 +7,16 @@ CPU through cpu_compat; the rest of megatron's inference stack (engine, controll
 brings its own tokenizer abstraction and CUDA-only scheduling, while the loop here is a few lines (prefill, then
 one token per step) with megafin's own sampling (megafin/generate/sampling.py).
 
-Batching: prompts of different lengths are LEFT-PADDED to the longest in a batch, and an attention mask hides the
-padding (a pad position attends only to itself, so no row is all-masked). megatron's static cache gives the whole
-batch one RoPE position per slot, so a padded prompt's positions start at its padding length, not 0; RoPE scores
-depend only on the distance between positions, so this changes nothing but float rounding. Prompts are sorted by
-length before they are cut into batches of `max_batch_size`, so little is padded; finished sequences are dropped
-from the batch (and its cache) as they end.
+Batching: prompts of different lengths are LEFT-PADDED to the longest in a batch: each prompt is prefilled on its
+own into its row of the cache, right-aligned (no compute on padding), then all rows decode together, one token per
+step, an attention mask hiding each row's padding slots. megatron's static cache gives the whole batch one RoPE
+position per slot, so a padded prompt's positions start at its padding length, not 0; RoPE scores depend only on
+the distance between positions, so this changes nothing but float rounding. Prompts are sorted by length before
+they are cut into batches of `max_batch_size`; finished sequences are dropped from the batch (and its cache) as
+they end.
 
-The model is built with the SDPA core attention (megafin/models/sdpa_attention.py) whatever backend it trained
+Keys are cached after RoPE (megafin/generate/rotated_key_cache.py: megatron's static path would rotate the whole
+cached prefix again at every step). The model is built with the SDPA core attention (megafin/models/sdpa_attention.py) whatever backend it trained
 with: the one that takes an explicit padding mask and a decode step's single query against the cached keys.
 
 Options: `tokenizer=DIR` (else the checkpoint's `data.tokenizer`), `max_batch_size=N` (sequences per forward,
@@ -31,9 +33,9 @@ import torch
 
 from megafin.generate.api import GenerationError, GenerationRequest, GenerationResult, Sample, SamplingParams
 from megafin.generate.engines import GenerationEngine, register_engine
+from megafin.generate.rotated_key_cache import cache_rotated_keys
 from megafin.generate.sampling import cut_at_stop_string, next_tokens, sample_generator, stop_token_ids
 
-PAD_ID = 0  # what fills the left padding: hidden by the mask, any valid id does
 
 
 @dataclass
@@ -142,32 +144,55 @@ class MegafinEngine(GenerationEngine):
         longest = max(len(s.prompt) for s in batch)
         total = min(longest + max(s.params.max_new_tokens for s in batch), self.max_positions)
         pads = torch.tensor([longest - len(s.prompt) for s in batch], device=device)
-        tokens = torch.tensor([[PAD_ID] * (longest - len(s.prompt)) + s.prompt for s in batch], device=device)
-        hide = _padding_mask(pads, total) if int(pads.max()) > 0 else None
         ctx = StaticInferenceContext(len(batch), total)
-        positions = torch.arange(longest, device=device).unsqueeze(0).expand(len(batch), -1)
-        logits = self._forward(tokens, positions, None if hide is None else hide[:, :, :longest, :longest], ctx)
-        ctx.sequence_len_offset = longest
+        ctx.key_value_memory_dict.update(self._zero_cache(len(batch), total, device))
+        # Prefill one prompt at a time into its row of the cache, right-aligned at `longest`: no compute spent on
+        # padding (a batch's prompts differ in length by 7x on FPB + TAT-QA); the cache's padding slots stay zero.
+        last = []
+        for row, seq in enumerate(batch):
+            pad = int(pads[row])
+            ctx.batch_size_offset, ctx.sequence_len_offset = row, pad
+            tokens = torch.tensor([seq.prompt], device=device)
+            positions = torch.arange(pad, longest, device=device).unsqueeze(0)
+            hide = _prefill_mask(pad, longest, device) if pad else None
+            last.append(self._forward(tokens, positions, hide, ctx)[:, -1])
+        logits = torch.cat(last)
+        ctx.batch_size_offset, ctx.sequence_len_offset = 0, longest
         alive = list(range(len(batch)))
         while True:
             rows = [batch[i] for i in alive]
-            nxt = next_tokens(logits[:, -1, :self.vocab_size], [s.params for s in rows],
+            nxt = next_tokens(logits[:, :self.vocab_size], [s.params for s in rows],
                               [s.generator for s in rows]).tolist()
             keep = [r for r, (seq, t) in enumerate(zip(rows, nxt)) if not self._append(seq, t, total - longest)]
             if not keep:
                 return
-            if len(keep) < len(alive):  # drop finished rows from the batch, its cache and its mask
+            if len(keep) < len(alive):  # drop finished rows from the batch and its cache
                 alive = [alive[r] for r in keep]
                 index = torch.tensor(keep, device=device)
                 for layer, (k, v) in ctx.key_value_memory_dict.items():
                     ctx.key_value_memory_dict[layer] = (k.index_select(1, index), v.index_select(1, index))
-                hide = None if hide is None else hide.index_select(0, index)
+                pads = pads.index_select(0, index)
                 nxt = [nxt[r] for r in keep]
             t = ctx.sequence_len_offset
             step = torch.tensor(nxt, device=device).unsqueeze(1)
             positions = torch.full_like(step, t)
-            logits = self._forward(step, positions, None if hide is None else hide[:, :, t:t + 1, :t + 1], ctx)
+            # The new token sees every cached slot but its row's padding (megatron masks: True = hidden).
+            hide = (torch.arange(t + 1, device=device).view(1, 1, 1, -1) < pads.view(-1, 1, 1, 1)
+                    if int(pads.max()) else None)
+            logits = self._forward(step, positions, hide, ctx)[:, -1]
             ctx.sequence_len_offset = t + 1
+
+    def _zero_cache(self, batch: int, total: int, device: torch.device) -> dict[int, tuple[torch.Tensor, ...]]:
+        """The static context's key/value buffers as megatron would allocate them ([total, batch, groups, dim] per
+        layer), but zeroed: a padding slot is masked, and a masked slot must not hold NaN (0 * NaN in SDPA)."""
+        out = {}
+        dtype = next(self.net.parameters()).dtype
+        for layer in self.net.decoder.layers:
+            att = layer.self_attention
+            shape = (total, batch, att.num_query_groups_per_partition)
+            out[att.layer_number] = (torch.zeros(*shape, att.key_hidden_size, dtype=dtype, device=device),
+                                     torch.zeros(*shape, att.val_hidden_size, dtype=dtype, device=device))
+        return out
 
     def _forward(self, tokens: torch.Tensor, positions: torch.Tensor, hide: Optional[torch.Tensor],
                  ctx: Any) -> torch.Tensor:
@@ -188,14 +213,12 @@ class MegafinEngine(GenerationEngine):
         return seq.finish_reason is not None
 
 
-def _padding_mask(pads: torch.Tensor, total: int) -> torch.Tensor:
-    """megatron's attention mask (True = hidden) [b, 1, total, total] for left-padded rows: causal, and the first
-    pads[b] positions hidden from every query but themselves (a pad query must see something: no NaN rows)."""
-    pos = torch.arange(total, device=pads.device)
-    future = pos.view(1, -1) > pos.view(-1, 1)
-    pad_key = pos.view(1, 1, -1) < pads.view(-1, 1, 1)
-    diagonal = torch.eye(total, dtype=torch.bool, device=pads.device)
-    return (future.unsqueeze(0) | (pad_key & ~diagonal.unsqueeze(0))).unsqueeze(1)
+def _prefill_mask(pad: int, longest: int, device: torch.device) -> torch.Tensor:
+    """megatron's attention mask (True = hidden) [1, 1, longest - pad, longest] of a prompt written at cache slots
+    pad .. longest - 1: causal among its own tokens, the `pad` slots before it hidden."""
+    query = torch.arange(pad, longest, device=device).view(-1, 1)
+    key = torch.arange(longest, device=device).view(1, -1)
+    return ((key > query) | (key < pad)).view(1, 1, longest - pad, longest)
 
 
 def _check_checkpoint(ckpt: Path) -> None:
@@ -243,6 +266,7 @@ def _load_model(ckpt: Path, cfg: Any, vocab: int, session: contextlib.ExitStack)
         load_checkpoint(ckpt, model, None, None)
     except (ConvertError, CheckpointError) as err:
         raise GenerationError(str(err)) from None
+    cache_rotated_keys(model)
     return model.eval()
 
 
