@@ -3,9 +3,10 @@
 How: megatron-core's own static-batching KV cache. The GPTModel's `inference_context` argument, given a
 `megatron.core.inference.contexts.StaticInferenceContext`, makes every attention layer keep its keys and values in
 a [max_len, batch, ...] buffer and attend to it, the offset into it advancing by one per decode step. It runs on
-CPU through cpu_compat; the rest of megatron's inference stack (engine, controller, text server) is not used: it
-brings its own tokenizer abstraction and CUDA-only scheduling, while the loop here is a few lines (prefill, then
-one token per step) with megafin's own sampling (megafin/generate/sampling.py).
+CPU through cpu_compat. The layers above it (megatron's inference engine, text-generation controller and server)
+are not used: they bring their own tokenizer abstraction, request objects and sampling, while the loop here is a
+few lines (prefill, then one token per step) with megafin's own per-sample seeded sampling
+(megafin/generate/sampling.py) and the interface of megafin/generate/api.py.
 
 Batching: prompts of different lengths are LEFT-PADDED to the longest in a batch: each prompt is prefilled on its
 own into its row of the cache, right-aligned (no compute on padding), then all rows decode together, one token per
@@ -16,8 +17,9 @@ they are cut into batches of `max_batch_size`; finished sequences are dropped fr
 they end.
 
 Keys are cached after RoPE (megafin/generate/rotated_key_cache.py: megatron's static path would rotate the whole
-cached prefix again at every step). The model is built with the SDPA core attention (megafin/models/sdpa_attention.py) whatever backend it trained
-with: the one that takes an explicit padding mask and a decode step's single query against the cached keys.
+cached prefix again at every step). The model is built with the SDPA core attention (megafin/models/
+sdpa_attention.py) whatever backend it trained with: the one that takes an explicit padding mask and a decode
+step's single query against the cached keys.
 
 Options: `tokenizer=DIR` (else the checkpoint's `data.tokenizer`), `max_batch_size=N` (sequences per forward,
 default 32).
