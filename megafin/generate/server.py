@@ -4,8 +4,8 @@
 Requests arriving within a short window are served by one `engine.generate` call (up to max_batch requests).
 A malformed request gets a 400 with an OpenAI-style JSON error {"error": {"message", "type", "param", "code"}};
 nothing a client sends stops the server. Streaming is not offered: `stream: true` is refused with a 400."""
-from __future__ import annotations
-
+# No `from __future__ import annotations`: FastAPI reads the handlers' annotations (Request), imported inside
+# build_app so that importing this module does not import FastAPI.
 import asyncio
 import time
 import uuid

@@ -112,9 +112,9 @@ class HFEngine(GenerationEngine):
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         # The checkpoint's own dtype on a GPU; fp32 on CPU, where bf16 matmuls are slow and less exact.
         dtype = "auto" if self.device.type == "cuda" else torch.float32
-        self.model = AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype, use_safetensors=True,
+        self.lm = AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype, use_safetensors=True,
                                                           trust_remote_code=False).to(self.device).eval()
-        self.end_ids = end_token_ids(self.tokenizer, self.model.generation_config)
+        self.end_ids = end_token_ids(self.tokenizer, self.lm.generation_config)
         self.batch_size = max(1, int(batch_size))
 
     def generate(self, requests: list[GenerationRequest]) -> list[GenerationResult]:
@@ -157,7 +157,7 @@ class HFEngine(GenerationEngine):
         if params.seed is not None:
             torch.manual_seed(params.seed)
         with torch.no_grad():
-            out = self.model.generate(input_ids=input_ids, attention_mask=mask, generation_config=config,
+            out = self.lm.generate(input_ids=input_ids, attention_mask=mask, generation_config=config,
                                       stopping_criteria=StoppingCriteriaList([StopOnStrings(
                                           self.tokenizer, params.stop, width)]))
         new = out[:, width:].tolist()
@@ -166,4 +166,4 @@ class HFEngine(GenerationEngine):
                 for r, ids in enumerate(encoded)]
 
     def close(self) -> None:
-        self.model = None
+        self.lm = None
