@@ -108,7 +108,8 @@ def run_generate(args: argparse.Namespace) -> int:
         for line in summary.bad:
             print(f"megafin generate: skipped: {line}", file=sys.stderr)
         with open_engine_for(args) as engine:
-            run_job(engine, rows, Path(args.output), params, shard, args.batch_size, summary)
+            run_job(engine, rows, Path(args.output), params, shard, args.batch_size, summary,
+                    input_name=args.input)
     except GenerationError as err:
         return _fail("generate", str(err))
     rate = summary.completion_tokens / summary.seconds if summary.seconds > 0 else 0.0

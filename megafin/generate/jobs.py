@@ -121,7 +121,7 @@ def parse_shard(text: Optional[str]) -> tuple[int, int]:
 
 def run_job(engine: GenerationEngine, rows: list[Row], output: Path, params: SamplingParams,
             shard: tuple[int, int] = (0, 1), batch_size: int = 16, summary: Optional[JobSummary] = None,
-            progress: bool = True) -> JobSummary:
+            progress: bool = True, input_name: str = "the input") -> JobSummary:
     """Generate for the rows of this shard not yet in OUT, appending to OUT one flushed batch at a time."""
     from tqdm import tqdm
 
@@ -140,7 +140,11 @@ def run_job(engine: GenerationEngine, rows: list[Row], output: Path, params: Sam
             batch = todo[at:at + batch_size]
             requests = [GenerationRequest(prompt=r.data.get("prompt"), messages=r.data.get("messages"),
                                           params=params) for r in batch]
-            results = engine.generate(requests)
+            try:
+                results = engine.generate(requests)
+            except GenerationError as err:  # name the rows: what to fix in the input
+                where = f"line {batch[0].line}" if len(batch) == 1 else f"lines {batch[0].line}-{batch[-1].line}"
+                raise GenerationError(f"{input_name}, {where}: {err}") from None
             lines = []
             for row, result in zip(batch, results):
                 samples = [{"text": s.text, "finish_reason": s.finish_reason,

@@ -151,7 +151,10 @@ class Batcher:
                 except asyncio.TimeoutError:
                     break
             self.batch_sizes.append(len(batch))
-            outcomes = await loop.run_in_executor(None, self._serve, [p.request for p in batch])
+            try:
+                outcomes = await loop.run_in_executor(None, self._serve, [p.request for p in batch])
+            except Exception as err:  # noqa: BLE001 - the worker must outlive any batch, or the server hangs
+                outcomes = [err] * len(batch)
             for p, outcome in zip(batch, outcomes):
                 if p.future.done():  # the client went away
                     continue

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from megafin.cli import main
-from tests.generate.serve_fixtures import REPO, make_tiny_hf, megafin_env, scripted_engine, scripted_text
 from megafin.generate.api import GenerationRequest
+from tests.generate.serve_fixtures import REPO, make_tiny_hf, megafin_env, scripted_engine, scripted_text
 
 
 @pytest.fixture(scope="module")
@@ -62,7 +62,7 @@ def test_resume_after_sigkill_neither_duplicates_nor_loses_rows(tiny_hf: Path, t
     written = out.read_text().count("\n")
     assert 3 <= written < rows, f"the kill came too late to test resuming ({written} of {rows} rows)"
     with out.open("a") as f:  # what a kill in the middle of a write leaves: a last line without its end
-        f.write('{"id": "q99", "prompt": "cut', )
+        f.write('{"id": "q99", "prompt": "cut')
 
     assert generate([*common, "--output", str(out)]) == 0
     summary = capsys.readouterr().err.strip().splitlines()[-1]
@@ -98,6 +98,16 @@ def test_shards_split_rows_without_overlap(tmp_path: Path, capsys) -> None:
             assert [s["text"] for s in row["samples"]] == [scripted_text(request, k) for k in range(2)]
     assert sorted(sum(lines.values(), [])) == list(range(1, 12))
     assert "7 in other shards" in capsys.readouterr().err
+
+
+def test_a_prompt_too_long_for_the_model_names_its_line(tiny_hf: Path, tmp_path: Path, capsys) -> None:
+    data = write_rows(tmp_path / "in.jsonl", 3)
+    out = tmp_path / "out.jsonl"
+    assert generate(["--model", str(tiny_hf), "--engine", "hf", "--input", str(data), "--output", str(out),
+                     "--max-new-tokens", "250", "--batch-size", "1"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith(f"megafin generate: error: {data}, line 1: a prompt of ")
+    assert err.endswith("plus max_new_tokens 250 exceeds the model's context of 256 tokens")
 
 
 BAD_ROWS = [

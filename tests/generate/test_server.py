@@ -129,6 +129,8 @@ def test_body_that_is_not_json_unknown_model_and_client_errors(server, client) -
         client.completions.create(model="gpt-4o", prompt="x", max_tokens=2)
     with pytest.raises(openai.BadRequestError, match="temperature"):
         client.chat.completions.create(model="tiny-llama", messages=CHAT, temperature=5)
+    with pytest.raises(openai.BadRequestError, match="exceeds the model's context of 256 tokens"):
+        client.completions.create(model="tiny-llama", prompt="x", max_tokens=1000)
     assert client.models.list().data[0].id == "tiny-llama"
 
 

@@ -144,6 +144,11 @@ class HFEngine(GenerationEngine):
         for request in requests:
             text, special = render_prompt(self.tokenizer, request)
             encoded.append(self.tokenizer(text, add_special_tokens=special)["input_ids"])
+        context = getattr(self.lm.config, "max_position_embeddings", None)
+        for ids in encoded:
+            if context and len(ids) + params.max_new_tokens > context:
+                raise GenerationError(f"a prompt of {len(ids)} tokens plus max_new_tokens {params.max_new_tokens} "
+                                      f"exceeds the model's context of {context} tokens")
         width = max(len(ids) for ids in encoded)
         pad = self.tokenizer.pad_token_id
         input_ids = torch.tensor([[pad] * (width - len(ids)) + ids for ids in encoded], device=self.device)

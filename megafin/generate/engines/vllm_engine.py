@@ -1,6 +1,12 @@
 """`--engine vllm`: offline `vllm.LLM` on a GPU machine, over an HF directory (what `megafin convert to-hf`
 writes). vLLM is imported only here and only when this engine is chosen; on CPU, or where it is not installed,
-the engine is refused with one line."""
+the engine is refused with one line.
+
+A megafin checkpoint on vLLM, in two commands (the second as a batch job, or as a server that the openai engine
+and the judge talk to):
+    megafin convert to-hf --ckpt RUN/checkpoints/step_N --out HF_DIR
+    megafin generate --model HF_DIR --engine vllm --input IN.jsonl --output OUT.jsonl
+    (or: vllm serve HF_DIR --port 8000, then --engine openai --base-url http://127.0.0.1:8000/v1 --model HF_DIR)"""
 from __future__ import annotations
 
 from typing import Any, Optional
