@@ -25,6 +25,9 @@ setup(
         "transformers>=4.45",
         "wandb",
         "tqdm",
+        "openai",  # --engine openai: any OpenAI-compatible endpoint (vLLM / SGLang servers, hosted APIs)
+        "fastapi",  # megafin serve
+        "uvicorn",
     ],
     extras_require={
         "test": [

@@ -64,6 +64,9 @@ def build_parser() -> argparse.ArgumentParser:
                                        "tokenizer train | pretrain | sft | preference | mix")
     _prep_commands(prep)
     prep.set_defaults(func=_prep)
+    from megafin.generate.cli import add_commands as _generate_commands
+
+    _generate_commands(sub)  # generate | serve
     from megafin.eval.tasks.registry import TASKS, task_names
 
     evaluate = sub.add_parser("eval", help="evaluate a checkpoint on a financial task")
