@@ -1,8 +1,9 @@
 """`make demo`: FinDAP's recipe end to end on the tiny model, on CPU.
 
 raw text -> tokenizer -> indexed corpora and packed SFT/CPT+IT/preference data (data_prep) -> joint CPT+IT run
--> DPO-family (RPO) run starting from the CPT+IT checkpoint. Everything lands in demo_out/: data/ and
-runs/{cpt_it,dpo}/ (metrics.jsonl, config.yaml, checkpoints/). Extra arguments are overrides for both runs.
+-> DPO-family (RPO) run starting from the CPT+IT checkpoint -> answers from the RPO checkpoint (megafin generate).
+Everything lands in demo_out/: data/, runs/{cpt_it,dpo}/ (metrics.jsonl, config.yaml, checkpoints/) and
+answers.jsonl. Extra arguments are overrides for both runs.
 """
 from __future__ import annotations
 
@@ -44,17 +45,40 @@ def main() -> int:
     prepare_data()
     overrides = sys.argv[1:]
     recipes = REPO / "recipes" / "tiny"
-    print("demo: [1/2] joint CPT+IT: megafin train recipes/tiny/cpt_it.yaml", flush=True)
+    print("demo: [1/3] joint CPT+IT: megafin train recipes/tiny/cpt_it.yaml", flush=True)
     code = megafin_main(["train", str(recipes / "cpt_it.yaml"), *overrides])
     if code != 0:
         return code
     start = latest_checkpoint(OUT / "runs" / "cpt_it")
-    print(f"demo: [2/2] RPO from {start}: megafin train recipes/tiny/dpo.yaml train.init_from={start}", flush=True)
+    print(f"demo: [2/3] RPO from {start}: megafin train recipes/tiny/dpo.yaml train.init_from={start}", flush=True)
     code = megafin_main(["train", str(recipes / "dpo.yaml"), f"train.init_from={start}", *overrides])
+    if code != 0:
+        return code
+    code = answer_questions(latest_checkpoint(OUT / "runs" / "dpo"))
+    for run in ("cpt_it", "dpo"):
+        print(f"demo: {run}: metrics {OUT / 'runs' / run / 'metrics.jsonl'}, "
+              f"checkpoints {OUT / 'runs' / run / 'checkpoints'}/")
+    return code
+
+
+def answer_questions(ckpt: Path) -> int:
+    """The trained model answers the sample's first questions (greedy, chat template), as `megafin generate` runs."""
+    import json
+
+    from megafin.cli import main as megafin_main
+
+    rows = [json.loads(line) for line in (SAMPLES / "sft_sample.jsonl").read_text().splitlines()[:2]]
+    questions = [{"messages": [{"role": "user", "content": r.get("query") or r.get("prompt")}]} for r in rows]
+    src, out = OUT / "questions.jsonl", OUT / "answers.jsonl"
+    src.write_text("".join(json.dumps(q) + "\n" for q in questions))
+    out.unlink(missing_ok=True)  # answers of this run's checkpoint, not a resumed earlier file
+    print(f"demo: [3/3] answers from {ckpt}: megafin generate --model {ckpt} --input {src} --output {out}",
+          flush=True)
+    code = megafin_main(["generate", "--model", str(ckpt), "--input", str(src), "--output", str(out),
+                         "--max-new-tokens", "24"])
     if code == 0:
-        for run in ("cpt_it", "dpo"):
-            print(f"demo: {run}: metrics {OUT / 'runs' / run / 'metrics.jsonl'}, "
-                  f"checkpoints {OUT / 'runs' / run / 'checkpoints'}/")
+        for row in map(json.loads, out.read_text().splitlines()):
+            print(f"demo:   Q: {row['messages'][0]['content']}\ndemo:   A: {row['samples'][0]['text']!r}")
     return code
 
 
