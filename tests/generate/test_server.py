@@ -217,3 +217,20 @@ def test_a_request_the_engine_fails_on_gets_500_and_its_batch_mates_their_answer
     assert "scripted failure" in replies[1].json()["error"]["message"]
     assert replies[0].json()["choices"][0]["text"] == scripted_text(GenerationRequest(prompt="alpha"), 0)
     assert ask("gamma").status_code == 200
+
+
+def test_serves_a_megafin_checkpoint_through_the_megafin_engine(llama_pair) -> None:
+    """The primary path: `megafin serve CKPT` (megafin engine, KV cache) answers as the HF model it was converted
+    from does under HF generate (greedy, token for token)."""
+    hf, ckpt = llama_pair
+    with megafin_serve(ckpt, "--engine", "megafin") as url:
+        client = openai.OpenAI(base_url=url, api_key="unused", max_retries=0, timeout=120)
+        name = client.models.list().data[0].id
+        served = client.chat.completions.create(model=name, messages=CHAT, temperature=0, max_tokens=10)
+    from megafin.generate.engines import open_engine
+
+    with open_engine("hf", str(hf)) as engine:
+        want = engine.generate([GenerationRequest(messages=CHAT, params=SamplingParams(max_new_tokens=10))])[0]
+    assert want.samples[0].completion_tokens > 1  # not an empty answer on both sides
+    assert served.choices[0].message.content == want.samples[0].text
+    assert served.usage.completion_tokens == want.samples[0].completion_tokens
