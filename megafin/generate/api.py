@@ -71,3 +71,12 @@ class Sample:
 class GenerationResult:
     samples: list[Sample]
     prompt_tokens: int
+
+
+def check_requests(requests: list[GenerationRequest]) -> None:
+    """Every request checked before any is served; the first bad one named by its index (one line)."""
+    for i, request in enumerate(requests):
+        try:
+            request.check()
+        except GenerationError as err:
+            raise GenerationError(f"request {i}: {err}") from None

@@ -7,7 +7,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Optional
 
-from megafin.generate.api import GenerationError, GenerationRequest, GenerationResult, Sample, SamplingParams
+from megafin.generate.api import (GenerationError, GenerationRequest, GenerationResult, Sample, SamplingParams,
+                                  check_requests)
 from megafin.generate.engines import GenerationEngine, register_engine
 
 # End-of-turn tokens of common chat formats: a chat answer ends there even where the config names only the
@@ -118,11 +119,7 @@ class HFEngine(GenerationEngine):
         self.batch_size = max(1, int(batch_size))
 
     def generate(self, requests: list[GenerationRequest]) -> list[GenerationResult]:
-        for i, request in enumerate(requests):
-            try:
-                request.check()
-            except GenerationError as err:
-                raise GenerationError(f"request {i}: {err}") from None
+        check_requests(requests)
         results: list[Optional[GenerationResult]] = [None] * len(requests)
         groups: dict[tuple, list[int]] = {}
         for i, request in enumerate(requests):

@@ -11,7 +11,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Optional
 
-from megafin.generate.api import GenerationError, GenerationRequest, GenerationResult, Sample
+from megafin.generate.api import GenerationError, GenerationRequest, GenerationResult, Sample, check_requests
 from megafin.generate.engines import GenerationEngine, register_engine
 
 # A local server (vLLM, `megafin serve`) ignores the key, but the client insists on one.
@@ -68,11 +68,7 @@ class OpenAIEngine(GenerationEngine):
         return self.model
 
     def generate(self, requests: list[GenerationRequest]) -> list[GenerationResult]:
-        for i, request in enumerate(requests):
-            try:
-                request.check()
-            except GenerationError as err:
-                raise GenerationError(f"request {i}: {err}") from None
+        check_requests(requests)
         if len(requests) == 1:
             return [self._one(requests[0])]
         with ThreadPoolExecutor(max_workers=min(self.concurrency, len(requests))) as pool:

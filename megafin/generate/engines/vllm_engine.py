@@ -11,7 +11,8 @@ from __future__ import annotations
 
 from typing import Any, Optional
 
-from megafin.generate.api import GenerationError, GenerationRequest, GenerationResult, Sample, SamplingParams
+from megafin.generate.api import (GenerationError, GenerationRequest, GenerationResult, Sample, SamplingParams,
+                                  check_requests)
 from megafin.generate.engines import GenerationEngine, register_engine
 
 
@@ -46,11 +47,8 @@ class VLLMEngine(GenerationEngine):
 
     def generate(self, requests: list[GenerationRequest]) -> list[GenerationResult]:
         prompts: list[Any] = []
+        check_requests(requests)
         for i, request in enumerate(requests):
-            try:
-                request.check()
-            except GenerationError as err:
-                raise GenerationError(f"request {i}: {err}") from None
             if request.messages is None:
                 prompts.append(request.prompt)  # tokenized by vLLM, special tokens (BOS) added as HF does
             else:
