@@ -35,6 +35,7 @@ import torch
 
 from megafin.generate.api import GenerationError, GenerationRequest, GenerationResult, Sample, SamplingParams
 from megafin.generate.engines import GenerationEngine, register_engine
+from megafin.generate.lean_decode import LeanDecoder, unsupported
 from megafin.generate.rotated_key_cache import cache_rotated_keys
 from megafin.generate.sampling import cut_at_stop_string, next_tokens, sample_generator, stop_token_ids
 
@@ -73,6 +74,9 @@ class MegafinEngine(GenerationEngine):
         self._session = contextlib.ExitStack()
         try:
             self.net = _load_model(ckpt, cfg, self.vocab_size, self._session)
+            # Decode steps in plain torch ops where they reproduce megatron's layer (megafin/generate/
+            # lean_decode.py), else megatron's own path. None: megatron's path (tests compare the two).
+            self.lean: Optional[LeanDecoder] = None if unsupported(self.net) else LeanDecoder(self.net)
         except BaseException:
             self._session.close()
             raise
@@ -159,29 +163,40 @@ class MegafinEngine(GenerationEngine):
             hide = _prefill_mask(pad, longest, device) if pad else None
             last.append(self._forward(tokens, positions, hide, ctx)[:, -1])
         logits = torch.cat(last)
+        lean = self.lean.begin(ctx.key_value_memory_dict, pads) if self.lean is not None else None
+        if lean is not None:
+            ctx.key_value_memory_dict.clear()  # the lean batch holds its own copy
         ctx.batch_size_offset, ctx.sequence_len_offset = 0, longest
         alive = list(range(len(batch)))
+        room = total - longest
         while True:
             rows = [batch[i] for i in alive]
             nxt = next_tokens(logits[:, :self.vocab_size], [s.params for s in rows],
                               [s.generator for s in rows]).tolist()
-            keep = [r for r, (seq, t) in enumerate(zip(rows, nxt)) if not self._append(seq, t, total - longest)]
+            keep = [r for r, (seq, t) in enumerate(zip(rows, nxt)) if not self._append(seq, t, room)]
             if not keep:
                 return
             if len(keep) < len(alive):  # drop finished rows from the batch and its cache
                 alive = [alive[r] for r in keep]
                 index = torch.tensor(keep, device=device)
-                for layer, (k, v) in ctx.key_value_memory_dict.items():
-                    ctx.key_value_memory_dict[layer] = (k.index_select(1, index), v.index_select(1, index))
+                if lean is not None:
+                    lean.keep(index)
+                else:
+                    for layer, (k, v) in ctx.key_value_memory_dict.items():
+                        ctx.key_value_memory_dict[layer] = (k.index_select(1, index), v.index_select(1, index))
                 pads = pads.index_select(0, index)
                 nxt = [nxt[r] for r in keep]
             t = ctx.sequence_len_offset
-            step = torch.tensor(nxt, device=device).unsqueeze(1)
-            positions = torch.full_like(step, t)
-            # The new token sees every cached slot but its row's padding (megatron masks: True = hidden).
-            hide = (torch.arange(t + 1, device=device).view(1, 1, 1, -1) < pads.view(-1, 1, 1, 1)
-                    if int(pads.max()) else None)
-            logits = self._forward(step, positions, hide, ctx)[:, -1]
+            step = torch.tensor(nxt, device=device)
+            if lean is not None:
+                logits = lean.step(step, t)
+            else:
+                step = step.unsqueeze(1)
+                positions = torch.full_like(step, t)
+                # The new token sees every cached slot but its row's padding (megatron masks: True = hidden).
+                hide = (torch.arange(t + 1, device=device).view(1, 1, 1, -1) < pads.view(-1, 1, 1, 1)
+                        if int(pads.max()) else None)
+                logits = self._forward(step, positions, hide, ctx)[:, -1]
             ctx.sequence_len_offset = t + 1
 
     def _zero_cache(self, batch: int, total: int, device: torch.device) -> dict[int, tuple[torch.Tensor, ...]]:
