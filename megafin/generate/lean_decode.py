@@ -1,13 +1,14 @@
-"""A decode step of a megatron-core GPTModel (TP=1, Llama/Qwen2 shape) in plain torch ops on the model's own
-parameters: one new token per row against a KV cache, without megatron's per-layer module machinery.
+"""Prefill and decode steps of a megatron-core GPTModel (TP=1, Llama/Qwen2 shape) in plain torch ops on the model's
+own parameters, with a KV cache, without megatron's per-layer module machinery.
 
 Why: on CPU a decode step of a small model is a few [batch, hidden] matmuls per layer, and megatron's layer stack
 (module calls, autograd-function wrappers of the parallel linears, process-group lookups, the inference context's
 bookkeeping, a permuted [len, batch, ...] cache) cost as much as the arithmetic (the profile: megafin/generate/
-engines/megafin_engine.py's docstring). Prefill stays on megatron's path; its cache is then copied once into a
-[batch, groups, len, dim] layout here, where a step attends to a contiguous prefix of it.
+engines/megafin_engine.py's docstring). The cache is [batch, groups, len, dim] per layer: a step attends to a
+contiguous prefix of each row. Prompts are LEFT-PADDED as on megatron's path (each prefilled alone, right-aligned at
+the batch's longest prompt, RoPE position = cache slot), so the two paths compute the same thing.
 
-The step does what megatron's layer does, op for op and in the same order: RMSNorm; the fused QKV linear split per
+A layer does what megatron's layer does, op for op and in the same order: RMSNorm; the fused QKV linear split per
 query group as `get_query_key_value_tensors` splits it ([groups, (heads/groups + 2) * dim]: the group's query heads,
 then its key, then its value); RoPE as `_apply_rotary_pos_emb_bshd` applies it (non-interleaved, cos/sin of the
 frequencies `RotaryEmbedding.forward` returns, cast to the model dtype); keys cached after RoPE (as
@@ -82,7 +83,7 @@ def _rms(x: torch.Tensor, norm: torch.nn.RMSNorm) -> torch.Tensor:
 
 
 class LeanDecoder:
-    """The model's parameters as the lean step reads them; `begin` starts the decode steps of one batch."""
+    """The model's parameters as the lean steps read them; `prefill` starts one batch."""
 
     def __init__(self, model: torch.nn.Module) -> None:
         self.layers = [_Layer(layer) for layer in model.decoder.layers]
@@ -93,27 +94,66 @@ class LeanDecoder:
         self.output_b = _bias(model.output_layer)
         self.rope = model.rotary_pos_emb
 
-    def begin(self, buffers: dict[int, tuple[torch.Tensor, torch.Tensor]], pads: torch.Tensor) -> "LeanBatch":
-        """Decode steps continuing megatron's prefill: its cache buffers ([len, batch, groups, dim] per layer
-        number) and each row's padding length (its slots before that are hidden)."""
-        return LeanBatch(self, buffers, pads)
+    def prefill(self, prompts: list[list[int]], total: int) -> tuple["LeanBatch", torch.Tensor]:
+        """A batch of `total` cache slots per row with the prompts written LEFT-PADDED (right-aligned at the
+        longest), and the logits [batch, padded vocab] after each prompt's last token."""
+        batch = LeanBatch(self, prompts, total)
+        longest = max(len(p) for p in prompts)
+        last = []
+        # One prompt at a time, causal among its own tokens: no compute on padding, no mask. RoPE positions are
+        # cache slots (pad .. longest - 1), as megatron's static cache gives them.
+        for row, prompt in enumerate(prompts):
+            pad = longest - len(prompt)
+            x = F.embedding(torch.tensor(prompt, device=self.embedding.device), self.embedding)  # [n, h]
+            cos, sin = batch.cos[pad:longest, None, None], batch.sin[pad:longest, None, None]
+            for lay, (kc, vc) in zip(self.layers, batch.cache):
+                q, k, v = _qkv(lay, x, cos, sin)  # [n, g, r, d], [n, g, d], [n, g, d]
+                kc[row, :, pad:longest] = k.transpose(0, 1)
+                vc[row, :, pad:longest] = v.transpose(0, 1)
+                a = F.scaled_dot_product_attention(q.flatten(1, 2).transpose(0, 1).unsqueeze(0),
+                                                   kc[row:row + 1, :, pad:longest], vc[row:row + 1, :, pad:longest],
+                                                   is_causal=True, scale=lay.scale, enable_gqa=q.size(2) != 1)
+                x = _after_attention(lay, x, a[0].transpose(0, 1).reshape(x.size(0), -1))
+            last.append(x[-1:])
+        return batch, self.logits(torch.cat(last))
+
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(_rms(x, self.final_norm), self.output, self.output_b)
+
+
+def _qkv(lay: _Layer, x: torch.Tensor, cos: torch.Tensor,
+         sin: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Query [n, groups, heads/groups, dim] and key [n, groups, dim] after RoPE, value [n, groups, dim]."""
+    g, d = lay.groups, lay.dim
+    r = lay.heads // g
+    qkv = F.linear(_rms(x, lay.norm1), lay.qkv_w, lay.qkv_b).view(x.size(0), g, r + 2, d)
+    qk = _rotate(qkv[:, :, :r + 1], cos, sin)  # the group's query heads and its key, rotated in one go
+    return qk[:, :, :r], qk[:, :, r], qkv[:, :, r + 1]
+
+
+def _after_attention(lay: _Layer, x: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
+    """Output projection and residual, then the SwiGLU MLP and residual."""
+    x = x + F.linear(a, lay.proj_w, lay.proj_b)
+    gate, up = F.linear(_rms(x, lay.norm2), lay.fc1_w, lay.fc1_b).chunk(2, dim=-1)
+    return x + F.linear(F.silu(gate) * up, lay.fc2_w, lay.fc2_b)
 
 
 class LeanBatch:
-    """One batch's cache ([batch, groups, len, dim] per layer) and steps: `step` runs one token per row, `keep`
-    drops finished rows."""
+    """One batch's KV cache ([batch, groups, len, dim] per layer; keys after RoPE) and its decode steps: `step` runs
+    one token per row, `keep` drops finished rows."""
 
-    def __init__(self, dec: LeanDecoder, buffers: dict[int, tuple[torch.Tensor, torch.Tensor]],
-                 pads: torch.Tensor) -> None:
+    def __init__(self, dec: LeanDecoder, prompts: list[list[int]], total: int) -> None:
         self.dec = dec
-        self.cache = [tuple(x.permute(1, 2, 0, 3).contiguous() for x in buffers[lay.number])
-                      for lay in dec.layers]
-        total = self.cache[0][0].size(2)
+        w = dec.embedding
+        # Zeroed: a padding slot is masked, and a masked slot must not hold NaN (0 * NaN in SDPA).
+        self.cache = [tuple(torch.zeros(len(prompts), lay.groups, total, lay.dim, dtype=w.dtype, device=w.device)
+                            for _ in "kv") for lay in dec.layers]
         freqs = dec.rope(total)  # RotaryEmbedding.forward: [len, 1, 1, rot_dim], as GPTModel asks for them
-        dtype = self.cache[0][0].dtype
-        self.cos, self.sin = (f(freqs).to(dtype).view(total, -1) for f in (torch.cos, torch.sin))
-        # SDPA's boolean mask: True = attend. None when no row is padded.
-        slots = torch.arange(total, device=pads.device)
+        self.cos, self.sin = (f(freqs).to(w.dtype).view(total, -1) for f in (torch.cos, torch.sin))
+        # SDPA's boolean mask: True = attend, a row's padding slots hidden. None when no row is padded.
+        longest = max(len(p) for p in prompts)
+        pads = torch.tensor([longest - len(p) for p in prompts], device=w.device)
+        slots = torch.arange(total, device=w.device)
         self.visible = (slots.view(1, 1, 1, -1) >= pads.view(-1, 1, 1, 1)) if int(pads.max()) else None
 
     def keep(self, index: torch.Tensor) -> None:
@@ -131,23 +171,18 @@ class LeanBatch:
         cos, sin = self.cos[t], self.sin[t]
         mask = self.visible[..., :t + 1] if self.visible is not None else None
         for lay, (kc, vc) in zip(dec.layers, self.cache):
-            g, r, d = lay.groups, lay.heads // lay.groups, lay.dim
-            qkv = F.linear(_rms(x, lay.norm1), lay.qkv_w, lay.qkv_b).view(b, g, r + 2, d)
-            q, k, v = qkv[:, :, :r], qkv[:, :, r], qkv[:, :, r + 1]
-            kc[:, :, t] = _rotate(k, cos, sin)
+            q, k, v = _qkv(lay, x, cos, sin)
+            kc[:, :, t] = k
             vc[:, :, t] = v
-            q = _rotate(q, cos, sin).reshape(b, g * r, 1, d)
-            a = F.scaled_dot_product_attention(q, kc[:, :, :t + 1], vc[:, :, :t + 1], attn_mask=mask,
-                                               scale=lay.scale, enable_gqa=r != 1)
-            x = x + F.linear(a.view(b, g * r * d), lay.proj_w, lay.proj_b)
-            gate, up = F.linear(_rms(x, lay.norm2), lay.fc1_w, lay.fc1_b).chunk(2, dim=-1)
-            x = x + F.linear(F.silu(gate) * up, lay.fc2_w, lay.fc2_b)
-        return F.linear(_rms(x, dec.final_norm), dec.output, dec.output_b)
+            a = F.scaled_dot_product_attention(q.reshape(b, -1, 1, lay.dim), kc[:, :, :t + 1], vc[:, :, :t + 1],
+                                               attn_mask=mask, scale=lay.scale, enable_gqa=q.size(2) != 1)
+            x = _after_attention(lay, x, a.view(b, -1))
+        return dec.logits(x)
 
 
 def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """megatron's non-interleaved RoPE on the last dim (rot_dim = len(cos); the rest passes through)."""
-    rot = cos.numel()
+    """megatron's non-interleaved RoPE on the last dim (rot_dim = cos.size(-1); the rest passes through)."""
+    rot = cos.size(-1)
     if rot == x.size(-1):
         x1, x2 = x.chunk(2, dim=-1)
         return x * cos + torch.cat((-x2, x1), dim=-1) * sin

@@ -134,8 +134,9 @@ def test_bad_requests_and_options_are_one_line(engine, llama_pair, tmp_path):
         open_engine("megafin", str(llama_pair[1]), temprature=1.0, base_url=None)
 
 
-def test_lean_decode_steps_equal_megatrons_decode_steps(engine, prompts):
-    """The lean decode step (plain torch ops, megafin/generate/lean_decode.py) against megatron's own path on one
+def test_lean_path_equals_megatrons_path(engine, prompts):
+    """The lean path (prefill and decode in plain torch ops, megafin/generate/lean_decode.py) against megatron's own
+    path on one
     left-padded batch that drops rows as they end (length and a stop token) and mixes greedy with sampled rows."""
     assert engine.lean is not None  # a Llama: the lean step covers it
     stop_id = engine.generate_ids([prompts[0]], [SamplingParams(max_new_tokens=6)])[0].tokens[3]
