@@ -1,5 +1,6 @@
-"""Generation speed: the megafin engine (megatron-core GPTModel + static KV cache) against HF `generate` on the same
-tiny model and the same prompts, batch 16, greedy, one timed run each (after a two-token warm-up of each).
+"""Generation speed: the megafin engine (its lean plain-torch path on the GPTModel's parameters, KV cache) against HF
+`generate` on the same tiny model and the same prompts, batch 16, greedy, one timed run each (after a two-token
+warm-up of each).
 
 The model: a random HF Llama of a few M parameters with the project's demo tokenizer (megafin.demo), converted
 to a megafin checkpoint by from-hf. The prompts: 8 FPB sentences and 8 TAT-QA questions from ../shared/data, as

@@ -63,6 +63,24 @@ INTERNALS: tuple[Internal, ...] = (
     Internal("megatron.core.inference.contexts.static_context:StaticInferenceContext.key_value_memory_dict",
              "megafin/generate/engines/megafin_engine.py", "buffers preallocated zeroed per layer number, and rows "
              "dropped from them as sequences finish"),
+    # ---- lean decode steps (megafin/generate/lean_decode.py): reads the modules' parameters and attributes and
+    # reproduces their forward in plain torch ops (the fused QKV's per-query-group layout, RoPE as applied)
+    Internal("megatron.core.transformer.attention:Attention.num_query_groups_per_partition",
+             "megafin/generate/lean_decode.py", "splits the fused QKV output per query group"),
+    Internal("megatron.core.transformer.attention:Attention.num_attention_heads_per_partition",
+             "megafin/generate/lean_decode.py", "query heads per group"),
+    Internal("megatron.core.transformer.attention:Attention.hidden_size_per_attention_head",
+             "megafin/generate/lean_decode.py", "head dim"),
+    Internal("megatron.core.transformer.attention:SelfAttention.get_query_key_value_tensors",
+             "megafin/generate/lean_decode.py", "the [groups, (heads/groups + 2) * dim] QKV layout reproduced",
+             ("hidden_states",)),
+    Internal("megatron.core.models.common.embeddings.rope_utils:_apply_rotary_pos_emb_bshd",
+             "megafin/generate/lean_decode.py", "reproduced: non-interleaved rotation, cos/sin cast to the dtype",
+             ("t", "freqs", "rotary_interleaved")),
+    Internal("megatron.core.models.common.embeddings.rotary_pos_embedding:RotaryEmbedding.forward",
+             "megafin/generate/lean_decode.py", "called for the frequencies [len, 1, 1, rot_dim]", ("max_seq_len",)),
+    Internal("megatron.core.transformer.dot_product_attention:DotProductAttention.softmax_scale",
+             "megafin/generate/lean_decode.py", "the attention's softmax scale"),
     # ---- restricted checkpoint loading (megafin/checkpoint/dist_load.py): a copy of
     # TorchDistLoadShardedStrategy.load that unpickles nothing
     Internal("megatron.core.dist_checkpointing.strategies.torch:TorchDistLoadShardedStrategy.load",

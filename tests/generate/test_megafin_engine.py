@@ -132,3 +132,24 @@ def test_bad_requests_and_options_are_one_line(engine, llama_pair, tmp_path):
     with pytest.raises(GenerationError, match=r"^the megafin engine takes the options tokenizer and max_batch_size, "
                                               r"got temprature$"):
         open_engine("megafin", str(llama_pair[1]), temprature=1.0, base_url=None)
+
+
+def test_lean_path_equals_megatrons_path(engine, prompts):
+    """The lean path (prefill and decode in plain torch ops, megafin/generate/lean_decode.py) against megatron's own
+    path on one
+    left-padded batch that drops rows as they end (length and a stop token) and mixes greedy with sampled rows."""
+    assert engine.lean is not None  # a Llama: the lean step covers it
+    stop_id = engine.generate_ids([prompts[0]], [SamplingParams(max_new_tokens=6)])[0].tokens[3]
+    params = [SamplingParams(max_new_tokens=4 if i == 1 else 12) for i in range(len(prompts))] + [
+        SamplingParams(max_new_tokens=12, stop_token_ids=(stop_id,)),
+        SamplingParams(max_new_tokens=7, temperature=0.9, top_k=20, n=2, seed=5)]
+    batch = prompts + [prompts[0], prompts[2]]
+    lean_seqs = engine.generate_ids(batch, params)
+    lean, engine.lean = engine.lean, None
+    try:
+        megatron_seqs = engine.generate_ids(batch, params)
+    finally:
+        engine.lean = lean
+    assert [(s.tokens, s.finish_reason) for s in lean_seqs] == [(s.tokens, s.finish_reason) for s in megatron_seqs]
+    assert lean_seqs[5].finish_reason == "stop" and len(lean_seqs[5].tokens) < 12  # a row dropped mid-batch
+    assert len(lean_seqs[1].tokens) == 4

@@ -1,0 +1,191 @@
+"""Prefill and decode steps of a megatron-core GPTModel (TP=1, Llama/Qwen2 shape) in plain torch ops on the model's
+own parameters, with a KV cache, without megatron's per-layer module machinery.
+
+Why: on CPU a decode step of a small model is a few [batch, hidden] matmuls per layer, and megatron's layer stack
+(module calls, autograd-function wrappers of the parallel linears, process-group lookups, the inference context's
+bookkeeping, a permuted [len, batch, ...] cache) cost as much as the arithmetic (the profile: megafin/generate/
+engines/megafin_engine.py's docstring). The cache is [batch, groups, len, dim] per layer: a step attends to a
+contiguous prefix of each row. Prompts are LEFT-PADDED as on megatron's path (each prefilled alone, right-aligned at
+the batch's longest prompt, RoPE position = cache slot), so the two paths compute the same thing.
+
+A layer does what megatron's layer does, op for op and in the same order: RMSNorm; the fused QKV linear split per
+query group as `get_query_key_value_tensors` splits it ([groups, (heads/groups + 2) * dim]: the group's query heads,
+then its key, then its value); RoPE as `_apply_rotary_pos_emb_bshd` applies it (non-interleaved, cos/sin of the
+frequencies `RotaryEmbedding.forward` returns, cast to the model dtype); keys cached after RoPE (as
+megafin/generate/rotated_key_cache.py caches them on the megatron path); SDPA with GQA and the core attention's
+softmax scale; output projection and residual; RMSNorm; the SwiGLU MLP (fc1's first half is the gate); residual; the
+final RMSNorm and the output layer. `unsupported` names what this does not cover
+(the engine falls back to megatron's path for such models).
+"""
+from __future__ import annotations
+
+from typing import Any, Optional
+
+import torch
+import torch.nn.functional as F
+
+
+def unsupported(model: torch.nn.Module) -> Optional[str]:
+    """Why the lean step cannot run this model exactly as megatron does (None: it can)."""
+    from megatron.core.models.common.embeddings.rotary_pos_embedding import RotaryEmbedding
+    from megatron.core.transformer.mlp import MLP
+    from megatron.core.transformer.identity_op import IdentityOp
+
+    c = model.config
+    if c.tensor_model_parallel_size != 1 or getattr(c, "context_parallel_size", 1) != 1:
+        return "tensor or context parallel"
+    if getattr(model, "position_embedding_type", None) != "rope" or type(model.rotary_pos_emb) is not RotaryEmbedding:
+        return "not plain RoPE"
+    flags = ("rotary_interleaved", "qk_layernorm", "multi_latent_attention", "layernorm_zero_centered_gamma",
+             "apply_residual_connection_post_layernorm", "fp32_residual_connection", "attention_output_gate",
+             "num_moe_experts", "sequence_parallel")
+    on = [f for f in flags if getattr(c, f, None)]
+    if on:
+        return f"config {', '.join(on)}"
+    if not (c.gated_linear_unit and c.activation_func is F.silu):
+        return "MLP is not SwiGLU"
+    if getattr(model.decoder, "final_layernorm", None) is None or not model.post_process or not model.pre_process:
+        return "not a whole model"
+    for layer in model.decoder.layers:
+        att = layer.self_attention
+        norms = (layer.input_layernorm, layer.pre_mlp_layernorm, model.decoder.final_layernorm)
+        if not all(isinstance(n, torch.nn.RMSNorm) for n in norms):
+            return "norms are not torch RMSNorm"
+        if type(layer.mlp) is not MLP or not all(isinstance(getattr(att, n, None), IdentityOp)
+                                                  for n in ("q_layernorm", "k_layernorm")):
+            return "layer is not attention + dense MLP"
+        if not isinstance(layer.cross_attention, IdentityOp):
+            return "cross attention"
+    return None
+
+
+class _Layer:
+    def __init__(self, layer: Any) -> None:
+        att = layer.self_attention
+        self.number = att.layer_number
+        self.norm1, self.norm2 = layer.input_layernorm, layer.pre_mlp_layernorm
+        self.qkv_w, self.qkv_b = att.linear_qkv.weight, _bias(att.linear_qkv)
+        self.proj_w, self.proj_b = att.linear_proj.weight, _bias(att.linear_proj)
+        self.fc1_w, self.fc1_b = layer.mlp.linear_fc1.weight, _bias(layer.mlp.linear_fc1)
+        self.fc2_w, self.fc2_b = layer.mlp.linear_fc2.weight, _bias(layer.mlp.linear_fc2)
+        self.groups = att.num_query_groups_per_partition
+        self.heads = att.num_attention_heads_per_partition
+        self.dim = att.hidden_size_per_attention_head
+        self.scale = att.core_attention.softmax_scale
+
+
+def _bias(linear: Any) -> Optional[torch.Tensor]:
+    return getattr(linear, "bias", None)
+
+
+def _rms(x: torch.Tensor, norm: torch.nn.RMSNorm) -> torch.Tensor:
+    return F.rms_norm(x, norm.normalized_shape, norm.weight, norm.eps)
+
+
+class LeanDecoder:
+    """The model's parameters as the lean steps read them; `prefill` starts one batch."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        self.layers = [_Layer(layer) for layer in model.decoder.layers]
+        self.final_norm = model.decoder.final_layernorm
+        self.embedding = model.embedding.word_embeddings.weight
+        self.output = (model.shared_embedding_or_output_weight() if model.share_embeddings_and_output_weights
+                       else model.output_layer.weight)
+        self.output_b = _bias(model.output_layer)
+        self.rope = model.rotary_pos_emb
+
+    def prefill(self, prompts: list[list[int]], total: int) -> tuple["LeanBatch", torch.Tensor]:
+        """A batch of `total` cache slots per row with the prompts written LEFT-PADDED (right-aligned at the
+        longest), and the logits [batch, padded vocab] after each prompt's last token."""
+        batch = LeanBatch(self, prompts, total)
+        longest = max(len(p) for p in prompts)
+        last = []
+        # One prompt at a time, causal among its own tokens: no compute on padding, no mask. RoPE positions are
+        # cache slots (pad .. longest - 1), as megatron's static cache gives them.
+        for row, prompt in enumerate(prompts):
+            pad = longest - len(prompt)
+            x = F.embedding(torch.tensor(prompt, device=self.embedding.device), self.embedding)  # [n, h]
+            cos, sin = batch.cos[pad:longest, None, None], batch.sin[pad:longest, None, None]
+            for lay, (kc, vc) in zip(self.layers, batch.cache):
+                q, k, v = _qkv(lay, x, cos, sin)  # [n, g, r, d], [n, g, d], [n, g, d]
+                kc[row, :, pad:longest] = k.transpose(0, 1)
+                vc[row, :, pad:longest] = v.transpose(0, 1)
+                a = F.scaled_dot_product_attention(q.flatten(1, 2).transpose(0, 1).unsqueeze(0),
+                                                   kc[row:row + 1, :, pad:longest], vc[row:row + 1, :, pad:longest],
+                                                   is_causal=True, scale=lay.scale, enable_gqa=q.size(2) != 1)
+                x = _after_attention(lay, x, a[0].transpose(0, 1).reshape(x.size(0), -1))
+            last.append(x[-1:])
+        return batch, self.logits(torch.cat(last))
+
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(_rms(x, self.final_norm), self.output, self.output_b)
+
+
+def _qkv(lay: _Layer, x: torch.Tensor, cos: torch.Tensor,
+         sin: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Query [n, groups, heads/groups, dim] and key [n, groups, dim] after RoPE, value [n, groups, dim]."""
+    g, d = lay.groups, lay.dim
+    r = lay.heads // g
+    qkv = F.linear(_rms(x, lay.norm1), lay.qkv_w, lay.qkv_b).view(x.size(0), g, r + 2, d)
+    qk = _rotate(qkv[:, :, :r + 1], cos, sin)  # the group's query heads and its key, rotated in one go
+    return qk[:, :, :r], qk[:, :, r], qkv[:, :, r + 1]
+
+
+def _after_attention(lay: _Layer, x: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
+    """Output projection and residual, then the SwiGLU MLP and residual."""
+    x = x + F.linear(a, lay.proj_w, lay.proj_b)
+    gate, up = F.linear(_rms(x, lay.norm2), lay.fc1_w, lay.fc1_b).chunk(2, dim=-1)
+    return x + F.linear(F.silu(gate) * up, lay.fc2_w, lay.fc2_b)
+
+
+class LeanBatch:
+    """One batch's KV cache ([batch, groups, len, dim] per layer; keys after RoPE) and its decode steps: `step` runs
+    one token per row, `keep` drops finished rows."""
+
+    def __init__(self, dec: LeanDecoder, prompts: list[list[int]], total: int) -> None:
+        self.dec = dec
+        w = dec.embedding
+        # Zeroed: a padding slot is masked, and a masked slot must not hold NaN (0 * NaN in SDPA).
+        self.cache = [tuple(torch.zeros(len(prompts), lay.groups, total, lay.dim, dtype=w.dtype, device=w.device)
+                            for _ in "kv") for lay in dec.layers]
+        freqs = dec.rope(total)  # RotaryEmbedding.forward: [len, 1, 1, rot_dim], as GPTModel asks for them
+        self.cos, self.sin = (f(freqs).to(w.dtype).view(total, -1) for f in (torch.cos, torch.sin))
+        # SDPA's boolean mask: True = attend, a row's padding slots hidden. None when no row is padded.
+        longest = max(len(p) for p in prompts)
+        pads = torch.tensor([longest - len(p) for p in prompts], device=w.device)
+        slots = torch.arange(total, device=w.device)
+        self.visible = (slots.view(1, 1, 1, -1) >= pads.view(-1, 1, 1, 1)) if int(pads.max()) else None
+
+    def keep(self, index: torch.Tensor) -> None:
+        self.cache = [(k.index_select(0, index), v.index_select(0, index)) for k, v in self.cache]
+        if self.visible is not None:
+            self.visible = self.visible.index_select(0, index)
+            if bool(self.visible.all()):
+                self.visible = None
+
+    def step(self, tokens: torch.Tensor, t: int) -> torch.Tensor:
+        """Logits [batch, padded vocab] after `tokens` [batch] written at cache slot `t` (RoPE position t)."""
+        dec = self.dec
+        x = F.embedding(tokens, dec.embedding)  # [b, h]
+        b = x.size(0)
+        cos, sin = self.cos[t], self.sin[t]
+        mask = self.visible[..., :t + 1] if self.visible is not None else None
+        for lay, (kc, vc) in zip(dec.layers, self.cache):
+            q, k, v = _qkv(lay, x, cos, sin)
+            kc[:, :, t] = k
+            vc[:, :, t] = v
+            a = F.scaled_dot_product_attention(q.reshape(b, -1, 1, lay.dim), kc[:, :, :t + 1], vc[:, :, :t + 1],
+                                               attn_mask=mask, scale=lay.scale, enable_gqa=q.size(2) != 1)
+            x = _after_attention(lay, x, a.view(b, -1))
+        return dec.logits(x)
+
+
+def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """megatron's non-interleaved RoPE on the last dim (rot_dim = cos.size(-1); the rest passes through)."""
+    rot = cos.size(-1)
+    if rot == x.size(-1):
+        x1, x2 = x.chunk(2, dim=-1)
+        return x * cos + torch.cat((-x2, x1), dim=-1) * sin
+    head, rest = x[..., :rot], x[..., rot:]
+    x1, x2 = head.chunk(2, dim=-1)
+    return torch.cat((head * cos + torch.cat((-x2, x1), dim=-1) * sin, rest), dim=-1)
