@@ -44,7 +44,8 @@ from typing import Any, Optional
 
 import torch
 
-from megafin.generate.api import GenerationError, GenerationRequest, GenerationResult, Sample, SamplingParams
+from megafin.generate.api import (GenerationError, GenerationRequest, GenerationResult, Sample, SamplingParams,
+                                  check_requests)
 from megafin.generate.engines import GenerationEngine, register_engine
 from megafin.generate.lean_decode import LeanDecoder, unsupported
 from megafin.generate.rotated_key_cache import cache_rotated_keys
@@ -97,13 +98,8 @@ class MegafinEngine(GenerationEngine):
 
     # ----------------------------------------------------------------------------------------- text in, text out
     def generate(self, requests: list[GenerationRequest]) -> list[GenerationResult]:
-        prompts = []
-        for i, req in enumerate(requests):
-            try:
-                req.check()
-            except GenerationError as err:
-                raise GenerationError(f"request {i}: {err}") from None
-            prompts.append(self.prompt_ids(req, i))
+        check_requests(requests)
+        prompts = [self.prompt_ids(req, i) for i, req in enumerate(requests)]
         seqs = self.generate_ids(prompts, [r.params for r in requests])
         results, k = [], 0
         for req, prompt in zip(requests, prompts):
