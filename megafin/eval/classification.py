@@ -27,7 +27,6 @@ def evaluate(ckpt: str | Path, task: str, data: str | Path, limit: Optional[int]
     if spec.family != "classification":
         raise EvalError(f"task {task!r} is scored by the {spec.family} runner, not classification")
     rows = read_examples(spec, Path(data), limit)
-    _check_checkpoint(Path(ckpt))
     greedy = SamplingParams(max_new_tokens=max_new_tokens, temperature=0.0)
     requests = [GenerationRequest(messages=[{"role": "user", "content": row["prompt"]}], params=greedy)
                 for row in rows]
@@ -43,19 +42,6 @@ def evaluate(ckpt: str | Path, task: str, data: str | Path, limit: Optional[int]
     return {"task": task, "checkpoint": str(ckpt), "examples": len(rows), "accuracy": correct / len(rows),
             "majority_label": majority_label, "majority_rate": majority_count / len(rows),
             "predicted": dict(Counter(predictions).most_common(8))}
-
-
-def _check_checkpoint(ckpt: Path) -> None:
-    """Fail with one line before any process group starts when --ckpt is not a complete, readable megafin
-    checkpoint (its metadata read through the restricted loader: nothing in it executes)."""
-    from megafin.checkpoint.integrity import check_readable
-    from megafin.checkpoint.meta import META
-
-    if not ckpt.is_dir():
-        raise EvalError(f"{ckpt}: checkpoint directory not found")
-    if not (ckpt / META).is_file():
-        raise EvalError(f"{ckpt}: not a megafin checkpoint ({META} missing; pass RUN/checkpoints/step_N)")
-    check_readable(ckpt)
 
 
 def main(args: Any) -> int:
