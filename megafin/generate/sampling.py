@@ -18,9 +18,9 @@ import torch
 
 from megafin.generate.api import SamplingParams
 
-# End-of-turn tokens of the chat templates megafin meets (Llama 3, Qwen2/ChatML): a chat answer ends there even when
-# the tokenizer's eos is another token.
-END_OF_TURN_TOKENS = ("<|eot_id|>", "<|im_end|>", "<|end_of_text|>", "<|endoftext|>")
+# End-of-turn and end-of-text tokens of common chat formats (Llama 3, Qwen2/ChatML, Phi-3, Gemma): an answer ends there
+# even when the tokenizer's eos is another token. Every engine that decodes itself (megafin, hf) stops on these.
+END_OF_TURN_TOKENS = ("<|eot_id|>", "<|im_end|>", "<|end_of_text|>", "<|endoftext|>", "<|end|>", "<end_of_turn>")
 _SEED_MIX = 1_000_003
 
 
@@ -58,11 +58,15 @@ def next_tokens(logits: torch.Tensor, params: Sequence[SamplingParams],
     return out
 
 
-def stop_token_ids(tokenizer: Any, extra: Sequence[int] = ()) -> frozenset[int]:
-    """The tokenizer's end-of-sequence token, the end-of-turn tokens it knows, and `extra`."""
+def stop_token_ids(tokenizer: Any, extra: Sequence[int] = (), model_eos: Any = None) -> frozenset[int]:
+    """The tokenizer's end-of-sequence token, the model's (`model_eos`: an HF generation config's eos_token_id, an
+    id or a list), the end-of-turn tokens the vocabulary has, and `extra`."""
     ids = set(int(i) for i in extra)
-    if tokenizer.eos_token_id is not None:
-        ids.add(int(tokenizer.eos_token_id))
+    for source in (model_eos, tokenizer.eos_token_id):
+        if isinstance(source, int):
+            ids.add(source)
+        elif source:
+            ids.update(int(i) for i in source)
     vocab = tokenizer.get_vocab()
     ids.update(vocab[t] for t in END_OF_TURN_TOKENS if t in vocab)
     return frozenset(ids)

@@ -10,11 +10,7 @@ from typing import Any, Optional
 from megafin.generate.api import (GenerationError, GenerationRequest, GenerationResult, Sample, SamplingParams,
                                   check_requests)
 from megafin.generate.engines import GenerationEngine, register_engine
-
-# End-of-turn tokens of common chat formats: a chat answer ends there even where the config names only the
-# end-of-sequence token (Llama 3, ChatML, Phi-3, Gemma).
-END_OF_TURN = ("<|eot_id|>", "<|im_end|>", "<|end|>", "<end_of_turn>")
-
+from megafin.generate.sampling import stop_token_ids
 
 def render_prompt(tokenizer: Any, request: GenerationRequest) -> tuple[str, bool]:
     """The prompt text and whether tokenizing it should add the tokenizer's special tokens (BOS): a chat template
@@ -24,20 +20,6 @@ def render_prompt(tokenizer: Any, request: GenerationRequest) -> tuple[str, bool
     if not getattr(tokenizer, "chat_template", None):
         raise GenerationError("messages: this model's tokenizer has no chat template; send a plain 'prompt' instead")
     return tokenizer.apply_chat_template(request.messages, tokenize=False, add_generation_prompt=True), False
-
-
-def end_token_ids(tokenizer: Any, generation_config: Any = None) -> set[int]:
-    """The tokens that end an answer: the model's and tokenizer's end-of-sequence ids and the end-of-turn tokens
-    the vocabulary has."""
-    ids: set[int] = set()
-    for source in (getattr(generation_config, "eos_token_id", None), tokenizer.eos_token_id):
-        if isinstance(source, int):
-            ids.add(source)
-        elif source:
-            ids.update(int(i) for i in source)
-    vocab = tokenizer.get_vocab()
-    ids.update(vocab[t] for t in END_OF_TURN if t in vocab)
-    return ids
 
 
 def cut_at_stop(tokenizer: Any, tokens: list[int], end_ids: set[int], stop: tuple[str, ...]) -> Sample:
@@ -115,7 +97,8 @@ class HFEngine(GenerationEngine):
         dtype = "auto" if self.device.type == "cuda" else torch.float32
         self.lm = AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype, use_safetensors=True,
                                                           trust_remote_code=False).to(self.device).eval()
-        self.end_ids = end_token_ids(self.tokenizer, self.lm.generation_config)
+        self.end_ids = set(stop_token_ids(self.tokenizer,
+                                          model_eos=getattr(self.lm.generation_config, "eos_token_id", None)))
         self.batch_size = max(1, int(batch_size))
 
     def generate(self, requests: list[GenerationRequest]) -> list[GenerationResult]:
