@@ -14,8 +14,7 @@ from megafin.config.schema import Config
 class MetricsLogger:
     """Only the logging rank writes. Every sink sees the same dict; jsonl is the record tests and users read."""
 
-    def __init__(self, cfg: Config, enabled: bool, resumed_step: int = 0,
-                 printed: Sequence[tuple[str, str]] = (("loss", "{:.4f}"), ("val_loss", "{:.4f}"))) -> None:
+    def __init__(self, cfg: Config, enabled: bool, printed: Sequence[tuple[str, str]], resumed_step: int = 0) -> None:
         """`printed`: the stage's (key, format) pairs for the stdout line (TrainingStage.printed), shown before the
         loop's own (grad_norm, lr, throughput)."""
         self.enabled = enabled

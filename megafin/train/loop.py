@@ -277,8 +277,8 @@ class Trainer:
         stop = STOP_REQUEST.install()
         bad = BadStepTracker(cfg.train.max_bad_steps)
         nan_steps = injected_nan_steps()
-        metrics = MetricsLogger(cfg, enabled=self.is_logger, resumed_step=self.progress.step,
-                                printed=self.stage.printed())
+        metrics = MetricsLogger(cfg, enabled=self.is_logger, printed=self.stage.printed(),
+                                resumed_step=self.progress.step)
         if self.is_logger:
             Path(cfg.run_dir).mkdir(parents=True, exist_ok=True)
             (Path(cfg.run_dir) / "config.yaml").write_text(yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
