@@ -28,6 +28,8 @@ setup(
         "openai",  # --engine openai: any OpenAI-compatible endpoint (vLLM / SGLang servers, hosted APIs)
         "fastapi",  # megafin serve
         "uvicorn",
+        "matplotlib",  # megafin eval: the report's bar chart (PNG, Agg backend)
+        "rouge-score",  # megafin eval: ROUGE-L of FiQA-QA, as lm-eval computes it
     ],
     extras_require={
         "test": [
@@ -38,10 +40,12 @@ setup(
             "tiktoken",
             "tensorboard",
             "trl",  # the DPO/RPO/IPO parity tests and the TRL throughput benches
+            "lm-eval==0.4.13",  # the agreement test of megafin eval run vs lm-eval, and its bench
         ],
+        # lm-evaluation-harness for the shipped task YAMLs (megafin/eval/lm_eval_tasks, --include_path)
+        "eval": ["lm-eval==0.4.13"],
         # GPU-only pieces: not installable on a CPU machine; see README "GPU".
         "gpu": ["transformer-engine[pytorch]", "flash-attn"],
-        # Extras arrive with the code that imports them (vLLM with generation serving, lm-eval with the eval suite).
     },
     entry_points={"console_scripts": ["megafin=megafin.cli:main"]},
 )
