@@ -70,6 +70,7 @@ class JudgeFixtureServer:
         self.respond, self.model, self.latency_s = respond, model, latency_s
         self.requests_total = 0
         self.requests_by_prompt: Counter = Counter()
+        self.prompts: dict[str, str] = {}  # prompt hash -> prompt text
         self.in_flight = self.max_in_flight = 0
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -118,6 +119,7 @@ class JudgeFixtureServer:
         with self._lock:
             self.requests_total, self.max_in_flight = 0, 0
             self.requests_by_prompt.clear()
+            self.prompts.clear()
 
     # -- one request (called from the handler threads) ----------------------------------------------------------
     def _answer(self, body: dict) -> tuple[int, bytes, float]:
@@ -128,6 +130,7 @@ class JudgeFixtureServer:
             self.requests_total += 1
             attempt = self.requests_by_prompt[digest]
             self.requests_by_prompt[digest] += 1
+            self.prompts[digest] = prompt
         if body.get("model") != self.model:
             return 404, _error(f"The model `{body.get('model')}` does not exist.", "NotFoundError"), self.latency_s
         reply = self.respond(ScriptedRequest(body=body, prompt=prompt, prompt_hash=digest, attempt=attempt))
