@@ -56,6 +56,7 @@ class JudgeClient:
         self.concurrency, self.timeout_s, self.retries = int(concurrency), float(timeout_s), int(retries)
         self.max_tokens, self.temperature, self.backoff_s = int(max_tokens), float(temperature), float(backoff_s)
         self.template = JudgeTemplate.load(template)
+        import openai  # noqa: F401 - here, not in the first judge() call: its import is not judging time
         self.cache = JudgmentCache(cache_dir) if cache_dir is not None else None
         self.stats: dict[str, Any] = dict(requests=0, cache_hits=0, retries=0, elapsed_s=0.0, judged=0, kept=0,
                                           discarded={r: 0 for r in DISCARD_REASONS},
