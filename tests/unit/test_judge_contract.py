@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from pathlib import Path
 
 import pytest
 
 from megafin.distill.judge import DISCARD_REASONS, JudgeClient, JudgeError, JudgeItem, TemplateError
-from megafin.distill.judge.cache import FILE_NAME
+from megafin.distill.judge.cache import FILE_NAME, JudgmentCache
 from tests.judge_fixture_server import Reply, by_marker, judge_server  # noqa: F401 - judge_server: a fixture
 
 QUESTION = "What was the company's 2019 profit in millions?"
@@ -218,3 +219,31 @@ def test_builtin_templates_name_their_fields():
     for field in ("final_answer", "correct", "score", "first_wrong_step", "correct_prefix", "correction"):
         assert f'"{field}"' in process.text
     assert '"final_answer"' in outcome.text and '"correct"' in outcome.text
+
+
+def test_each_answer_is_on_disk_before_the_next_request_goes_out(judge_server, tmp_path, monkeypatch):
+    """What makes a killed run resumable without repeats: at concurrency 1, when a request arrives, every answer
+    the server sent before it is already a durable cache line (so a kill at any moment loses no answered one)."""
+    seen = []  # (cache lines, answers sent so far) at each request's arrival
+
+    def respond(request):
+        path = tmp_path / FILE_NAME
+        seen.append((len(path.read_bytes().splitlines()) if path.exists() else 0,
+                     sum(server.answered_by_prompt.values())))
+        return GOOD if request.attempt else Reply(status=500)  # retries in between change nothing
+
+    slow_put = JudgmentCache.put
+
+    def put(self, key, fields):  # a slow disk: a request sent before the write finished would see it missing
+        time.sleep(0.05)
+        slow_put(self, key, fields)
+
+    monkeypatch.setattr(JudgmentCache, "put", put)
+    server = judge_server(respond)
+    items = [JudgeItem(f"k{i}", QUESTION, REFERENCE, f"solution {i}") for i in range(5)]
+    with client(server, cache_dir=tmp_path, concurrency=1) as judge:
+        judge.judge(items)
+    # >=: the server counts an answer just after writing it, so its count may lag the client by one
+    assert len(seen) == 10 and all(lines >= answered for lines, answered in seen), seen
+    assert seen[-1][0] == 4 and server.max_in_flight == 1
+    assert len(server.answered_by_prompt) == 5 and set(server.answered_by_prompt.values()) == {1}
