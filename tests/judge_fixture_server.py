@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import sys
 import threading
 import time
 import uuid
@@ -176,6 +177,11 @@ class _Server(ThreadingHTTPServer):
     daemon_threads = True        # a handler still sleeping never blocks shutdown
     request_queue_size = 256     # the bench opens 32+ connections at once; the default backlog is 5
     allow_reuse_address = True
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        if isinstance(sys.exc_info()[1], ConnectionError):  # a client closing its keep-alive connections
+            return
+        super().handle_error(request, client_address)
 
 
 class _Handler(BaseHTTPRequestHandler):
