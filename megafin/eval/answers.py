@@ -24,9 +24,10 @@ _ANSWER_IS = re.compile(r"(?:final\s+)?answer\s*(?:is|:)\s*(?:option\s*)?\(?\s*(
 _LEADING = re.compile(r"^\s*\(?([A-Za-z])\s*[).:]?(?:\s|$)")
 
 
-def extract_choice(text: str, letters: str = "ABC") -> Optional[str]:
+def extract_choice(text: str, letters: str = "ABC", leading: bool = True) -> Optional[str]:
     """The chosen option letter (upper case): "Selection: [[X]]" first, then "[[X]]", then "answer is X" /
-    "Answer: (X)" (the last such phrase), then a lone letter opening the text; None if none names one of `letters`."""
+    "Answer: (X)" (the last such phrase), then (with `leading`) a lone letter opening the text; None if none names
+    one of `letters`."""
     allowed = set(letters.upper())
     for pattern in (_SELECTION, _DOUBLE_BRACKET):
         found = [m.upper() for m in pattern.findall(text) if m.upper() in allowed]
@@ -35,7 +36,7 @@ def extract_choice(text: str, letters: str = "ABC") -> Optional[str]:
     found = [m.upper() for m in _ANSWER_IS.findall(text) if m.upper() in allowed]
     if found:
         return found[-1]
-    m = _LEADING.match(text)
+    m = _LEADING.match(text) if leading else None
     if m and m.group(1).upper() in allowed:
         return m.group(1).upper()
     return None

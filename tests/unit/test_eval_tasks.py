@@ -166,11 +166,12 @@ def test_cfa_prompt_asks_for_a_selection_and_extraction_cases(shared_data):
         assert content.endswith('give your choice on the last line as "Selection: [[X]]", where X is one of A, B, C.')
         assert task.baseline(examples) == pytest.approx(1 / 3)
     outputs = ["The premium is for inflation.\nSelection: [[C]]", "Answer: (b)", "Selection: [[A]]",
-               "It depends on the rate."]
-    scored, result = run(task, examples_of(task, ["C", "B", "B", "A"], letters="ABC"), outputs)
-    assert [s.prediction for s in scored] == ["C", "B", "A", None]
-    assert [s.unparsable for s in scored] == [False, False, False, True]
-    assert result == {"accuracy": pytest.approx(2 / 4)}
+               "It depends on the rate.", "B. liquidity.",
+               "A premium for expected inflation is added to the real rate, so it is inflation."]
+    scored, result = run(task, examples_of(task, ["C", "B", "B", "A", "B", "C"], letters="ABC"), outputs)
+    assert [s.prediction for s in scored] == ["C", "B", "A", None, "B", None]
+    assert [s.unparsable for s in scored] == [False, False, False, True, False, True]
+    assert result == {"accuracy": pytest.approx(3 / 6)}
 
 
 def test_financemath_prompt_and_numeric_tolerance(shared_data):

@@ -14,12 +14,13 @@ from megafin.eval.tasks.base import Example, Scored
 from megafin.eval.tasks.prompts import user
 
 _TRAILING_ANSWER = re.compile(r"\s*Answer:\s*$")
+_SHORT_ANSWER_WORDS = 8
 
 
 @dataclass(frozen=True)
 class CfaTask:
-    """Prediction: the chosen letter (answers.extract_choice: "Selection: [[X]]" first, then other phrasings);
-    none of the row's letters found is unparsable. Baseline: random choice, 1/len(choices) per question (1/3)."""
+    """Prediction: the chosen letter (answers.extract_choice: "Selection: [[X]]" first, then other phrasings; an
+    opening letter only in an answer of at most 8 words); none of the row's letters found is unparsable. Baseline: random choice, 1/len(choices) per question (1/3)."""
     name: str
     title: str
     data_file: str
@@ -44,7 +45,9 @@ class CfaTask:
     def score(self, examples: Sequence[Example], outputs: Sequence[str], judge: Any = None) -> list[Scored]:
         scored = []
         for ex, text in zip(examples, outputs, strict=True):
-            letter = extract_choice(text, ex.meta["letters"])
+            # A lone opening letter is a choice only in a short answer ("B", "B. liquidity."): a reasoning that
+            # opens with the article ("A premium for ...") is not choosing A.
+            letter = extract_choice(text, ex.meta["letters"], leading=len(text.split()) <= _SHORT_ANSWER_WORDS)
             scored.append(Scored(prediction=letter, unparsable=letter is None, value=float(letter == ex.gold)))
         return scored
 
