@@ -153,6 +153,10 @@ def test_ner_real_rows_with_entities_and_entity_f1_by_hand(shared_data):
     tp, fp, fn = 3, 2, 2
     assert result["entity_f1"] == pytest.approx(2 * tp / (2 * tp + fp + fn))
     assert task.baseline(hand) == 0.0
+    from megafin.eval.tasks.ner import parse_entities
+
+    assert parse_entities("Answer: Lender (PER)\n- Acme Bank: ORG") == [("Lender", "PER"), ("Acme Bank", "ORG")]
+    assert parse_entities("There are no named entities here.") == [] and parse_entities("") == []
 
 
 def test_cfa_prompt_asks_for_a_selection_and_extraction_cases(shared_data):

@@ -17,22 +17,23 @@ INSTRUCTION = (
     "person (PER), an organization (ORG), a location (LOC) or another named entity (MISC). Answer with one "
     "\"entity name, entity type\" pair per entity, the pairs separated by \"; \" (for example: \"John Smith, PER; "
     "Acme Bank, ORG; New York, LOC\"), or \"None\" if there are no entities.")
-_PAIR = re.compile(rf"^\s*[\"'“]?(.+?)[\"'”]?\s*[,:]\s*\(?[\"']?({'|'.join(TYPES)})[\"']?\)?\s*\.?\s*$", re.IGNORECASE)
-_NONE = re.compile(r"^\W*(none|no (named )?entities|n/?a)\b", re.IGNORECASE)
+_PAIR = re.compile(rf"^\s*[\"'“]?(.+?)[\"'”]?\s*(?:[,:]\s*|\s)\(?[\"']?({'|'.join(TYPES)})[\"']?\)?\s*\.?\s*$",
+                   re.IGNORECASE)
+_NONE = re.compile(r"^\W*(none|n/?a)\b|\bno (named )?entit(y|ies)\b", re.IGNORECASE)
 
 
 def parse_entities(text: str) -> Optional[list[tuple[str, str]]]:
-    """The (name, TYPE) pairs of an answer ("A, PER; B, ORG", also one pair a line or "name: TYPE"); [] for an answer
-    saying there are none (or an empty one); None when nothing in it has that form."""
+    """The (name, TYPE) pairs of an answer ("A, PER; B, ORG", also one pair a line, "name: TYPE" or "name (TYPE)");
+    [] for an answer saying there are none (or an empty one); None when nothing in it has that form."""
     body = text.split("Answer:")[-1].strip()
-    if not body or _NONE.match(body):
-        return []
     pairs = []
     for part in re.split(r";|\n", body):
         m = _PAIR.match(part.strip().lstrip("-*• "))
         if m:
             pairs.append((m.group(1).strip(), m.group(2).upper()))
-    return pairs or None
+    if pairs:
+        return pairs
+    return [] if not body or _NONE.search(body) else None
 
 
 def _key(entity: tuple[str, str]) -> tuple[str, str]:
