@@ -56,7 +56,8 @@ def test_no_rewards_in_no_rewards_out(sample_tok, tmp_path):
     from megafin.data.packed_collate import collate_packed
     from megafin.data.packed_dataset import PackedSequences, PackedSplit
 
-    r = preference(str(SAMPLES / "preference_sample.jsonl"), sample_tok, str(tmp_path / "p"), seq_length=200,
+    rows = [{k: v for k, v in row.items() if not k.endswith("_reward")} for row in _rows()]
+    r = preference(str(write_jsonl(tmp_path / "p.jsonl", rows)), sample_tok, str(tmp_path / "p"), seq_length=200,
                    quiet=True)
     assert "rewards" not in r.meta["files"] and "num_rewarded_examples" not in r.meta
     assert not list(tmp_path.glob("p_rewards*"))
