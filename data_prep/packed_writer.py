@@ -251,6 +251,8 @@ def write_packed(kind: DataKind, inputs: Sequence[Iterable[str]], opts: PackOpti
     except BaseException:
         outputs.discard(files)
         raise
+    if not st.rewarded:  # an earlier run's rewards at this prefix belong to other pairs (its meta no longer lists them)
+        outputs.discard([(f"{output_prefix}_rewards{ext}", "") for ext in (".bin", ".idx")])
     if not opts.quiet:
         print(
             f"data_prep {kind.name}: {stats.docs_written:,}/{stats.docs_read:,} examples -> {packs['num_packs']:,} "

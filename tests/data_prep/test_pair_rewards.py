@@ -51,11 +51,15 @@ def test_rewards_survive_prep_packing_and_collate(sample_tok, tmp_path):
 
 
 def test_no_rewards_in_no_rewards_out(sample_tok, tmp_path):
-    """Pairs without rewards write no rewards file, and batches carry none (the distill loss then uses 1 / 0)."""
+    """Pairs without rewards write no rewards file (an earlier run's is removed), and batches carry none (the distill
+    loss then uses 1 / 0)."""
     from data_prep.packed_writer import preference
     from megafin.data.packed_collate import collate_packed
     from megafin.data.packed_dataset import PackedSequences, PackedSplit
 
+    preference(str(write_jsonl(tmp_path / "judged.jsonl", _rows())), sample_tok, str(tmp_path / "p"), seq_length=200,
+               quiet=True)
+    assert (tmp_path / "p_rewards.bin").is_file()  # an earlier run at the same prefix had rewards
     rows = [{k: v for k, v in row.items() if not k.endswith("_reward")} for row in _rows()]
     r = preference(str(write_jsonl(tmp_path / "p.jsonl", rows)), sample_tok, str(tmp_path / "p"), seq_length=200,
                    quiet=True)
