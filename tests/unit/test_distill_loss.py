@@ -17,7 +17,7 @@ def reference_distill(pc, pr, rc, rr, nc, judge_c, judge_r, beta, alpha):
     return ((margin - (judge_c - judge_r)) ** 2 + alpha * (-pc / nc)).mean()
 
 
-def _cfg(alpha: float, tmp_path=None):
+def _cfg(alpha: float):
     from megafin.config import load_config
 
     return load_config(None, ["stage=dpo", "dpo.loss=distill", f"dpo.beta={BETA}", f"dpo.distill_alpha={alpha}"])
@@ -30,9 +30,9 @@ def test_pair_loss_and_gradients_match_the_reference(alpha, judged):
 
     g = torch.Generator().manual_seed(3)
     n = 5
-    pc, pr = (-20 * torch.rand(n, generator=g, dtype=torch.float64)).requires_grad_(), \
-        (-20 * torch.rand(n, generator=g, dtype=torch.float64)).requires_grad_()
-    rc, rr = -20 * torch.rand(n, generator=g, dtype=torch.float64), -20 * torch.rand(n, generator=g, dtype=torch.float64)
+    logps = lambda: -20 * torch.rand(n, generator=g, dtype=torch.float64)  # noqa: E731
+    pc, pr = logps().requires_grad_(), logps().requires_grad_()
+    rc, rr = logps(), logps()
     nc, nr = torch.randint(1, 9, (n,), generator=g).double(), torch.randint(1, 9, (n,), generator=g).double()
     jc, jr = (torch.randn(n, generator=g, dtype=torch.float64), torch.randn(n, generator=g, dtype=torch.float64)) \
         if judged else (torch.ones(n, dtype=torch.float64), torch.zeros(n, dtype=torch.float64))
