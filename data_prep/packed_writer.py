@@ -8,7 +8,7 @@ Three stages, each streaming or memory-mapped:
    document, or a preference pair) are packed by best-fit-decreasing on their lengths;
 3. packs are assembled from the memory-mapped temporary files in a seeded order and written as
    PREFIX_tokens / PREFIX_loss_mask / PREFIX_doc_lens (+ PREFIX_meta.json, PREFIX_stats.json), which appear
-   as one set (`data_prep.outputs`).
+   as one set (`data_prep.outputs`); PREFIX_rewards too when any input pair carried judge rewards.
 An input that yields nothing raises `EmptyOutputError` unless allow_empty (then the packs are a valid, empty set).
 Examples longer than --seq-length are dropped and counted as `too_long` (sft/mix can `truncate` instead: the
 first seq-length tokens are kept if they still contain a target). CPT documents in `mix` are split into
@@ -60,6 +60,8 @@ class DocumentStore:
         self.unit_example = array("q")  # example index of each unit (a kind keeps or drops whole examples)
         self.example_tokens = array("q")
         self.example_part = array("b")  # which part of the kind each example came from
+        self.doc_reward = array("d")  # the judge's reward of each document (0 where the layout carries none)
+        self.rewarded = 0  # examples whose record gave its rewards: any -> the packs get a rewards file
 
     def add(self, results: Iterator[ChunkDocuments], stats: Stats, part: int, bar: Any) -> None:
         for chunk in results:
@@ -67,6 +69,9 @@ class DocumentStore:
             self.mask.add_many(chunk.loss_mask, chunk.doc_lens)
             d = len(self.doc_len)
             self.doc_len.extend(chunk.doc_lens.tolist())
+            rewards = chunk.doc_rewards if chunk.doc_rewards is not None else np.zeros(chunk.doc_lens.size)
+            self.doc_reward.extend(rewards.tolist())
+            self.rewarded += chunk.rewarded
             for item in chunk.items:
                 stats.read()
                 if item.skip is not None:
@@ -105,8 +110,9 @@ class DocumentStore:
 
 
 def _write_packs(st: DocumentStore, units: np.ndarray, prefix: str, seq_length: int, dtype: type,
-                 seed: int) -> tuple[dict, list[tuple[str, str]]]:
-    """The packs under temporary names: -> (counts, (temporary, final) paths for `outputs.commit`)."""
+                 seed: int, rewards: bool = False) -> tuple[dict, list[tuple[str, str]]]:
+    """The packs under temporary names: -> (counts, (temporary, final) paths for `outputs.commit`). rewards: also
+    PREFIX_rewards, each document's judge reward (float64, one sequence per pack, aligned with doc_lens)."""
     from megatron.core.datasets.indexed_dataset import IndexedDataset
 
     unit_len = np.frombuffer(st.unit_len, dtype=np.int64)[units]
@@ -119,10 +125,14 @@ def _write_packs(st: DocumentStore, units: np.ndarray, prefix: str, seq_length: 
     w_tok = SequenceWriter(prefix + "_tokens", dtype)
     w_mask = SequenceWriter(prefix + "_loss_mask", np.uint8)
     w_lens = SequenceWriter(prefix + "_doc_lens", np.int32)
+    writers = [w_tok, w_mask, w_lens]
+    doc_reward = np.frombuffer(st.doc_reward, dtype=np.float64)
+    if rewards:
+        writers.append(SequenceWriter(prefix + "_rewards", np.float64))
     n_docs = n_tok = n_tgt = 0
     try:
         for b in order.tolist():
-            toks, masks, lens = [], [], []
+            toks, masks, lens, docs = [], [], [], []
             for j in bins[b]:
                 u = int(units[j])
                 for d in range(int(unit_first[u]), int(unit_first[u] + unit_ndocs[u])):
@@ -130,18 +140,21 @@ def _write_packs(st: DocumentStore, units: np.ndarray, prefix: str, seq_length: 
                     toks.append(t)
                     masks.append(m)
                     lens.append(t.size)
+                    docs.append(d)
             t = np.concatenate(toks)
             m = np.concatenate(masks)
             assert t.size <= seq_length
             w_tok.add(t)
             w_mask.add(m)
             w_lens.add(np.asarray(lens, dtype=np.int32))
+            if rewards:
+                writers[3].add(doc_reward[docs])
             n_docs += len(lens)
             n_tok += int(t.size)
             n_tgt += int(m.sum())
-        files = [f for w in (w_tok, w_mask, w_lens) for f in w.close()]
+        files = [f for w in writers for f in w.close()]
     except BaseException:
-        for w in (w_tok, w_mask, w_lens):
+        for w in writers:
             w.abort()
         raise
     del src_tok, src_mask
@@ -203,7 +216,8 @@ def write_packed(kind: DataKind, inputs: Sequence[Iterable[str]], opts: PackOpti
             stats.skipped["downsampled"] += int((~keep).sum())
         unit_ex = np.frombuffer(st.unit_example, dtype=np.int64)
         units = np.flatnonzero(keep[unit_ex]) if keep.size else np.zeros(0, dtype=np.int64)
-        packs, files = _write_packs(st, units, output_prefix, seq_length, token_dtype(sp["vocab_size"]), seed)
+        packs, files = _write_packs(st, units, output_prefix, seq_length, token_dtype(sp["vocab_size"]), seed,
+                                    rewards=st.rewarded > 0)
     finally:
         st.cleanup()
     base = os.path.basename(output_prefix)
@@ -225,6 +239,9 @@ def write_packed(kind: DataKind, inputs: Sequence[Iterable[str]], opts: PackOpti
         "chat_template": "override" if template else "tokenizer",
         **kind.meta(parts, example_part, keep, packs, opts),
     }
+    if st.rewarded:  # only then: data without judge rewards is written exactly as before they existed
+        meta["files"]["rewards"] = f"{base}_rewards"
+        meta["num_rewarded_examples"] = st.rewarded
     all_paths = [p for ps in inputs for p in ps]
     try:
         stats_d = stats.to_dict(output=output_prefix, inputs=input_fingerprint(all_paths), tokenizer=str(opts.tokenizer),
@@ -234,6 +251,8 @@ def write_packed(kind: DataKind, inputs: Sequence[Iterable[str]], opts: PackOpti
     except BaseException:
         outputs.discard(files)
         raise
+    if not st.rewarded:  # an earlier run's rewards at this prefix belong to other pairs (its meta no longer lists them)
+        outputs.discard([(f"{output_prefix}_rewards{ext}", "") for ext in (".bin", ".idx")])
     if not opts.quiet:
         print(
             f"data_prep {kind.name}: {stats.docs_written:,}/{stats.docs_read:,} examples -> {packs['num_packs']:,} "

@@ -7,6 +7,8 @@ the tokenizer), then one call per chunk, returning `ChunkDocuments`. `CptDocumen
 from __future__ import annotations
 
 import itertools
+import json
+import math
 from dataclasses import dataclass
 from typing import Any, ClassVar, Iterator, NamedTuple
 
@@ -35,16 +37,21 @@ class ChunkDocuments:
     tokens: np.ndarray  # int32, every document concatenated
     loss_mask: np.ndarray  # uint8, same length
     doc_lens: np.ndarray  # int64, one per document
+    doc_rewards: np.ndarray | None = None  # float64, one per document: the judge's reward (None: the layout has none)
+    rewarded: int = 0  # kept items whose record gave its rewards (the others carry their layout's defaults)
 
     @classmethod
-    def of(cls, items: list[ItemResult], docs: list[tuple[np.ndarray, np.ndarray]]) -> "ChunkDocuments":
+    def of(cls, items: list[ItemResult], docs: list[tuple[np.ndarray, np.ndarray]],
+           rewards: list[float] | None = None, rewarded: int = 0) -> "ChunkDocuments":
         lens = np.fromiter((len(d[0]) for d in docs), dtype=np.int64, count=len(docs))
         if docs:
             flat = np.concatenate([d[0] for d in docs]).astype(np.int32)
             mflat = np.concatenate([d[1] for d in docs])
         else:
             flat, mflat = np.zeros(0, np.int32), np.zeros(0, np.uint8)
-        return cls(items, flat, mflat, lens)
+        doc_rewards = None if rewards is None else np.asarray(rewards, dtype=np.float64).reshape(-1)
+        assert doc_rewards is None or doc_rewards.size == lens.size
+        return cls(items, flat, mflat, lens, doc_rewards, rewarded)
 
 
 # ---- record processors ------------------------------------------------------------------------------------
@@ -142,10 +149,15 @@ class ChatProcessor(RecordProcessor):
         """(text, assistant character spans) of each document of one record; ExampleError when unusable."""
         raise NotImplementedError
 
+    def judged(self, value: dict) -> tuple[tuple[float, ...], bool] | None:
+        """The judge's reward of each document of one record, and whether the record gave them (else the layout's
+        defaults); None: this layout carries no rewards. ExampleError when unusable."""
+        return None
+
     def __call__(self, chunk: list[Raw]) -> ChunkDocuments:
         L = self.seq_length
         items: list[ItemResult] = []
-        texts, spans, plan = [], [], []  # plan: (item slot, number of rendered texts)
+        texts, spans, plan = [], [], []  # plan: (item slot, number of rendered texts, judged)
         for raw in chunk:
             rec = parse_raw(raw, self.max_bytes)
             if rec.error is not None:
@@ -153,18 +165,21 @@ class ChatProcessor(RecordProcessor):
                 continue
             try:
                 rendered = self.render(rec.value)
+                judged = self.judged(rec.value)
             except ExampleError as e:
                 items.append(ItemResult(rec.where, (e.args[0], e.args[1])))
                 continue
-            plan.append((len(items), len(rendered)))
+            plan.append((len(items), len(rendered), judged))
             items.append(ItemResult(rec.where))
             for t, s in rendered:
                 texts.append(t)
                 spans.append(s)
         encoded = self._renderer.encode(texts, spans)
         docs: list[tuple[np.ndarray, np.ndarray]] = []
+        rewards: list[float] | None = [] if any(j is not None for _, _, j in plan) else None
+        rewarded = 0
         k = 0
-        for slot, n in plan:
+        for slot, n, judged in plan:
             where = items[slot].where
             got = encoded[k : k + n]
             k += n
@@ -185,8 +200,11 @@ class ChatProcessor(RecordProcessor):
                                                  "no assistant token to learn (expected a non-empty response)"))
                 continue
             docs.extend(got)
+            if rewards is not None:
+                rewards.extend(judged[0])
+                rewarded += judged[1]
             items[slot] = ItemResult(where, None, (n,))
-        return ChunkDocuments.of(items, docs)
+        return ChunkDocuments.of(items, docs, rewards, rewarded)
 
 
 @dataclass
@@ -197,12 +215,44 @@ class SftExamples(ChatProcessor):
         return [self._renderer.spans(sft_messages(value))]
 
 
+REWARD_KEYS = ("chosen_reward", "rejected_reward")
+DEFAULT_REWARDS = (1.0, 0.0)  # a pair without judge rewards: chosen is right, rejected is wrong
+
+
+def pair_rewards(value: dict) -> tuple[tuple[float, float], bool]:
+    """The optional `chosen_reward` / `rejected_reward` of a pair (both or neither, finite numbers), and whether the
+    record gave them; ExampleError("bad_reward", ...) otherwise."""
+    given = [k for k in REWARD_KEYS if k in value]
+    if not given:
+        return DEFAULT_REWARDS, False
+    if len(given) == 1:
+        other = REWARD_KEYS[1 - REWARD_KEYS.index(given[0])]
+        raise ExampleError("bad_reward", f"'{given[0]}' without '{other}' (expected both judge rewards or neither)")
+    out = []
+    for k in REWARD_KEYS:
+        v = value[k]
+        got = math.nan
+        if isinstance(v, (int, float)) and not isinstance(v, bool):  # true/false is a label, not a reward
+            try:
+                got = float(v)
+            except OverflowError:  # an integer beyond float range
+                pass
+        if not math.isfinite(got):
+            raise ExampleError("bad_reward", f"'{k}' is {json.dumps(v)[:40]} (expected a finite number)")
+        out.append(got)
+    return (out[0], out[1]), True
+
+
 @dataclass
 class PreferencePairs(ChatProcessor):
-    """`prompt`/`chosen`/`rejected` -> two documents, prompt + response each, the mask on the response only."""
+    """`prompt`/`chosen`/`rejected` -> two documents, prompt + response each, the mask on the response only; the
+    optional `chosen_reward` / `rejected_reward` (a judge's scores, 1 / 0 when absent) go with the documents."""
 
     what: ClassVar[str] = "pair"
     can_truncate: ClassVar[bool] = False  # half a pair is no pair
+
+    def judged(self, value: dict) -> tuple[tuple[float, ...], bool]:
+        return pair_rewards(value)
 
     def render(self, value: dict) -> list[tuple[str, list[tuple[int, int]]]]:
         prompt, chosen, rejected = preference_messages(value)

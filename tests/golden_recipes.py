@@ -23,8 +23,10 @@ def recipe_overrides(recipe: str, tiny_data, run_dir, layout: str = "") -> list[
             "cpt_it": [f"data.blend=[{{path: {tiny_data / 'cpt_it'}, weight: 1}}]"],
             "dpo": [f"data.blend=[{{path: {tiny_data / 'preference'}, weight: 1}}]"]}[recipe]
     tied = ["model.tie_embeddings=true"] if layout.endswith("tied") else []
+    # dpo under a *-distill layout: reward distillation onto the sample pairs' judge rewards (+ NLL), in both runs
+    distill = ["dpo.loss=distill", "dpo.distill_alpha=1.0"] if layout.endswith("distill") else []
     return [*FAST, f"data.tokenizer={tiny_data / 'tokenizer'}", *data, *SCHEDULE, f"train.steps={STEPS[recipe]}",
-            f"run_dir={run_dir}", *tied]
+            f"run_dir={run_dir}", *tied, *distill]
 
 
 GOLDEN = REPO / "tests/golden/loss_curves.json"

@@ -44,7 +44,8 @@ def collate_packed(samples: Sequence[dict[str, Any]], seq_length: int, pad_id: i
     """Lay the packs end to end and shift labels inside documents. fixed_length: pad to len(samples) * seq_length
     with one padding document (pipeline stages exchange fixed shapes); otherwise stop at the last real token, so no
     compute is spent on filler. share_prompt: preference pairs keep their prompt once (see `_documents`);
-    `attn_prefix` then lists, per document, how many tokens of the document before it it also attends to."""
+    `attn_prefix` then lists, per document, how many tokens of the document before it it also attends to.
+    Samples with `doc_rewards` (preference packs with judge rewards) give `doc_rewards`, one per real document."""
     docs_per_sample = []
     for sample in samples:
         if sample["tokens"].size > seq_length:
@@ -90,4 +91,9 @@ def collate_packed(samples: Sequence[dict[str, Any]], seq_length: int, pad_id: i
     }
     if any(attn_prefix):
         batch["attn_prefix"] = attn_prefix
+    if samples and all("doc_rewards" in s for s in samples):
+        rewards = np.concatenate([np.asarray(s["doc_rewards"], dtype=np.float64) for s in samples])
+        if rewards.size != num_docs:
+            raise ValueError(f"packs {batch['pack_ids']}: {rewards.size} document rewards for {num_docs} documents")
+        batch["doc_rewards"] = torch.from_numpy(rewards)
     return batch

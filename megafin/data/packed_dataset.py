@@ -18,7 +18,8 @@ def read_meta(prefix: str) -> dict[str, Any]:
 
 class PackedSequences:
     """Memory-mapped packs of one data_prep output (PREFIX_{tokens,loss_mask,doc_lens}.bin/.idx + PREFIX_meta.json);
-    item i is (tokens, loss_mask, doc_lens) of pack i as int64 copies (never views that outlive the memory map)."""
+    item i is (tokens, loss_mask, doc_lens) of pack i as int64 copies (never views that outlive the memory map).
+    Preference data with judge rewards also has PREFIX_rewards (listed in the meta's files): `doc_rewards(i)`."""
 
     def __init__(self, prefix: str) -> None:
         import warnings
@@ -34,6 +35,11 @@ class PackedSequences:
         self.doc_lens = IndexedDataset(f"{prefix}_doc_lens", mmap=True)
         if not len(self.tokens) == len(self.loss_mask) == len(self.doc_lens):
             raise ValueError(f"{prefix}: tokens, loss_mask and doc_lens hold different numbers of packs")
+        self.rewards = None
+        if "rewards" in self.meta.get("files", {}):
+            self.rewards = IndexedDataset(f"{prefix}_rewards", mmap=True)
+            if len(self.rewards) != len(self.tokens):
+                raise ValueError(f"{prefix}: rewards and tokens hold different numbers of packs")
 
     def __len__(self) -> int:
         return len(self.tokens)
@@ -41,6 +47,11 @@ class PackedSequences:
     def __getitem__(self, i: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         return (np.asarray(self.tokens[i], dtype=np.int64), np.asarray(self.loss_mask[i], dtype=np.int64),
                 np.asarray(self.doc_lens[i], dtype=np.int64))
+
+    def doc_rewards(self, i: int) -> np.ndarray | None:
+        """The judge's reward of each document of pack i (float64, aligned with doc_lens); None: the data has none
+        (a reader then uses 1 for chosen, 0 for rejected)."""
+        return None if self.rewards is None else np.array(self.rewards[i], dtype=np.float64)
 
     def documents(self, i: int) -> list[tuple[np.ndarray, np.ndarray]]:
         """(tokens, loss_mask) of each document of pack i, in order."""
@@ -75,7 +86,10 @@ class PackedSplit:
     def __getitem__(self, k: int) -> dict[str, Any]:
         pid = self.pack_id(k)
         tokens, mask, lens = self.packs[pid]
-        return {"pack_id": pid, "tokens": tokens, "loss_mask": mask, "doc_lens": lens}
+        sample = {"pack_id": pid, "tokens": tokens, "loss_mask": mask, "doc_lens": lens}
+        if self.packs.rewards is not None:
+            sample["doc_rewards"] = self.packs.doc_rewards(pid)
+        return sample
 
 
 def split_packs(packs: PackedSequences, split: str, seed: int) -> tuple[np.ndarray, np.ndarray]:

@@ -1,7 +1,8 @@
 """Every tiny recipe trains under 2 gloo processes at TP=2, PP=2 and DP=2 to the single-process losses (2e-6).
 
 CPT on the indexed corpora; SFT, CPT+IT and DPO on data_prep's packed outputs (THD batches, per-document
-attention; DPO with its reference log-prob pass run under the same layout, and with shared prompts)."""
+attention; DPO with its reference log-prob pass run under the same layout, and with shared prompts; reward
+distillation with its judge rewards, which must follow their pairs to whichever rank and stage computes them)."""
 from __future__ import annotations
 
 import json
@@ -17,12 +18,16 @@ LAYOUTS = {"tp2": ["parallel.tp=2"], "pp2": ["parallel.pp=2"], "dp2": [],
            "pp2-tied": ["parallel.pp=2", "model.tie_embeddings=true"],
            # Shared prompts (pairs' prompts computed once) under PP, against the single process without them.
            "pp2-shared-prompt": ["parallel.pp=2", "dpo.share_prompt=true", "model.attention_backend=sdpa"],
+           # dpo.loss=distill in both runs (recipe_overrides): the judge rewards must follow their packs to another
+           # DP rank and to the last pipeline stage. Not in CASES: tp2-distill (TP ranks share the batch, and the
+           # per-pair sums under TP are what dpo-tp2 checks; ~15 s more). Run by hand with -k distill after adding it.
+           "tp2-distill": ["parallel.tp=2"], "pp2-distill": ["parallel.pp=2"], "dp2-distill": [],
            # Not in CASES: 200 s under the Triton interpreter. Run by hand with
            # pytest ... -k sft-tp2-logprob after adding ("sft", "tp2-logprob-kernel").
            "tp2-logprob-kernel": ["parallel.tp=2", "model.logprob_backend=triton"]}
 CASES = [("cpt", "tp2"), ("cpt", "pp2"), ("cpt", "dp2"), ("cpt", "pp2-tied"), ("sft", "tp2"), ("sft", "pp2"), ("sft", "dp2"),
          ("cpt_it", "tp2"), ("cpt_it", "pp2"), ("dpo", "tp2"), ("dpo", "pp2"), ("dpo", "dp2"),
-         ("dpo", "pp2-shared-prompt")]
+         ("dpo", "pp2-shared-prompt"), ("dpo", "pp2-distill"), ("dpo", "dp2-distill")]
 
 
 @pytest.fixture(scope="module")
@@ -33,7 +38,7 @@ def single(tiny_data, tmp_path_factory):
         """The single-process run, in this process: `megafin train` as the CLI runs it, without a process start."""
         from megafin.cli import main as megafin_main
 
-        key = (recipe, layout.endswith("tied"))
+        key = (recipe, layout.endswith("tied"), layout.endswith("distill"))
         if key not in cache:
             run_dir = tmp_path_factory.mktemp(f"single_{recipe}")
             code = megafin_main(["train", str(REPO / f"recipes/tiny/{recipe}.yaml"),

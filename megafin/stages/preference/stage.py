@@ -1,7 +1,8 @@
 """Stage `dpo`: the DPO family (DPO, RPO, IPO, ... by `dpo.loss`) on packed preference pairs, as NeMo-Aligner does.
 
 Pairs come from `data_prep preference`: in every pack, document 2k is the chosen and 2k+1 the rejected response
-(prompt + response, loss mask on the response). A sequence's log-prob is the sum of its target tokens' log-probs,
+(prompt + response, loss mask on the response), with the judge's reward of each where the data carries them
+(`batch["doc_rewards"]`, for dpo.loss=distill). A sequence's log-prob is the sum of its target tokens' log-probs,
 taken from GPTModel's per-token (vocab-parallel) cross entropy. The pair loss comes from losses/ by name; the
 reference's log-probs from reference.py when the loss uses one. Implicit rewards are logged per pair, and the loss is
 a mean over all pairs of the global batch.
@@ -80,10 +81,15 @@ class PreferenceStage(TrainingStage):
             ref = sequence_sums(-ref_output.reshape(-1).float() * mask, batch["cu_seqlens"], num_docs)
         elif self.uses_reference:
             ref = self.reference.sequence_logps(batch, device)
+        judged = batch.get("doc_rewards")  # the judge's reward of each document, where the data carries them
+        if judged is not None:
+            judged = judged.to(device=device, dtype=logp.dtype)
         pairs = PairLogps(policy_chosen=logp[0::2], policy_rejected=logp[1::2],
                           ref_chosen=None if ref is None else ref[0::2],
                           ref_rejected=None if ref is None else ref[1::2],
-                          chosen_tokens=ntok[0::2].clamp(min=1), rejected_tokens=ntok[1::2].clamp(min=1))
+                          chosen_tokens=ntok[0::2].clamp(min=1), rejected_tokens=ntok[1::2].clamp(min=1),
+                          chosen_reward=None if judged is None else judged[0::2],
+                          rejected_reward=None if judged is None else judged[1::2])
         out = self.pair_loss(pairs)
         nll = -pairs.policy_chosen / pairs.chosen_tokens
         n_pairs = out.loss.numel()

@@ -15,13 +15,16 @@ import torch
 @dataclass
 class PairLogps:
     """Per-pair tensors: summed log-probs of the chosen / rejected response under the policy and the reference
-    (None for a reference-free loss), and the responses' target-token counts (at least 1)."""
+    (None for a reference-free loss), the responses' target-token counts (at least 1), and the judge's rewards of
+    the two responses where the packed data carries them (None: the data has none; pairs then count as 1 / 0)."""
     policy_chosen: torch.Tensor
     policy_rejected: torch.Tensor
     ref_chosen: Optional[torch.Tensor]
     ref_rejected: Optional[torch.Tensor]
     chosen_tokens: torch.Tensor
     rejected_tokens: torch.Tensor
+    chosen_reward: Optional[torch.Tensor] = None
+    rejected_reward: Optional[torch.Tensor] = None
 
 
 @dataclass
