@@ -119,6 +119,9 @@ def run_sampling(engine, prompts: list[PromptRow], template: PromptTemplate, set
                 raise DistillError(f"sampling prompts {batch[0][0].id}..{batch[-1][0].id}: {err}") from None
             rows = []
             for (row, missing), request, result in zip(batch, requests, results):
+                if len(result.samples) != settings.n:
+                    raise DistillError(f"sampling prompt {row.id}: the engine returned {len(result.samples)} "
+                                       f"samples, expected n={settings.n} (does the endpoint support n?)")
                 for k in missing:  # the samples a kill lost; the others are on disk already
                     s = result.samples[k]
                     rows.append({"id": sample_id(row.id, k), "prompt_id": row.id, "index": k, "text": s.text,
