@@ -11,6 +11,7 @@ import hashlib
 import json
 import re
 import shutil
+import sys
 from pathlib import Path
 
 import pytest
@@ -115,3 +116,29 @@ def test_tatqa_prompts_to_pairs_to_rpo(tiny_checkpoint, tatqa_prompts, tiny_data
                  f"data.tokenizer={tiny_data / 'tokenizer'}",
                  f"data.blend=[{{path: {tmp_path / 'packed' / 'pairs'}, weight: 1}}]", f"run_dir={run_dir}"]) == 0
     assert len(losses(run_dir)) == 2 and all(v is not None and v > 0 for v in losses(run_dir).values())
+
+
+def test_slurm_script_cpu_profile(tiny_checkpoint, tatqa_prompts, shared_data, tmp_path):
+    """slurm/distill.sbatch's CPU form, run as the batch shell would run it (SLURM_JOB_ID set, no cluster needed):
+    `megafin serve` as the judge in the job, then `megafin distill` against it; outside a job it refuses."""
+    import os
+    import subprocess
+
+    script = REPO / "slurm" / "distill.sbatch"
+    env = {**os.environ, "PYTHONPATH": str(REPO), "MEGAFIN_HOME": str(REPO), "MEGAFIN_PYTHON": sys.executable,
+           "MEGAFIN_PROFILE": "cpu", "JUDGE_MODEL": str(tiny_checkpoint), "JUDGE_ARGS": "--engine megafin",
+           "OMP_NUM_THREADS": "1"}
+    env.pop("SLURM_JOB_ID", None)
+    outside = subprocess.run(["bash", str(script)], env=env, capture_output=True, text=True, timeout=60)
+    assert outside.returncode == 2 and "run this through sbatch" in outside.stderr
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text("".join(tatqa_prompts.read_text().splitlines(keepends=True)[:3]))
+    out = tmp_path / "out"
+    proc = subprocess.run(["bash", str(script), "--prompts", str(prompts), "--out", str(out), "--model",
+                           str(tiny_checkpoint), "--n", "2", "--temperature", "1.0", "--max-new-tokens", "8",
+                           "--judge-max-tokens", "8", "--eval-data-dir", str(shared_data)],
+                          env={**env, "SLURM_JOB_ID": "4242"}, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert "megafin distill exited 0" in proc.stdout
+    stats = json.loads((out / "stats.json").read_text())
+    assert stats["samples"] == stats["judged"] == 6 == stats["kept"] + sum(stats["discarded"].values())
