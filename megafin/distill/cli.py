@@ -35,6 +35,8 @@ def add_command(sub: Any) -> None:
     io.add_argument("--eval-data-dir", default=None, help="the evaluation sets the prompts must not overlap "
                                                           "(default: ../shared/data beside the checkout)")
     io.add_argument("--allow-overlap", action="store_true", help="go on although prompts are evaluation questions")
+    io.add_argument("--drop-overlap", action="store_true", help="leave out the prompts that are evaluation "
+                                                               "questions (counted in stats.json) instead of refusing")
     io.add_argument("--no-progress", action="store_true", help="no progress bars on stderr")
 
     pol = p.add_argument_group("policy sampling")
@@ -112,7 +114,7 @@ def _settings(args: argparse.Namespace):
         prompts=Path(args.prompts), out=Path(args.out), policy=args.model, judge_model=args.judge_model,
         judge_template=args.judge_template, source=args.source,
         fields=fields if args.source == "jsonl" else {}, limit=args.limit,
-        eval_data_dir=Path(args.eval_data_dir) if args.eval_data_dir else None, allow_overlap=args.allow_overlap,
+        eval_data_dir=Path(args.eval_data_dir) if args.eval_data_dir else None, allow_overlap=args.allow_overlap, drop_overlap=args.drop_overlap,
         prompt_template=Path(args.prompt_template),
         sampling=SamplingSettings(n=args.n, temperature=args.temperature, top_p=args.top_p, top_k=args.top_k,
                                   max_new_tokens=args.max_new_tokens, seed=args.seed, batch_size=args.batch_size),

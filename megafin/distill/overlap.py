@@ -102,5 +102,5 @@ def refusal(report: OverlapReport, prompts_path: Path) -> str:
     files = ", ".join(f"{k}: {v}" for k, v in sorted(report.by_file().items()))
     shown = question if len(question) <= 80 else question[:77] + "..."
     return (f"--prompts {prompts_path}: {len(report.hits)} of {report.checked} questions are in evaluation sets "
-            f"({files}), e.g. line {line}: {shown!r}; test splits are never trained on: remove them, or pass "
-            f"--allow-overlap")
+            f"({files}), e.g. line {line}: {shown!r}; test splits are never trained on: remove them, leave them out "
+            f"with --drop-overlap, or keep them with --allow-overlap")

@@ -40,6 +40,7 @@ class DistillSettings:
     limit: Optional[int] = None
     eval_data_dir: Optional[Path] = None
     allow_overlap: bool = False
+    drop_overlap: bool = False        # leave the overlapping prompts out (counted) instead of refusing the file
     prompt_template: Path = DEFAULT_TEMPLATE
     sampling: SamplingSettings = field(default_factory=SamplingSettings)
     outcome_judge: str = "llm"        # llm | rules
@@ -57,6 +58,7 @@ class DistillSettings:
         """What the outputs depend on: a rerun must agree on all of it."""
         s = self.sampling
         return {"prompts": str(self.prompts), "source": self.source, "fields": self.fields, "limit": self.limit,
+                "drop_overlap": self.drop_overlap,
                 "shard": list(self.shard), "policy": self.policy, "prompt_template": str(self.prompt_template),
                 "n": s.n, "temperature": s.temperature, "top_p": s.top_p, "top_k": s.top_k,
                 "max_new_tokens": s.max_new_tokens, "seed": s.seed, "stop": list(s.stop),
@@ -90,8 +92,11 @@ def load_prompts(settings: DistillSettings) -> tuple[list[PromptRow], dict]:
     if not settings.allow_overlap:
         report = find_overlap([(r.line, r.question) for r in rows], settings.eval_data_dir)
         overlap.update(checked=report.checked, overlapping=len(report.hits), eval_files=report.eval_files)
-        if report.hits:
+        if report.hits and not settings.drop_overlap:
             raise DistillError(refusal(report, settings.prompts))
+        lines = {line for line, _, _ in report.hits}
+        rows = [r for r in rows if r.line not in lines]
+        overlap["dropped"] = len(lines)
     i, n = settings.shard
     return [r for k, r in enumerate(rows) if k % n == i], overlap
 

@@ -131,8 +131,11 @@ class TatqaConverter(Converter):
         elif isinstance(answer, (int, float)) and not isinstance(answer, bool):
             reference = _format_number(float(answer))
             checked = answer_of(float(answer), scale)
+        elif isinstance(answer, str) and answer.strip():  # some count answers are strings ("4")
+            reference = answer.strip()
+            checked = answer_of(reference, scale)
         else:
-            raise BadRow(f"field 'answer': expected a list of strings or a number, got {_shown(answer)}")
+            raise BadRow(f"field 'answer': expected a list of strings, a string or a number, got {_shown(answer)}")
         if scale == "percent":
             reference += "%"
         elif scale:

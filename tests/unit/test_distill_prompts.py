@@ -100,6 +100,11 @@ def test_cli_refuses_overlapping_prompts_unless_allowed(shared_data, tmp_path, c
     assert err.count("\n") == 0 and "1 of 4 questions are in evaluation sets (tatqa/test.jsonl: 1)" in err
     assert "line 4" in err and "--allow-overlap" in err
     assert not (tmp_path / "out").exists()
-    # allowed: the check is skipped and the run goes on to the policy (a missing model here: one line, exit 2)
+    # allowed, or left out: the run goes on to the policy (a missing model here: one line, exit 2)
     assert main([*args, "--allow-overlap"]) == 2
     assert "--model" in capsys.readouterr().err
+    from megafin.distill.pipeline import DistillSettings, load_prompts
+
+    kept, overlap = load_prompts(DistillSettings(prompts=dev, out=tmp_path / "o", policy="p", judge_model="j",
+                                                 eval_data_dir=shared_data, drop_overlap=True))
+    assert [r.line for r in kept] == [1, 2, 3] and overlap["dropped"] == 1
