@@ -7,8 +7,9 @@ the request (ScriptedRequest: body, prompt text, prompt hash, attempt number for
 body, a delay (a delay past the client's timeout makes a timeout; the late answer is dropped). `by_marker`
 builds a `respond` that picks the reply by a marker such as [[case:name]] in the prompt (put it in the solution).
 
-The server counts requests (total, per prompt hash, most in flight at once), so tests can assert that no request
-was repeated. Asking for another model than the one served gets a 404, as from vLLM.
+The server counts requests (total, per prompt hash, most in flight at once) and the answers written out in full
+(per prompt hash), so tests can assert that no request was repeated, or none that had been answered. Asking
+for another model than the one served gets a 404, as from vLLM.
 
     with JudgeFixtureServer(respond, latency_s=0.2) as server:
         client = JudgeClient(server.base_url, server.model, ...)
@@ -18,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import sys
 import threading
 import time
 import uuid
@@ -70,6 +72,8 @@ class JudgeFixtureServer:
         self.respond, self.model, self.latency_s = respond, model, latency_s
         self.requests_total = 0
         self.requests_by_prompt: Counter = Counter()
+        self.prompts: dict[str, str] = {}  # prompt hash -> prompt text
+        self.answered_by_prompt: Counter = Counter()  # HTTP 200 answers written out in full, per prompt hash
         self.in_flight = self.max_in_flight = 0
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -118,9 +122,12 @@ class JudgeFixtureServer:
         with self._lock:
             self.requests_total, self.max_in_flight = 0, 0
             self.requests_by_prompt.clear()
+            self.prompts.clear()
+            self.answered_by_prompt.clear()
 
     # -- one request (called from the handler threads) ----------------------------------------------------------
-    def _answer(self, body: dict) -> tuple[int, bytes, float]:
+    def _answer(self, body: dict) -> tuple[int, bytes, float, str]:
+        """(HTTP status, body, seconds to wait before sending it, the prompt's hash)."""
         messages = body.get("messages") or [{}]
         prompt = str(messages[-1].get("content", "")) if isinstance(messages[-1], dict) else ""
         digest = hashlib.sha256(prompt.encode("utf-8")).hexdigest()
@@ -128,16 +135,18 @@ class JudgeFixtureServer:
             self.requests_total += 1
             attempt = self.requests_by_prompt[digest]
             self.requests_by_prompt[digest] += 1
+            self.prompts[digest] = prompt
         if body.get("model") != self.model:
-            return 404, _error(f"The model `{body.get('model')}` does not exist.", "NotFoundError"), self.latency_s
+            return (404, _error(f"The model `{body.get('model')}` does not exist.", "NotFoundError"),
+                    self.latency_s, digest)
         reply = self.respond(ScriptedRequest(body=body, prompt=prompt, prompt_hash=digest, attempt=attempt))
         if isinstance(reply, str):
             reply = Reply(content=reply)
         delay = self.latency_s + reply.delay_s
         if reply.raw_body is not None:
-            return reply.status, reply.raw_body, delay
+            return reply.status, reply.raw_body, delay, digest
         if reply.status != 200:
-            return reply.status, _error(reply.content or f"scripted HTTP {reply.status}", "server_error"), delay
+            return reply.status, _error(reply.content or f"scripted HTTP {reply.status}", "server_error"), delay, digest
         message = {"role": "assistant", "content": reply.content, "refusal": reply.refusal}
         payload = {"id": f"chatcmpl-{uuid.uuid4().hex}", "object": "chat.completion", "created": int(time.time()),
                    "model": self.model,
@@ -145,7 +154,11 @@ class JudgeFixtureServer:
                                 "logprobs": None}],
                    "usage": {"prompt_tokens": len(prompt.split()), "completion_tokens":
                              len((reply.content or "").split()), "total_tokens": 0}}
-        return 200, json.dumps(payload).encode("utf-8"), delay
+        return 200, json.dumps(payload).encode("utf-8"), delay, digest
+
+    def _answered(self, digest: str) -> None:
+        with self._lock:
+            self.answered_by_prompt[digest] += 1
 
     def _sleep(self, seconds: float) -> None:
         self._stop.wait(seconds)
@@ -165,10 +178,16 @@ class _Server(ThreadingHTTPServer):
     request_queue_size = 256     # the bench opens 32+ connections at once; the default backlog is 5
     allow_reuse_address = True
 
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        if isinstance(sys.exc_info()[1], ConnectionError):  # a client closing its keep-alive connections
+            return
+        super().handle_error(request, client_address)
+
 
 class _Handler(BaseHTTPRequestHandler):
     owner: JudgeFixtureServer
     protocol_version = "HTTP/1.1"  # keep-alive, as the openai client (httpx) expects
+    disable_nagle_algorithm = True  # headers and body go out as two writes: Nagle + delayed ACK would add ~40 ms
 
     def log_message(self, *args: Any) -> None:  # quiet
         pass
@@ -194,13 +213,15 @@ class _Handler(BaseHTTPRequestHandler):
             return
         self.owner._enter()
         try:
-            status, payload, delay = self.owner._answer(body)
+            status, payload, delay, digest = self.owner._answer(body)
             self.owner._sleep(delay)
         finally:
             self.owner._leave()
-        self._send(status, payload)
+        if self._send(status, payload) and status == 200:
+            self.owner._answered(digest)
 
-    def _send(self, status: int, payload: bytes) -> None:
+    def _send(self, status: int, payload: bytes) -> bool:
+        """Whether the answer went out in full."""
         try:
             self.send_response(status)
             self.send_header("Content-Type", "application/json")
@@ -208,8 +229,10 @@ class _Handler(BaseHTTPRequestHandler):
             self.end_headers()
             self.wfile.write(payload)
             self.wfile.flush()
+            return True
         except (BrokenPipeError, ConnectionResetError):  # the client gave up (its timeout): nothing to do
             self.close_connection = True
+            return False
 
 
 def _error(message: str, kind: str) -> bytes:

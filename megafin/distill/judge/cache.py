@@ -30,7 +30,7 @@ _TEXT_FIELDS = ("final_answer", "first_wrong_step", "correct_prefix", "correctio
 
 def cache_key(model: str, template_text: str, question: str, reference: str, solution: str) -> str:
     # JSON of the list: unambiguous boundaries between the parts (no concatenation collisions).
-    blob = json.dumps([model, template_text, question, reference, solution], ensure_ascii=False)
+    blob = json.dumps([model, template_text, question, reference, solution])  # ASCII: lone surrogates survive
     return hashlib.sha256(blob.encode("utf-8")).hexdigest()
 
 
@@ -98,7 +98,7 @@ class JudgmentCache:
         """Appends one record, durable when this returns. Thread-safe; transient discards are not stored."""
         if not cacheable(fields):
             return
-        line = json.dumps({"key": key, "judgment": fields}, ensure_ascii=False) + "\n"
+        line = json.dumps({"key": key, "judgment": fields}) + "\n"  # ASCII escapes: any text encodes
         with self._lock:
             if self._fd is None:
                 raise RuntimeError(f"{self.path}: the judge cache is closed")

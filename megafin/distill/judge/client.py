@@ -56,6 +56,7 @@ class JudgeClient:
         self.concurrency, self.timeout_s, self.retries = int(concurrency), float(timeout_s), int(retries)
         self.max_tokens, self.temperature, self.backoff_s = int(max_tokens), float(temperature), float(backoff_s)
         self.template = JudgeTemplate.load(template)
+        import openai  # noqa: F401 - here, not in the first judge() call: its import is not judging time
         self.cache = JudgmentCache(cache_dir) if cache_dir is not None else None
         self.stats: dict[str, Any] = dict(requests=0, cache_hits=0, retries=0, elapsed_s=0.0, judged=0, kept=0,
                                           discarded={r: 0 for r in DISCARD_REASONS},
@@ -67,7 +68,8 @@ class JudgeClient:
               on_done: Optional[Callable[[Judgment], None]] = None) -> list[Judgment]:
         """One Judgment per item, in item order."""
         for i, item in enumerate(items):
-            bad = [f for f in ("key", "question", "reference", "solution") if not isinstance(getattr(item, f, None), str)]
+            bad = [f for f in ("key", "question", "reference", "solution")
+                   if not isinstance(getattr(item, f, None), str)]
             if bad:
                 raise JudgeError(f"judge item {i}: {', '.join(bad)} must be text (a JudgeItem), got "
                                  f"{type(item).__name__}")
@@ -112,9 +114,7 @@ class JudgeClient:
                 return i, dict(await asyncio.shield(asked[key])), True
             future = asked[key] = asyncio.get_running_loop().create_future()
             try:
-                fields = await self._request(client, semaphore, item)
-                if self.cache is not None:  # durable before on_done sees it (fsync off the event loop)
-                    await asyncio.to_thread(self.cache.put, key, fields)
+                fields = await self._request(client, semaphore, item, key)
             except asyncio.CancelledError:
                 future.cancel()
                 raise
@@ -151,7 +151,8 @@ class JudgeClient:
             await client.close()
         return results  # type: ignore[return-value]
 
-    async def _request(self, client: Any, semaphore: asyncio.Semaphore, item: JudgeItem) -> dict[str, Any]:
+    async def _request(self, client: Any, semaphore: asyncio.Semaphore, item: JudgeItem,
+                       key: str) -> dict[str, Any]:
         import openai
 
         messages = [{"role": "user", "content": self.template.render(item.question, item.reference, item.solution)}]
@@ -181,13 +182,18 @@ class JudgeClient:
                 except (openai.APIConnectionError, openai.APIResponseValidationError, ValueError) as err:
                     reason, detail = "server_error", f"{type(err).__name__}: {_message(err)}"
                     continue
-            choices = getattr(response, "choices", None) or []
-            message = getattr(choices[0], "message", None) if choices else None
-            if message is None:
-                reason, detail = "server_error", "a response with no choices / message"
-                continue
-            fields = parse_judgment(message.content, item.solution, self.template.process,
-                                    choices[0].finish_reason, getattr(message, "refusal", None))
+                choices = getattr(response, "choices", None) or []
+                message = getattr(choices[0], "message", None) if choices else None
+                if message is None:
+                    reason, detail = "server_error", "a response with no choices / message"
+                    continue
+                fields = parse_judgment(message.content, item.solution, self.template.process,
+                                        choices[0].finish_reason, getattr(message, "refusal", None))
+                if self.cache is not None:
+                    # Durable before the slot is freed (fsync off the event loop): at concurrency 1 a request goes
+                    # out only once every answer before it is on disk, so a killed run repeats no answered
+                    # request; at concurrency c, only answers still being written when it died (< c).
+                    await asyncio.to_thread(self.cache.put, key, fields)
             if fields["discard_reason"] is not None:
                 self._log_first(item, fields["discard_reason"], repr((message.content or "")[:300]))
             return fields

@@ -24,8 +24,8 @@ from typing import Any, Optional
 MAX_TEXT_CHARS = 200_000
 MAX_OBJECT_TRIES = 64  # "{" positions tried as the start of a JSON object (bounds the work on hostile text)
 _DECODER = json.JSONDecoder()
-_REFUSAL = re.compile(r"^\W*(i['’]?m sorry|i am sorry|sorry\b|i can(?:no|['’])t|i cannot|i am unable|i['’]?m unable|"
-                      r"i won['’]?t|i will not|as an ai\b|unfortunately,? i can)", re.IGNORECASE)
+_REFUSAL = re.compile(r"^\W*(i['’]?m sorry|i am sorry|sorry\b|i can(?:no|['’])t|i cannot|i am unable|"
+                      r"i['’]?m unable|i won['’]?t|i will not|as an ai\b|unfortunately,? i can)", re.IGNORECASE)
 OUTCOME_KEYS = ("final_answer", "correct")
 
 
