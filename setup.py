@@ -11,7 +11,8 @@ setup(
     description="Financial domain-adaptive post-training (CPT+IT, SFT, DPO/RPO/IPO) on megatron-core",
     python_requires=">=3.10",
     packages=find_packages(include=["megafin*", "kernels*", "data_prep*"]),
-    package_data={"megafin.distill.judge": ["templates/*.txt"]},  # the judge's built-in prompt templates
+    package_data={"megafin.distill.judge": ["templates/*.txt"],  # the judge's built-in prompt templates
+                  "megafin.distill": ["templates/*.txt"]},  # distill's default chain-of-thought prompt
     install_requires=[
         "torch>=2.6",
         "megatron-core>=0.16.1,<0.20",

@@ -67,6 +67,9 @@ def build_parser() -> argparse.ArgumentParser:
     from megafin.generate.cli import add_commands as _generate_commands
 
     _generate_commands(sub)  # generate | serve
+    from megafin.distill.cli import add_command as _distill_command
+
+    _distill_command(sub)  # distill
     from megafin.eval.tasks.registry import TASKS, task_names
 
     evaluate = sub.add_parser("eval", help="evaluate a checkpoint on a financial task")
