@@ -4,7 +4,7 @@
    127.0.0.1) judges: a random judge writes unusable answers, so the run must finish and count every discard
    (stats.json adds up);
 2. the same samples judged by a scripted judge that grades them (verbatim quotes) -> pairs JSONL ->
-   `data_prep preference` -> a few steps of `dpo.loss=rpo` on the packed pairs."""
+   `data_prep preference` -> a few steps of `dpo.loss=rpo` and of `dpo.loss=distill` on the packed pairs."""
 from __future__ import annotations
 
 import hashlib
@@ -109,13 +109,16 @@ def test_tatqa_prompts_to_pairs_to_rpo(tiny_checkpoint, tatqa_prompts, tiny_data
                  "--seq-length", str(SEQ)]) == 0
     prep = json.loads((tmp_path / "packed" / "pairs_stats.json").read_text())
     assert prep["docs_written"] == len(pairs) and not prep["skipped"], prep
-    run_dir = tmp_path / "rpo"
-    assert main(["train", str(REPO / "recipes/tiny/dpo.yaml"), *FAST, *TINY_MODEL, "train.steps=2",
-                 f"model.max_position_embeddings={SEQ}", f"data.seq_length={SEQ}", "dpo.loss=rpo",
-                 "parallel.global_batch_size=2", "scheduler.warmup_steps=0", "data.split=100,0,0",
-                 f"data.tokenizer={tiny_data / 'tokenizer'}",
-                 f"data.blend=[{{path: {tmp_path / 'packed' / 'pairs'}, weight: 1}}]", f"run_dir={run_dir}"]) == 0
-    assert len(losses(run_dir)) == 2 and all(v is not None and v > 0 for v in losses(run_dir).values())
+    meta = json.loads((tmp_path / "packed" / "pairs_meta.json").read_text())
+    assert meta["num_rewarded_examples"] == len(pairs)  # the judge's rewards went into the packs
+    for loss in ("rpo", "distill"):  # the FinDAP loss, and reward distillation onto the judge's margins
+        run_dir = tmp_path / loss
+        assert main(["train", str(REPO / "recipes/tiny/dpo.yaml"), *FAST, *TINY_MODEL, "train.steps=2",
+                     f"model.max_position_embeddings={SEQ}", f"data.seq_length={SEQ}", f"dpo.loss={loss}",
+                     "parallel.global_batch_size=2", "scheduler.warmup_steps=0", "data.split=100,0,0",
+                     f"data.tokenizer={tiny_data / 'tokenizer'}",
+                     f"data.blend=[{{path: {tmp_path / 'packed' / 'pairs'}, weight: 1}}]", f"run_dir={run_dir}"]) == 0
+        assert len(losses(run_dir)) == 2 and all(v is not None and v > 0 for v in losses(run_dir).values())
 
 
 def test_slurm_script_cpu_profile(tiny_checkpoint, tatqa_prompts, shared_data, tmp_path):
