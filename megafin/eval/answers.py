@@ -7,7 +7,7 @@ from __future__ import annotations
 import math
 import re
 import string
-from typing import Optional
+from typing import Optional, Sequence
 
 _PUNCT = str.maketrans("", "", string.punctuation)
 
@@ -88,3 +88,15 @@ def numbers_match(predicted: float, gold: float, rel_tol: float = 1e-2, abs_tol:
     if percent_equivalent:
         candidates += [predicted * 100, predicted / 100]
     return any(math.isclose(c, gold, rel_tol=rel_tol, abs_tol=abs_tol) for c in candidates)
+
+
+def extract_label(text: str, labels: Sequence[str]) -> Optional[str]:
+    """The label (as given in `labels`) that the text names first as a whole word, case ignored: "Positive." and
+    "The sentiment is positive" -> "positive"; None if it names none. Earliest wins, so "negative, not positive"
+    is negative; a label that is part of a longer word ("negatively") does not count."""
+    best: Optional[tuple[int, str]] = None
+    for label in labels:
+        m = re.search(rf"(?<![A-Za-z]){re.escape(label)}(?![A-Za-z])", text, re.IGNORECASE)
+        if m and (best is None or m.start() < best[0]):
+            best = (m.start(), label)
+    return best[1] if best else None
