@@ -11,6 +11,7 @@ setup(
     description="Financial domain-adaptive post-training (CPT+IT, SFT, DPO/RPO/IPO) on megatron-core",
     python_requires=">=3.10",
     packages=find_packages(include=["megafin*", "kernels*", "data_prep*"]),
+    package_data={"megafin.eval.lm_eval_tasks": ["*.yaml"]},  # lm_eval --include_path $(megafin eval lm-eval-path)
     install_requires=[
         "torch>=2.6",
         "megatron-core>=0.16.1,<0.20",
