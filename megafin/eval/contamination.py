@@ -99,7 +99,7 @@ def strings(value: Any) -> Iterator[str]:
             yield from strings(v)
 
 
-def jsonl_texts(path: Path) -> Iterator[str]:
+def jsonl_texts(path: Path) -> Iterator[list[str]]:
     with open(path, encoding="utf-8") as f:
         for lineno, line in enumerate(f, 1):
             if not line.strip():
@@ -108,7 +108,7 @@ def jsonl_texts(path: Path) -> Iterator[str]:
                 row = json.loads(line)
             except ValueError as err:
                 raise EvalError(f"{path}:{lineno}: not a JSON object ({err})") from None
-            yield from strings(row)
+            yield list(strings(row))
 
 
 def _tokenizer(path: Optional[str], where: str) -> Any:
@@ -120,7 +120,7 @@ def _tokenizer(path: Optional[str], where: str) -> Any:
     return AutoTokenizer.from_pretrained(path)
 
 
-def prepared_texts(prefix: str, tokenizer: Optional[str]) -> Iterator[str]:
+def prepared_texts(prefix: str, tokenizer: Optional[str]) -> Iterator[list[str]]:
     """The documents of a data_prep output, decoded: packed sets (PREFIX_meta.json names the tokenizer) and
     pretraining corpora (PREFIX.bin/.idx: --tokenizer)."""
     import numpy as np
@@ -132,7 +132,7 @@ def prepared_texts(prefix: str, tokenizer: Optional[str]) -> Iterator[str]:
         tok = _tokenizer(tokenizer or packs.meta.get("tokenizer"), prefix)
         for i in range(len(packs)):
             for tokens, _ in packs.documents(i):
-                yield tok.decode(tokens.tolist(), skip_special_tokens=True)
+                yield [tok.decode(tokens.tolist(), skip_special_tokens=True)]
         return
     import warnings
 
@@ -142,10 +142,12 @@ def prepared_texts(prefix: str, tokenizer: Optional[str]) -> Iterator[str]:
     tok = _tokenizer(tokenizer, prefix)
     docs = IndexedDataset(prefix, mmap=True)
     for i in range(len(docs)):
-        yield tok.decode(np.asarray(docs[i]).tolist(), skip_special_tokens=True)
+        yield [tok.decode(np.asarray(docs[i]).tolist(), skip_special_tokens=True)]
 
 
-def training_texts(path: str, tokenizer: Optional[str] = None) -> Iterator[str]:
+def training_texts(path: str, tokenizer: Optional[str] = None) -> Iterator[list[str]]:
+    """The strings of each training document (a JSONL row's strings, or one decoded document), document by
+    document."""
     p = Path(path)
     if p.is_file() and p.suffix in (".jsonl", ".json"):
         yield from jsonl_texts(p)
@@ -169,9 +171,10 @@ def contamination(train: Sequence[str], data_dir: Path, n: int = 10, tasks: str 
     hit: set[str] = set()
     documents = 0
     for path in train:
-        for text in training_texts(path, tokenizer):
+        for texts in training_texts(path, tokenizer):
             documents += 1
-            hit |= index.hits(text)
+            for text in texts:
+                hit |= index.hits(text)
     rows = []
     for name, keys in index.keys.items():
         bad = [k for k in keys if k in hit]
@@ -179,7 +182,7 @@ def contamination(train: Sequence[str], data_dir: Path, n: int = 10, tasks: str 
                      "share": len(bad) / len(keys) if keys else 0.0, "first": bad[:5]})
     total = sum(r["examples"] for r in rows)
     overlapping_total = sum(r["overlapping"] for r in rows)
-    return {"n": n, "train": list(train), "data_dir": str(data_dir), "training_texts": documents,
+    return {"n": n, "train": list(train), "data_dir": str(data_dir), "training_documents": documents,
             "tasks": rows, "total": {"examples": total, "overlapping": overlapping_total,
                                      "share": overlapping_total / total if total else 0.0}}
 
