@@ -11,3 +11,10 @@ COT_TEXT = "Think step by step, then give the final answer on the last line as \
 def user(content: str) -> list[dict]:
     """A zero-shot chat: the one user turn (the engine applies the model's chat template)."""
     return [{"role": "user", "content": content}]
+
+
+def table(rows: list[list]) -> str:
+    """A table's rows as markdown-style lines ("| a | b |"), the way FinanceMath's own tables are written."""
+    if not isinstance(rows, list) or not all(isinstance(r, list) for r in rows):
+        raise TypeError("table must be a list of rows (lists of cells)")
+    return "\n".join("| " + " | ".join(str(c) for c in r) + " |" for r in rows)

@@ -9,10 +9,12 @@ from __future__ import annotations
 from typing import Optional
 
 from megafin.eval.errors import EvalError
-from megafin.eval.tasks import headline, sentiment
+from megafin.eval.tasks import cfa, convfinqa, financebench, financemath, fiqa_qa, headline, ner, sentiment, tatqa
 from megafin.eval.tasks.base import EvalTask, Task
 
-EVAL_TASKS: dict[str, EvalTask] = {t.name: t for t in (*sentiment.TASKS,)}
+EVAL_TASKS: dict[str, EvalTask] = {t.name: t for t in (
+    *sentiment.TASKS, headline.TASK, ner.TASK, *cfa.TASKS, financemath.TASK, tatqa.TASK, convfinqa.TASK,
+    fiqa_qa.TASK, financebench.TASK)}
 
 TASKS: dict[str, Task] = {t.name: t for t in (*sentiment.TASKS, headline.TASK)}
 
