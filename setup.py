@@ -12,7 +12,8 @@ setup(
     python_requires=">=3.10",
     packages=find_packages(include=["megafin*", "kernels*", "data_prep*"]),
     package_data={"megafin.distill.judge": ["templates/*.txt"],  # the judge's built-in prompt templates
-                  "megafin.distill": ["templates/*.txt"]},  # distill's default chain-of-thought prompt
+                  "megafin.distill": ["templates/*.txt"],  # distill's default chain-of-thought prompt
+                  "megafin.eval.lm_eval_tasks": ["*.yaml"]},  # lm_eval --include_path $(megafin eval lm-eval-path)
     install_requires=[
         "torch>=2.6",
         "megatron-core>=0.16.1,<0.20",

@@ -72,7 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
     _distill_command(sub)  # distill
     from megafin.eval.tasks.registry import TASKS, task_names
 
-    evaluate = sub.add_parser("eval", help="evaluate a checkpoint on a financial task")
+    evaluate = sub.add_parser("eval", help="evaluate a model on the financial tasks")
     tasks = evaluate.add_subparsers(dest="kind", required=True)
     classification = task_names("classification")
     cls = tasks.add_parser("classification", help=f"greedy answer vs gold label "
@@ -83,6 +83,9 @@ def build_parser() -> argparse.ArgumentParser:
     cls.add_argument("--limit", type=int, default=None, help="first N examples only")
     cls.add_argument("--out", default=None, help="also write the result as JSON here")
     cls.set_defaults(func=_eval_classification)
+    from megafin.eval.cli import add_commands as _eval_commands
+
+    _eval_commands(tasks)  # run | compare | contamination | lm-eval-path
     return parser
 
 

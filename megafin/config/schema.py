@@ -101,6 +101,13 @@ class TrainConfig:
     init_from: str = ""  # a checkpoint to take weights from (not optimizer or progress), e.g. from `convert from-hf`
     eval_interval: int = 0  # 0: no periodic validation
     eval_iters: int = 2
+    # Task scores during training (megafin/eval/in_training.py): every eval_every steps rank 0 answers the first
+    # eval_limit examples of each of eval_tasks (from eval_data_dir, the layout of ../shared/data) with the live
+    # model and logs eval/<task>/<metric>. Empty: none.
+    eval_tasks: list[str] = field(default_factory=list)
+    eval_every: int = 0
+    eval_limit: int = 32
+    eval_data_dir: str = ""
     max_bad_steps: int = 3  # consecutive non-finite losses before the run stops
     threads: int = 0  # torch intra-op threads on CPU; 0: leave as is (torchrun sets 1, so set it)
     # A collective that waits longer than this for a peer (dead, hung, partitioned) fails the run instead of

@@ -41,6 +41,9 @@ def validate(cfg: Config, world_size: int) -> None:
     _validate_data(c, cfg, stage)
     if problem := checkpoint_overwrite_problem(cfg):  # megafin/runtime/run_dir.py
         c.errors.append(problem)
+    from megafin.eval.in_training import check as check_training_eval
+
+    c.errors.extend(check_training_eval(cfg))  # train.eval_tasks / eval_every / eval_limit / eval_data_dir
     c.raise_if_any()
 
 

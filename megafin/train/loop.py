@@ -17,6 +17,7 @@ from megafin.checkpoint.manager import (Progress, checkpoint_root, checkpoint_to
                                         save_checkpoint)
 from megafin.config.load import config_to_dict
 from megafin.config.schema import Config
+from megafin.eval.errors import EvalError
 from megafin.runtime.distributed import LaunchEnv, collective_device, init_distributed, shutdown_distributed
 from megafin.runtime.exit_codes import EXIT_CONFIG_ERROR, EXIT_DIVERGED, EXIT_OK, EXIT_SIGNAL_CHECKPOINTED
 from megafin.runtime.fault_injection import nan_steps as injected_nan_steps, with_nan_output
@@ -83,6 +84,10 @@ def run_training(cfg: Config, launch: LaunchEnv) -> int:
     except CheckpointError as err:  # every rank finds the same problem: one line, from rank 0
         if dist.get_rank() == 0:
             print(f"megafin: checkpoint error: {err}", file=sys.stderr, flush=True)
+        return EXIT_CONFIG_ERROR
+    except EvalError as err:  # train.eval_tasks' files, read by every rank: one line, from rank 0
+        if dist.get_rank() == 0:
+            print(f"megafin: eval error: {err}", file=sys.stderr, flush=True)
         return EXIT_CONFIG_ERROR
     finally:
         shutdown_distributed()
@@ -182,6 +187,12 @@ class Trainer:
         self.flops_per_token = flops_per_token(cfg.model, self.vocab_size, S)
         self.peak = PeakFlops.for_this_device(cfg.logging.peak_tflops)
         self.num_params = sum(p.numel() for p in self.model.parameters())
+        # train.eval_tasks: examples read on every rank (a bad file fails all alike); only rank 0 evaluates.
+        self.task_eval = None
+        if cfg.train.eval_tasks:
+            from megafin.eval.in_training import TrainingEval
+
+            self.task_eval = TrainingEval(cfg, self.vocab_size)
 
     # ---------------------------------------------------------------- resume
     def _checkpoint_to_resume(self) -> Optional[Path]:
@@ -316,6 +327,8 @@ class Trainer:
                 )
                 if cfg.train.eval_interval and step % cfg.train.eval_interval == 0 and self.valid_batches:
                     record.update(self.evaluate())
+                if self.task_eval is not None and self.is_logger and self.task_eval.due(step):
+                    record.update(self._task_scores())
                 metrics.log(record)
                 bad.check(step)
                 stop_now = self._agree(stop.requested)
@@ -337,6 +350,16 @@ class Trainer:
         finally:
             metrics.close()
             stop.uninstall()
+
+    def _task_scores(self) -> dict[str, Any]:
+        """train.eval_tasks on the live model (rank 0); the reason, said once, when it cannot be decoded live."""
+        te = self.task_eval
+        if te.reason is not None:
+            return {}
+        scores = te.scores(self.model)
+        if te.reason is not None:
+            self._say(f"train.eval_tasks: not evaluated ({te.reason})")
+        return scores
 
     def _agree(self, flag: bool) -> bool:
         """A signal may reach one rank only: every rank stops if any was asked to."""

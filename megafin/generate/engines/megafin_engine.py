@@ -93,6 +93,23 @@ class MegafinEngine(GenerationEngine):
             self._session.close()
             raise
 
+    @classmethod
+    def on_live_model(cls, net: torch.nn.Module, tokenizer: str, vocab_size: int, max_positions: int,
+                      max_batch_size: int = 32) -> "MegafinEngine":
+        """An engine on a model already built in this process (the trainer's, at TP=1: megafin/eval/in_training.py).
+        Decoded by the lean path only, which reads the parameters and patches nothing (megatron's path would need
+        the rotated-key cache installed on the model); GenerationError when the model is not lean-decodable."""
+        reason = unsupported(net)
+        if reason is not None:
+            raise GenerationError(f"the live model cannot be decoded in process: {reason}")
+        engine = cls.__new__(cls)
+        GenerationEngine.__init__(engine, "live")
+        engine.max_batch_size, engine.vocab_size, engine.max_positions = max_batch_size, vocab_size, max_positions
+        engine.tokenizer = _open_tokenizer(tokenizer, None, Path("live"))
+        engine._session = contextlib.ExitStack()
+        engine.net, engine.lean = net, LeanDecoder(net)
+        return engine
+
     def close(self) -> None:
         self._session.close()
 

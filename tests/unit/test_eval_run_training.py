@@ -1,0 +1,38 @@
+"""train.eval_tasks / train.eval_every: a tiny training run logs task scores of its live model to metrics.jsonl at
+the due steps; bad settings are one config line each, before any process group."""
+from __future__ import annotations
+
+import json
+
+from megafin.cli import main as megafin_main
+from tests.helpers import FAST, TINY_MODEL, TINY_RECIPE, data_overrides
+
+MODEL = [o for o in TINY_MODEL if not o.startswith("model.max_position_embeddings")]
+
+
+def test_training_logs_task_scores(shared_data, tiny_data, tmp_path, capsys):
+    run = tmp_path / "run"
+    assert megafin_main(["train", str(TINY_RECIPE), *FAST, *MODEL, *data_overrides(tiny_data), "train.steps=2",
+                         "scheduler.warmup_steps=0", f"run_dir={run}", "train.eval_tasks=[fpb, tfns]",
+                         "train.eval_every=2", "train.eval_limit=3", f"train.eval_data_dir={shared_data}"]) == 0
+    records = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [1, 2]
+    assert not any(k.startswith("eval/") for k in records[0])
+    scores = {k: v for k, v in records[1].items() if k.startswith("eval/")}
+    assert {"eval/fpb/accuracy", "eval/fpb/weighted_f1", "eval/tfns/accuracy", "eval/seconds"} <= set(scores)
+    assert all(0.0 <= v <= 1.0 for k, v in scores.items() if k != "eval/seconds")
+    assert "not evaluated" not in capsys.readouterr().out
+
+
+def test_bad_eval_settings_are_config_lines(tmp_path, tiny_data, capsys):
+    code = megafin_main(["train", str(TINY_RECIPE), *FAST, *data_overrides(tiny_data), f"run_dir={tmp_path / 'r'}",
+                         "train.eval_tasks=[fpb, nope]", "train.eval_every=0", f"train.eval_data_dir={tmp_path}",
+                         "parallel.tp=2"])
+    err = capsys.readouterr().err.splitlines()
+    assert code == 2
+    assert "megafin: config error: train.eval_every: expected a positive number of steps with train.eval_tasks, " \
+           "got 0" in err
+    assert any(line.startswith("megafin: config error: train.eval_tasks: expected names of fpb") and "'nope'" in line
+               for line in err)
+    assert f"megafin: config error: train.eval_data_dir: expected fpb/test.jsonl in {tmp_path} for task fpb" in err
+    assert any("expected parallel.tp=1 and parallel.pp=1" in line for line in err)
