@@ -37,6 +37,11 @@ def add_command(sub: Any) -> None:
     io.add_argument("--allow-overlap", action="store_true", help="go on although prompts are evaluation questions")
     io.add_argument("--drop-overlap", action="store_true", help="leave out the prompts that are evaluation "
                                                                "questions (counted in stats.json) instead of refusing")
+    io.add_argument("--eval-tasks", default="all", help="the evaluation tasks (megafin eval run names) the prompts "
+                                                        "are checked against, of those whose files are in "
+                                                        "--eval-data-dir (default: all)")
+    io.add_argument("--overlap-n", type=int, default=10, help="word n-grams of the overlap check (default 10, as "
+                                                              "FinDAP reports it)")
     io.add_argument("--no-progress", action="store_true", help="no progress bars on stderr")
 
     pol = p.add_argument_group("policy sampling")
@@ -103,6 +108,8 @@ def _settings(args: argparse.Namespace):
         raise DistillError(f"--limit: expected a positive integer, got {args.limit}")
     if args.judge_timeout <= 0 or args.judge_retries < 0 or args.rule_rel_tol < 0:
         raise DistillError("--judge-timeout: expected > 0; --judge-retries and --rule-rel-tol: expected >= 0")
+    if args.overlap_n < 1:
+        raise DistillError(f"--overlap-n: expected a positive integer, got {args.overlap_n}")
     kinds = tuple(k.strip() for k in args.pair_kinds.split(",") if k.strip())
     if not kinds or any(k not in PAIR_KINDS for k in kinds):
         raise DistillError(f"--pair-kinds: expected a comma-separated subset of {', '.join(PAIR_KINDS)}, "
@@ -114,7 +121,9 @@ def _settings(args: argparse.Namespace):
         prompts=Path(args.prompts), out=Path(args.out), policy=args.model, judge_model=args.judge_model,
         judge_template=args.judge_template, source=args.source,
         fields=fields if args.source == "jsonl" else {}, limit=args.limit,
-        eval_data_dir=Path(args.eval_data_dir) if args.eval_data_dir else None, allow_overlap=args.allow_overlap, drop_overlap=args.drop_overlap,
+        eval_data_dir=Path(args.eval_data_dir) if args.eval_data_dir else None, allow_overlap=args.allow_overlap,
+        drop_overlap=args.drop_overlap,
+        eval_tasks=args.eval_tasks, overlap_n=args.overlap_n,
         prompt_template=Path(args.prompt_template),
         sampling=SamplingSettings(n=args.n, temperature=args.temperature, top_p=args.top_p, top_k=args.top_k,
                                   max_new_tokens=args.max_new_tokens, seed=args.seed, batch_size=args.batch_size),

@@ -1,32 +1,16 @@
 """Training prompts must not be evaluation questions: the check `megafin distill` runs before anything else.
 
-`find_overlap` is the one place that decides what "overlap" means: exact match on normalized question text
-(megafin.eval.answers.normalize_text) against the test splits of the evaluation sets in the shared data layout.
-Switching to an n-gram check (megafin/eval/contamination.py) is a change of this function's body only."""
+"Overlap" means what `megafin eval contamination` reports (megafin/eval/contamination.py, FinDAP's check): a
+question shares a word n-gram (10 by default, prompt-template n-grams left out) with an example of an evaluation
+task, read from --eval-data-dir in the layout of ../shared/data/SOURCES.md. Only the tasks whose files are there
+are checked (--eval-tasks narrows them), and which ones were is recorded in stats.json."""
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Optional, Sequence
+from typing import Optional, Sequence
 
 from megafin.distill.errors import DistillError
-
-# The evaluation files (relative to --eval-data-dir, the layout of ../shared/data/SOURCES.md) and the field(s)
-# holding their question text. convfinqa's dev split is its evaluation split; financemath validation and tatqa dev
-# are the training-usable splits, so they are not here.
-EVAL_SETS: dict[str, tuple[str, ...]] = {
-    "tatqa/test.jsonl": ("question",),
-    "cfa/cfa_easy_test.jsonl": ("question",),
-    "cfa/cfa_challenge_test.jsonl": ("question",),
-    "financebench/test.jsonl": ("question",),
-    "fiqa_qa/test.jsonl": ("question",),
-    "convfinqa/dev.jsonl": ("questions",),
-    "fpb/test.jsonl": ("text",),
-    "fiqa_sa/test.jsonl": ("text",),
-    "tfns/test.jsonl": ("text",),
-    "headline/test.jsonl": ("text",),
-}
 
 
 def default_eval_data_dir() -> Path:
@@ -38,7 +22,7 @@ def default_eval_data_dir() -> Path:
 class OverlapReport:
     checked: int = 0                                          # prompts checked
     eval_files: list[str] = field(default_factory=list)       # the evaluation files read
-    hits: list[tuple[int, str, str]] = field(default_factory=list)  # (input line, question, eval file) per overlap
+    hits: list[tuple[int, str, str]] = field(default_factory=list)  # (input line, question, eval task) per overlap
 
     def by_file(self) -> dict[str, int]:
         counts: dict[str, int] = {}
@@ -47,60 +31,51 @@ class OverlapReport:
         return counts
 
 
-def _texts(value: object) -> Iterable[str]:
-    if isinstance(value, str):
-        yield value
-    elif isinstance(value, list):
-        yield from (v for v in value if isinstance(v, str))
-
-
-def eval_questions(eval_dir: Path) -> tuple[dict[str, str], list[str]]:
-    """(normalized question -> the eval file it is in, the files read). A missing directory is an error: the
-    check cannot be done (--allow-overlap skips it)."""
-    from megafin.eval.answers import normalize_text
+def present_tasks(eval_dir: Path, tasks: str) -> list:
+    """The evaluation tasks (of `tasks`: all or a comma list) whose data file is in eval_dir."""
+    from megafin.eval.errors import EvalError
+    from megafin.eval.run import resolve_tasks
 
     if not eval_dir.is_dir():
         raise DistillError(f"--eval-data-dir {eval_dir}: not a directory, so training prompts cannot be checked "
                            f"against the evaluation sets (expected the ../shared/data layout; or --allow-overlap)")
-    index: dict[str, str] = {}
-    read: list[str] = []
-    for name, keys in EVAL_SETS.items():
-        path = eval_dir / name
-        if not path.is_file():
-            continue
-        read.append(name)
-        for text in path.read_text(encoding="utf-8").splitlines():
-            if not text.strip():
-                continue
-            row = json.loads(text)
-            for key in keys:
-                for question in _texts(row.get(key)):
-                    index.setdefault(normalize_text(question), name)
-    if not read:
+    try:
+        chosen = resolve_tasks(tasks)
+    except EvalError as err:
+        raise DistillError(f"--eval-tasks: {err}") from None
+    present = [t for t in chosen if (eval_dir / t.data_file).is_file()]
+    if not present:
         raise DistillError(f"--eval-data-dir {eval_dir}: none of the evaluation files is there (expected e.g. "
-                           f"{next(iter(EVAL_SETS))}; or --allow-overlap)")
-    return index, read
+                           f"{chosen[0].data_file}; or --allow-overlap)")
+    return present
 
 
-def find_overlap(questions: Sequence[tuple[int, str]], eval_dir: Optional[Path] = None) -> OverlapReport:
-    """Which (input line, question) pairs overlap an evaluation set (eval_dir: default_eval_data_dir())."""
-    from megafin.eval.answers import normalize_text
+def find_overlap(questions: Sequence[tuple[int, str]], eval_dir: Optional[Path] = None, tasks: str = "all",
+                 n: int = 10) -> OverlapReport:
+    """Which (input line, question) pairs share an n-gram with an evaluation example (eval_dir: default
+    default_eval_data_dir()); each hit names the first task it overlaps."""
+    from megafin.eval.contamination import overlapping
+    from megafin.eval.errors import EvalError
 
-    eval_dir = eval_dir or default_eval_data_dir()
-    index, read = eval_questions(eval_dir)
-    report = OverlapReport(checked=len(questions), eval_files=read)
-    for line, question in questions:
-        name = index.get(normalize_text(question))
-        if name is not None:
-            report.hits.append((line, question, name))
+    eval_dir = Path(eval_dir or default_eval_data_dir())
+    present = present_tasks(eval_dir, tasks)
+    try:
+        found = overlapping([q for _, q in questions], eval_dir, n=n, tasks=",".join(t.name for t in present))
+    except EvalError as err:
+        raise DistillError(f"--eval-data-dir: {err}") from None
+    report = OverlapReport(checked=len(questions), eval_files=[t.data_file for t in present])
+    for (line, question), keys in zip(questions, found):
+        if keys:
+            report.hits.append((line, question, keys[0].split(":", 1)[0]))
     return report
 
 
-def refusal(report: OverlapReport, prompts_path: Path) -> str:
+def refusal(report: OverlapReport, prompts_path: Path, n: int = 10) -> str:
     """The one line that refuses a prompt file with overlaps."""
     line, question, name = report.hits[0]
-    files = ", ".join(f"{k}: {v}" for k, v in sorted(report.by_file().items()))
+    tasks = ", ".join(f"{k}: {v}" for k, v in sorted(report.by_file().items()))
     shown = question if len(question) <= 80 else question[:77] + "..."
-    return (f"--prompts {prompts_path}: {len(report.hits)} of {report.checked} questions are in evaluation sets "
-            f"({files}), e.g. line {line}: {shown!r}; test splits are never trained on: remove them, leave them out "
-            f"with --drop-overlap, or keep them with --allow-overlap")
+    return (f"--prompts {prompts_path}: {len(report.hits)} of {report.checked} questions share a {n}-gram with "
+            f"evaluation examples ({tasks}), e.g. line {line}: {shown!r}; test splits are never trained on: remove "
+            f"them, leave them out with --drop-overlap, narrow the check with --eval-tasks, or keep them with "
+            f"--allow-overlap")

@@ -41,6 +41,8 @@ class DistillSettings:
     eval_data_dir: Optional[Path] = None
     allow_overlap: bool = False
     drop_overlap: bool = False        # leave the overlapping prompts out (counted) instead of refusing the file
+    eval_tasks: str = "all"           # the evaluation tasks checked for overlap (those whose files are there)
+    overlap_n: int = 10               # word n-grams of the overlap check (FinDAP: 10)
     prompt_template: Path = DEFAULT_TEMPLATE
     sampling: SamplingSettings = field(default_factory=SamplingSettings)
     outcome_judge: str = "llm"        # llm | rules
@@ -58,7 +60,7 @@ class DistillSettings:
         """What the outputs depend on: a rerun must agree on all of it."""
         s = self.sampling
         return {"prompts": str(self.prompts), "source": self.source, "fields": self.fields, "limit": self.limit,
-                "drop_overlap": self.drop_overlap,
+                "drop_overlap": self.drop_overlap, "eval_tasks": self.eval_tasks, "overlap_n": self.overlap_n,
                 "shard": list(self.shard), "policy": self.policy, "prompt_template": str(self.prompt_template),
                 "n": s.n, "temperature": s.temperature, "top_p": s.top_p, "top_k": s.top_k,
                 "max_new_tokens": s.max_new_tokens, "seed": s.seed, "stop": list(s.stop),
@@ -90,10 +92,12 @@ def load_prompts(settings: DistillSettings) -> tuple[list[PromptRow], dict]:
         rows = rows[:settings.limit]
     overlap = {"checked": 0, "overlapping": 0, "allowed": settings.allow_overlap}
     if not settings.allow_overlap:
-        report = find_overlap([(r.line, r.question) for r in rows], settings.eval_data_dir)
-        overlap.update(checked=report.checked, overlapping=len(report.hits), eval_files=report.eval_files)
+        report = find_overlap([(r.line, r.question) for r in rows], settings.eval_data_dir, settings.eval_tasks,
+                              settings.overlap_n)
+        overlap.update(checked=report.checked, overlapping=len(report.hits), eval_files=report.eval_files,
+                       n=settings.overlap_n, by_task=report.by_file())
         if report.hits and not settings.drop_overlap:
-            raise DistillError(refusal(report, settings.prompts))
+            raise DistillError(refusal(report, settings.prompts, settings.overlap_n))
         lines = {line for line, _, _ in report.hits}
         rows = [r for r in rows if r.line not in lines]
         overlap["dropped"] = len(lines)

@@ -81,8 +81,13 @@ def test_overlap_with_an_eval_test_split_is_found(shared_data):
     test_question = json.loads((shared_data / "tatqa/test.jsonl").read_text().splitlines()[3])["question"]
     report = find_overlap([(1, "A question no evaluation set has, surely?"), (2, "  " + test_question.upper())],
                           shared_data)
-    assert [(line, name) for line, _, name in report.hits] == [(2, "tatqa/test.jsonl")]
+    assert [(line, name) for line, _, name in report.hits] == [(2, "tatqa")]
     assert "tatqa/test.jsonl" in report.eval_files and "cfa/cfa_easy_test.jsonl" in report.eval_files
+    # a 10-gram of it is enough; the check narrows to the tasks asked for
+    words = test_question.split()
+    assert find_overlap([(1, "In short, " + " ".join(words[:11]) + " etc.")], shared_data).hits
+    narrowed = find_overlap([(2, test_question)], shared_data, tasks="fpb,cfa_easy")
+    assert not narrowed.hits and narrowed.eval_files == ["fpb/test.jsonl", "cfa/cfa_easy_test.jsonl"]
 
 
 def test_cli_refuses_overlapping_prompts_unless_allowed(shared_data, tmp_path, capsys):
@@ -97,7 +102,7 @@ def test_cli_refuses_overlapping_prompts_unless_allowed(shared_data, tmp_path, c
             str(shared_data), "--no-progress"]
     assert main(args) == 2
     err = capsys.readouterr().err.strip()
-    assert err.count("\n") == 0 and "1 of 4 questions are in evaluation sets (tatqa/test.jsonl: 1)" in err
+    assert err.count("\n") == 0 and "1 of 4 questions share a 10-gram with evaluation examples (tatqa: 1)" in err
     assert "line 4" in err and "--allow-overlap" in err
     assert not (tmp_path / "out").exists()
     # allowed, or left out: the run goes on to the policy (a missing model here: one line, exit 2)
