@@ -45,12 +45,24 @@ class ModelConfig:
     # Where the training forward computes logits and log-probs: targets (only positions the loss mask selects; the
     # same loss and gradients, less work when the loss covers part of the tokens, e.g. responses) | all.
     loss_positions: str = "targets"
+    # Activation recomputation (megatron-core's recompute_granularity): none | selective (recompute_modules of every
+    # layer in the backward pass; core_attn by default, megatron-core's) | full (whole layers: recompute_method
+    # uniform, in groups of recompute_num_layers, or block, the first recompute_num_layers layers of each pipeline
+    # chunk). Same loss and gradients; less activation memory for more compute.
+    recompute: str = "none"
+    recompute_method: str = "uniform"
+    recompute_num_layers: int = 1
+    recompute_modules: List[str] = field(default_factory=lambda: ["core_attn"])
 
 
 @dataclass
 class ParallelConfig:
     tp: int = 1
     pp: int = 1
+    # Interleaved pipeline stages (megatron-core's virtual_pipeline_model_parallel_size): each pipeline rank holds
+    # virtual_pp model chunks of num_layers / (pp * virtual_pp) layers, run by the interleaved 1F1B schedule
+    # (a smaller pipeline bubble for more point-to-point traffic). 1: one chunk per rank.
+    virtual_pp: int = 1
     micro_batch_size: int = 1
     global_batch_size: int = 8
     distributed_optimizer: bool = False

@@ -18,6 +18,10 @@ from megafin.runtime.run_dir import checkpoint_overwrite_problem
 DTYPES = ("fp32", "bf16", "fp8")
 DECAYS = ("cosine", "linear", "constant")
 DATA_FORMATS = ("pretrain", "packed")
+RECOMPUTE = ("none", "selective", "full")
+RECOMPUTE_METHODS = ("uniform", "block")
+# megatron-core's recompute_modules that a dense (non-MoE, non-MLA) decoder layer has
+RECOMPUTE_MODULES = ("core_attn", "mlp", "layernorm")
 # megatron-core indexed_dataset._INDEX_HEADER: the first bytes of every .idx file.
 _INDEX_MAGIC = b"MMIDIDX\x00\x00"
 
@@ -34,6 +38,7 @@ def validate(cfg: Config, world_size: int) -> None:
     _validate_run_dir(c, cfg.run_dir)
     _validate_model(c, cfg.model)
     _validate_parallel(c, cfg, world_size)
+    _validate_recompute(c, cfg)
     if stage is not None:
         stage.validate(c, cfg)
     _validate_precision(c, cfg)
@@ -129,15 +134,68 @@ def _validate_parallel(c: Checks, cfg: Config, world_size: int) -> None:
     if par.sequence_parallel and c.require(par.tp > 1, "parallel.sequence_parallel", "false when parallel.tp=1", True):
         c.require(cuda_available() and te_available(), "parallel.sequence_parallel",
                   "false without CUDA and Transformer Engine (the local RMSNorm does not support it)", True)
+    vpp_ok = _validate_virtual_pp(c, cfg, pp_ok)
     if not (tp_ok and pp_ok):
         return
     model_parallel = par.tp * par.pp
     if c.require(world_size % model_parallel == 0, "parallel.tp",
                  f"tp*pp={model_parallel} to divide the world size {world_size} (world = tp*pp*dp)", par.tp) and mbs_ok:
         dp = world_size // model_parallel
-        c.require(par.global_batch_size > 0 and par.global_batch_size % (par.micro_batch_size * dp) == 0,
-                  "parallel.global_batch_size", f"a multiple of micro_batch_size*dp={par.micro_batch_size}*{dp}",
-                  par.global_batch_size)
+        if c.require(par.global_batch_size > 0 and par.global_batch_size % (par.micro_batch_size * dp) == 0,
+                     "parallel.global_batch_size", f"a multiple of micro_batch_size*dp={par.micro_batch_size}*{dp}",
+                     par.global_batch_size) and vpp_ok and par.virtual_pp > 1:
+            # megatron-core's interleaved schedule runs micro-batches in groups of pp per model chunk
+            micro = par.global_batch_size // (par.micro_batch_size * dp)
+            c.require(micro % par.pp == 0, "parallel.global_batch_size",
+                      f"a multiple of micro_batch_size*dp*pp={par.micro_batch_size}*{dp}*{par.pp} with "
+                      f"parallel.virtual_pp={par.virtual_pp} (micro-batches per step divisible by pp)",
+                      par.global_batch_size)
+
+
+def _validate_virtual_pp(c: Checks, cfg: Config, pp_ok: bool) -> bool:
+    """parallel.virtual_pp: 1, or model chunks of whole layers on a pipeline of pp > 1, for a stage that runs them."""
+    from megafin.stages import stage_class, stage_names
+
+    m, par = cfg.model, cfg.parallel
+    if not c.require(isinstance(par.virtual_pp, int) and par.virtual_pp >= 1, "parallel.virtual_pp",
+                     "a positive integer", par.virtual_pp):
+        return False
+    if par.virtual_pp == 1 or not pp_ok:
+        return True
+    ok = c.require(par.pp > 1, "parallel.virtual_pp", "1 when parallel.pp=1 (interleaving needs a pipeline)",
+                   par.virtual_pp)
+    if ok and m.num_layers > 0:
+        ok = c.require(m.num_layers % (par.pp * par.virtual_pp) == 0, "parallel.virtual_pp",
+                       f"a divisor of model.num_layers/pp={m.num_layers}/{par.pp} (whole layers per model chunk)",
+                       par.virtual_pp)
+    if ok and cfg.stage in stage_names() and not stage_class(cfg.stage).runs_model_chunks:
+        ok = c.require(False, "parallel.virtual_pp", f"1 for stage {cfg.stage} (it runs one model chunk per rank)",
+                       par.virtual_pp)
+    return ok
+
+
+def _validate_recompute(c: Checks, cfg: Config) -> None:
+    m, par = cfg.model, cfg.parallel
+    if not c.require(m.recompute in RECOMPUTE, "model.recompute", f"one of {', '.join(RECOMPUTE)}", m.recompute):
+        return
+    if m.recompute == "selective":
+        bad = [name for name in m.recompute_modules if name not in RECOMPUTE_MODULES]
+        if c.require(bool(m.recompute_modules) and not bad, "model.recompute_modules",
+                     f"a non-empty list of {', '.join(RECOMPUTE_MODULES)}", m.recompute_modules) \
+                and "layernorm" in m.recompute_modules:
+            # megatron-core 0.16's CheckpointWithoutOutput takes Transformer Engine's FP8 path even without FP8
+            c.require(te_available(), "model.recompute_modules",
+                      "no layernorm without transformer_engine installed (megatron-core recomputes norms through it)",
+                      m.recompute_modules)
+    elif m.recompute == "full":
+        c.require(m.recompute_method in RECOMPUTE_METHODS, "model.recompute_method",
+                  f"one of {', '.join(RECOMPUTE_METHODS)} with model.recompute=full", m.recompute_method)
+        chunks = max(par.pp, 1) * max(par.virtual_pp, 1) if isinstance(par.virtual_pp, int) else 1
+        per_chunk = m.num_layers // chunks if m.num_layers > 0 else 0
+        if per_chunk >= 1:
+            c.require(1 <= m.recompute_num_layers <= per_chunk, "model.recompute_num_layers",
+                      f"between 1 and the {per_chunk} layers of a pipeline chunk "
+                      f"(model.num_layers/(pp*virtual_pp)) with model.recompute=full", m.recompute_num_layers)
 
 
 def _validate_precision(c: Checks, cfg: Config) -> None:

@@ -61,8 +61,21 @@ def transformer_config(cfg: Config) -> TransformerConfig:
         calculate_per_token_loss=True,
         batch_p2p_sync=False,  # avoids a torch.cuda.synchronize in p2p_communication on CPU; harmless on GPU
         deallocate_pipeline_outputs=on_cuda,
+        **_recompute_and_virtual_pp(cfg),
         **kwargs,
     )
+
+
+def _recompute_and_virtual_pp(cfg: Config) -> dict:
+    """model.recompute and parallel.virtual_pp in megatron-core's TransformerConfig terms (validated already)."""
+    m, vpp = cfg.model, cfg.parallel.virtual_pp
+    full = m.recompute == "full"
+    return dict(recompute_granularity=None if m.recompute == "none" else m.recompute,
+                recompute_method=m.recompute_method if full else None,
+                recompute_num_layers=m.recompute_num_layers if full else None,
+                recompute_modules=list(m.recompute_modules),
+                # None, not 1: megatron-core picks the interleaved schedule whenever it is set
+                virtual_pipeline_model_parallel_size=vpp if vpp > 1 else None)
 
 
 def _layout_independent_layer(layer_cls: type, seed: int) -> type:

@@ -48,6 +48,9 @@ class TrainingStage:
     packed_kind: ClassVar[Optional[str]] = None
     metrics: ClassVar[tuple[Metric, ...]] = ()
     count_name: ClassVar[str] = "count"  # what report[1] counts, logged as an integer under this name
+    # Whether the stage trains a model of several chunks per pipeline rank (parallel.virtual_pp > 1): its
+    # preparation and forward step use only what the trainer's schedule runs, no model of their own.
+    runs_model_chunks: ClassVar[bool] = True
 
     def __init__(self, cfg: "Config") -> None:
         self.cfg = cfg

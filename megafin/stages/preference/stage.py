@@ -24,6 +24,7 @@ from megafin.stages.preference.losses import PairLogps, loss_class, loss_names
 class PreferenceStage(TrainingStage):
     packed_kind = "preference"
     count_name = "pairs"
+    runs_model_chunks = False  # the reference model and its log-prob pass are one chunk per rank
     metrics = (Metric("pref_loss"), Metric("nll"), Metric("reward_chosen"), Metric("reward_rejected"),
                Metric("reward_margin", show="{:.3f}"), Metric("reward_accuracy", show="{:.2f}", show_val=True))
 
