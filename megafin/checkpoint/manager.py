@@ -150,9 +150,25 @@ def _restore_rng(state: dict[str, Any]) -> None:
     get_cuda_rng_tracker().set_states(state["tracker"])
 
 
+def _model_sharded_state(model: Any) -> dict[str, Any]:
+    """The model's sharded state dict; for a list of model chunks (parallel.virtual_pp), one entry per chunk. Their
+    tensors are keyed by global layer numbers, so what is saved does not depend on the chunking."""
+    if isinstance(model, list):
+        return {f"chunk{i}": chunk.sharded_state_dict() for i, chunk in enumerate(model)}
+    return model.sharded_state_dict()
+
+
+def _load_model_state(model: Any, loaded: dict[str, Any]) -> None:
+    if isinstance(model, list):
+        for i, chunk in enumerate(model):
+            chunk.load_state_dict(loaded[f"chunk{i}"])
+    else:
+        model.load_state_dict(loaded)
+
+
 def _sharded_state(model: Any, optimizer: Any, scheduler: Any, progress: Progress, is_loading: bool,
                    with_rng: bool) -> dict[str, Any]:
-    model_sd = model.sharded_state_dict()
+    model_sd = _model_sharded_state(model)
     state: dict[str, Any] = {"model": model_sd}
     if optimizer is not None:
         state["optimizer"] = optimizer.sharded_state_dict(model_sd, is_loading=is_loading, metadata=_OPTIM_METADATA)
@@ -171,8 +187,8 @@ def _barrier() -> None:
 
 def save_checkpoint(run_dir: str | Path, model: Any, optimizer: Any, scheduler: Any, progress: Progress,
                     keep_last: int, extra_meta: Optional[dict[str, Any]] = None) -> Path:
-    """Collective: every rank calls it. Returns the final checkpoint directory. `extra_meta`: CheckpointMeta's
-    optional fields (vocab_size, config) for megafin.json."""
+    """Collective: every rank calls it. Returns the final checkpoint directory. `model`: a GPTModel or this rank's
+    list of model chunks. `extra_meta`: CheckpointMeta's optional fields (vocab_size, config) for megafin.json."""
     root = checkpoint_root(run_dir)
     final = root / step_dir_name(progress.step)
     partial = root / (final.name + ".partial")
@@ -231,7 +247,7 @@ def load_checkpoint(ckpt_dir: str | Path, model: Any, optimizer: Any, scheduler:
         state.pop("progress")
     check_state_matches(ckpt_dir, md, state)
     loaded = _load(state, Path(ckpt_dir))
-    model.load_state_dict(loaded["model"])
+    _load_model_state(model, loaded["model"])
     if optimizer is not None:
         optimizer.load_state_dict(loaded["optimizer"])
     if scheduler is not None:

@@ -75,7 +75,11 @@ def _recompute_and_virtual_pp(cfg: Config) -> dict:
                 recompute_num_layers=m.recompute_num_layers if full else None,
                 recompute_modules=list(m.recompute_modules),
                 # None, not 1: megatron-core picks the interleaved schedule whenever it is set
-                virtual_pipeline_model_parallel_size=vpp if vpp > 1 else None)
+                virtual_pipeline_model_parallel_size=vpp if vpp > 1 else None,
+                # Interleaving as Megatron-LM runs it (overlap_p2p_comm, so no batch_p2p_comm): the batched ops
+                # post a pp=2 pair's activation and gradient to the same peer in opposite orders, which swaps them
+                # (measured under gloo); the unbatched ops order them by rank parity.
+                **(dict(overlap_p2p_comm=True, batch_p2p_comm=False) if vpp > 1 else {}))
 
 
 def _layout_independent_layer(layer_cls: type, seed: int) -> type:
@@ -100,13 +104,14 @@ def _layout_independent_layer(layer_cls: type, seed: int) -> type:
 
 
 def build_model(cfg: Config, vocab_size: int, pre_process: bool | None = None,
-                post_process: bool | None = None) -> GPTModel:
-    """This rank's pipeline stage of the model (the whole model at pp=1)."""
+                post_process: bool | None = None, vp_stage: int | None = None) -> GPTModel:
+    """This rank's pipeline stage of the model (the whole model at pp=1); with parallel.virtual_pp > 1, its model
+    chunk `vp_stage` (megafin.train.model_chunks builds them all)."""
     m: ModelConfig = cfg.model
     if pre_process is None:
-        pre_process = parallel_state.is_pipeline_first_stage()
+        pre_process = parallel_state.is_pipeline_first_stage(ignore_virtual=vp_stage is None, vp_stage=vp_stage)
     if post_process is None:
-        post_process = parallel_state.is_pipeline_last_stage()
+        post_process = parallel_state.is_pipeline_last_stage(ignore_virtual=vp_stage is None, vp_stage=vp_stage)
     scaling = m.rope_scaling
     attention, logprob = resolve_backends(m)
     spec = decoder_layer_spec(attention, m.attention_backend)
@@ -130,6 +135,7 @@ def build_model(cfg: Config, vocab_size: int, pre_process: bool | None = None,
         rotary_base=int(m.rope_theta),
         rope_scaling=scaling.type == "llama3",
         rope_scaling_factor=scaling.factor,
+        vp_stage=vp_stage,
     )
     if scaling.type == "llama3":
         _apply_llama3_rope_scaling(model, m)

@@ -37,6 +37,7 @@ def model_build_config(cfg: Config, tp: int, pp: int) -> Config:
     """The config to build this process's model with: the given layout, CPU-runnable precision."""
     out = copy.deepcopy(cfg)
     out.parallel.tp, out.parallel.pp = tp, pp
+    out.parallel.virtual_pp = 1  # one model chunk per rank (checkpoints do not depend on the chunking)
     out.parallel.sequence_parallel = False
     if out.precision.dtype == "fp8":  # fp8 trains on bf16 parameters; the weights are bf16
         out.precision.dtype = "bf16"

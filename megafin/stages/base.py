@@ -34,6 +34,7 @@ class StageContext:
     cfg: "Config"
     model: Any  # the bare policy GPTModel (weights can be loaded into it before the run's own are)
     forward_model: Any  # the wrapped model megatron-core's schedules run (DDP, Float16Module)
+    # (with parallel.virtual_pp > 1 both are lists of model chunks: only for stages with runs_model_chunks)
     build_model: Callable[[], Any]  # a fresh model of the run's architecture (e.g. a frozen reference)
     load_weights: Callable[[str, Any], None]  # checkpoint directory -> weights into a model
     train_data: Any  # the training split's dataset (packed stages: `.packs` holds every pack)

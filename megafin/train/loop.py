@@ -63,7 +63,8 @@ def run_training(cfg: Config, launch: LaunchEnv) -> int:
     """Start process groups, train, and return the process exit code."""
     if cfg.train.threads > 0:
         torch.set_num_threads(cfg.train.threads)
-    init_distributed(launch, cfg.parallel.tp, cfg.parallel.pp, cfg.train.seed, cfg.train.collective_timeout_s)
+    init_distributed(launch, cfg.parallel.tp, cfg.parallel.pp, cfg.train.seed, cfg.train.collective_timeout_s,
+                     cfg.parallel.virtual_pp)
     lock = None
     try:
         # After the process groups, so that every rank learns rank 0 did not get the lock and exits by itself.
@@ -98,7 +99,6 @@ def run_training(cfg: Config, launch: LaunchEnv) -> int:
 class Trainer:
     def __init__(self, cfg: Config, launch: LaunchEnv) -> None:
         from megatron.core import parallel_state
-        from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig
         from megatron.core.distributed.finalize_model_grads import finalize_model_grads
         from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
         from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
@@ -107,6 +107,7 @@ class Trainer:
         from megafin.data.build import build_datasets
         from megafin.data.tokenizer import HFTokenizerAdapter
         from megafin.models.gpt import build_model
+        from megafin.train.model_chunks import ModelChunks
         from megafin.train.optimizer_fixes import fix_torch_adam_step_state
 
         self.cfg = cfg
@@ -117,28 +118,19 @@ class Trainer:
         self.dp_size = parallel_state.get_data_parallel_world_size()
         tokenizer = HFTokenizerAdapter(cfg.data.tokenizer)
         self.vocab_size = cfg.model.vocab_size or tokenizer.vocab_size
-        self.model = build_model(cfg, self.vocab_size)
-        ddp_config = DistributedDataParallelConfig(
-            grad_reduce_in_fp32=True,
-            overlap_grad_reduce=par.overlap_grad_reduce,
-            use_distributed_optimizer=par.distributed_optimizer,
-        )
-        module = self.model
-        if self.model.config.bf16:
-            # As Megatron-LM does: every parameter (norms included) in bf16, outputs cast back to fp32.
-            from megatron.core.transformer.module import Float16Module
-
-            module = Float16Module(self.model.config, self.model)
-        self.ddp = DistributedDataParallel(config=self.model.config, ddp_config=ddp_config, module=module)
+        # One model chunk per virtual pipeline stage (one in all without parallel.virtual_pp), wrapped in DDP.
+        self.chunks = ModelChunks(cfg, self.vocab_size)
+        # What checkpoints save and load and stages prepare: the model, or the list of its chunks.
+        self.model = self.chunks.checkpoint_model()
         opt = cfg.optimizer
-        dtype = self.model.config.params_dtype
+        dtype = self.chunks.config.params_dtype
         self.optimizer = get_megatron_optimizer(
             OptimizerConfig(optimizer=MEGATRON_OPTIMIZER[opt.name], lr=opt.lr, min_lr=opt.min_lr,
                             weight_decay=opt.weight_decay, adam_beta1=opt.beta1, adam_beta2=opt.beta2,
                             adam_eps=opt.eps, clip_grad=opt.clip_grad,
                             bf16=dtype == torch.bfloat16, params_dtype=dtype,
                             use_distributed_optimizer=par.distributed_optimizer),
-            [self.ddp],
+            self.chunks.schedule_model(),
         )
         fix_torch_adam_step_state(self.optimizer)
         sch = cfg.scheduler
@@ -148,12 +140,10 @@ class Trainer:
             lr_warmup_steps=sch.warmup_steps, lr_decay_steps=max(decay_steps, sch.warmup_steps + 1),
             lr_decay_style=sch.decay, start_wd=opt.weight_decay, end_wd=opt.weight_decay,
             wd_incr_steps=cfg.train.steps, wd_incr_style="constant")
-        config = self.model.config
-        config.no_sync_func = self.ddp.no_sync
+        config = self.chunks.config
+        self.chunks.install_grad_sync(par.overlap_grad_reduce)
         config.finalize_model_grads_func = finalize_model_grads
         config.grad_scale_func = self.optimizer.scale_loss
-        if par.overlap_grad_reduce:
-            config.grad_sync_func = self.ddp.start_grad_sync
 
         from megafin.stages import stage_class
 
@@ -176,7 +166,8 @@ class Trainer:
 
         # e.g. DPO reference log-probs, before the policy's own weights are loaded
         self.stage.prepare(StageContext(
-            cfg=cfg, model=self.model, forward_model=self.ddp, build_model=lambda: build_model(cfg, self.vocab_size),
+            cfg=cfg, model=self.model, forward_model=self.chunks.forward_model(),
+            build_model=lambda: build_model(cfg, self.vocab_size),
             load_weights=lambda path, model: load_checkpoint(path, model, None, None),
             train_data=self.train_batches.dataset, vocab_size=self.vocab_size))
         self.progress = self._resume(resume_from)
@@ -186,7 +177,7 @@ class Trainer:
         self.saved_step = self.progress.step if here else -1
         self.flops_per_token = flops_per_token(cfg.model, self.vocab_size, S)
         self.peak = PeakFlops.for_this_device(cfg.logging.peak_tflops)
-        self.num_params = sum(p.numel() for p in self.model.parameters())
+        self.num_params = self.chunks.num_params()
         # train.eval_tasks: examples read on every rank (a bad file fails all alike); only rank 0 evaluates.
         self.task_eval = None
         if cfg.train.eval_tasks:
@@ -243,8 +234,8 @@ class Trainer:
         forward_step = self.stage.forward_step()
         reports = get_forward_backward_func()(
             forward_step_func=with_nan_output(forward_step) if nan else forward_step,
-            data_iterator=counted(batches.global_batch(consumed)),
-            model=[self.ddp],
+            data_iterator=self.chunks.data_iterator(counted(batches.global_batch(consumed))),
+            model=self.chunks.schedule_model(),
             num_microbatches=batches.num_micro_batches,
             seq_length=self.cfg.data.seq_length * (par.micro_batch_size if self.packed else 1),
             micro_batch_size=1 if self.packed else par.micro_batch_size,
@@ -266,7 +257,7 @@ class Trainer:
     def evaluate(self) -> dict[str, Any]:
         """Validation over train.eval_iters global batches: a metric is the mean of its per-batch values (as logged
         in training), the stage's count (target tokens, pairs) their total."""
-        self.ddp.eval()
+        self.chunks.train(False)
         sums: dict[str, float] = {}
         G = self.cfg.parallel.global_batch_size
         iters = self.cfg.train.eval_iters
@@ -277,7 +268,7 @@ class Trainer:
                 for key, value in stats.items():
                     if value is not None:
                         sums[key] = sums.get(key, 0.0) + value
-        self.ddp.train()
+        self.chunks.train(True)
         count = self.stage.count_name
         return {f"val_{k}": (int(v) if k == count else v / iters) for k, v in sums.items()}
 
@@ -295,14 +286,14 @@ class Trainer:
             (Path(cfg.run_dir) / "config.yaml").write_text(yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
         self._say(f"{self.num_params / 1e6:.2f}M parameters on this rank; world {dist.get_world_size()} = "
                   f"tp {cfg.parallel.tp} x pp {cfg.parallel.pp} x dp {self.dp_size}; "
-                  f"attention {self.model.megafin_attention_backend}; {self.launch.launcher} launch")
+                  f"attention {self.chunks.models[0].megafin_attention_backend}; {self.launch.launcher} launch")
         G = cfg.parallel.global_batch_size
         saved_at = self.saved_step
         try:
             while self.progress.step < cfg.train.steps:
                 step = self.progress.step + 1
                 t0 = time.perf_counter()
-                self.ddp.zero_grad_buffer()
+                self.chunks.zero_grad_buffer()
                 self.optimizer.zero_grad()
                 stats = self._forward_backward(self.train_batches, self.progress.consumed_samples,
                                                forward_only=False, nan=step in nan_steps)
@@ -356,7 +347,7 @@ class Trainer:
         te = self.task_eval
         if te.reason is not None:
             return {}
-        scores = te.scores(self.model)
+        scores = te.scores(self.chunks.models[0])  # a whole model only at pp=1 (else: the reason, said once)
         if te.reason is not None:
             self._say(f"train.eval_tasks: not evaluated ({te.reason})")
         return scores
