@@ -1,5 +1,6 @@
 """model.recompute: activation recomputation through megatron-core's TransformerConfig gives the loss and every
-parameter gradient of the same model without it (plain and packed THD batches), and bad settings are one line each."""
+parameter gradient of the same model without it (plain and packed THD batches). Bad recompute and parallel.virtual_pp
+settings are one line each (virtual_pp's training runs: tests/distributed/test_parallel_equivalence.py)."""
 from __future__ import annotations
 
 import pytest
@@ -90,8 +91,18 @@ def test_recompute_reruns_what_it_names(setting, module, runs, megatron_world):
     (["model.recompute=full", "model.recompute_num_layers=3", "parallel.pp=2"],
      "model.recompute_num_layers: expected between 1 and the 2 layers of a pipeline chunk "
      "(model.num_layers/(pp*virtual_pp)) with model.recompute=full, got 3"),
+    (["parallel.virtual_pp=0"], "parallel.virtual_pp: expected a positive integer, got 0"),
+    (["parallel.virtual_pp=2"],
+     "parallel.virtual_pp: expected 1 when parallel.pp=1 (interleaving needs a pipeline), got 2"),
+    (["parallel.pp=2", "parallel.virtual_pp=4"],
+     "parallel.virtual_pp: expected a divisor of model.num_layers/pp=4/2 (whole layers per model chunk), got 4"),
+    (["parallel.pp=2", "parallel.virtual_pp=2", "parallel.global_batch_size=3"],
+     "parallel.global_batch_size: expected a multiple of micro_batch_size*dp*pp=1*1*2 with parallel.virtual_pp=2 "
+     "(micro-batches per step divisible by pp), got 3"),
+    (["parallel.pp=2", "parallel.virtual_pp=2", "stage=dpo"],
+     "parallel.virtual_pp: expected 1 for stage dpo (it runs one model chunk per rank), got 2"),
 ])
-def test_bad_recompute_settings_are_one_line_each(overrides, line, tmp_path):
+def test_bad_recompute_and_virtual_pp_settings_are_one_line_each(overrides, line, tmp_path):
     from megafin.config.errors import ConfigError
     from megafin.config.validate import validate
 
