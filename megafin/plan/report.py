@@ -52,6 +52,9 @@ def table(w: Workload, recipe: str, own: Optional[Estimate], own_problem: str, r
         notes.append(f"no layout fits {w.gpus} x {w.gpu.name}: add GPUs or shorten data.seq_length")
     else:
         notes.append(f"best: {' '.join(overrides(fitting[0].layout))}  (* = a key this megafin's schema lacks)")
+        runnable = next((e for e in ranked if e.fits and not any(o.endswith("*") for o in overrides(e.layout))), None)
+        if runnable is not None and runnable is not fitting[0]:
+            notes.append(f"best with this megafin's keys: {' '.join(overrides(runnable.layout))}")
     return "\n".join(lines + [""] + notes)
 
 
