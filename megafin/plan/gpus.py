@@ -1,4 +1,4 @@
-"""The GPUs `megafin plan` knows: memory as the driver reports it, dense (no sparsity) peaks, and the reserve kept free."""
+"""The GPUs `megafin plan` knows: memory as the driver reports it, dense peaks, and the reserve kept free."""
 from __future__ import annotations
 
 from dataclasses import dataclass

@@ -92,8 +92,8 @@ def main() -> None:
         c = compare(p)
         pub = f"{p.tflops_per_gpu:g}" if p.tflops_per_gpu else (f"({p.mfu:.0%})" if p.mfu else "-")
         e = c["estimate"]
-        print(f"| {p.source} | {p.model} | {p.gpus} | {p.dtype} | {p.layout.describe()} | {p.tokens_per_s_per_gpu:,.0f} "
-              f"| {pub} | {c['planner_tflops']:.0f} ({p.flops_convention}) | {c['planner_mfu']:.1%} "
+        print(f"| {p.source} | {p.model} | {p.gpus} | {p.dtype} | {p.layout.describe()} "
+              f"| {p.tokens_per_s_per_gpu:,.0f} | {pub} | {c['planner_tflops']:.0f} ({p.flops_convention}) | {c['planner_mfu']:.1%} "
               f"| {e.total_gib:.1f} ({'yes' if e.fits else 'no'}) |")
     print("\nnotes:")
     for p in PUBLISHED:
