@@ -92,9 +92,11 @@ def main() -> None:
         c = compare(p)
         pub = f"{p.tflops_per_gpu:g}" if p.tflops_per_gpu else (f"({p.mfu:.0%})" if p.mfu else "-")
         e = c["estimate"]
+        # FSDP shards weights and gradients too; megafin's layouts do not, so the planner's memory is not comparable
+        memory = "n/a (FSDP)" if "FSDP" in p.note else f"{e.total_gib:.1f} ({'yes' if e.fits else 'no'})"
         print(f"| {p.source} | {p.model} | {p.gpus} | {p.dtype} | {p.layout.describe()} "
               f"| {p.tokens_per_s_per_gpu:,.0f} | {pub} | {c['planner_tflops']:.0f} ({p.flops_convention}) | {c['planner_mfu']:.1%} "
-              f"| {e.total_gib:.1f} ({'yes' if e.fits else 'no'}) |")
+              f"| {memory} |")
     print("\nnotes:")
     for p in PUBLISHED:
         print(f"- {p.model} {p.dtype} ({p.source}): {p.note}")
