@@ -15,6 +15,12 @@ from megafin.config.schema import Config
 
 def load_config(recipe: str | Path | None, overrides: Sequence[str] = ()) -> Config:
     """Read a recipe and apply overrides such as `parallel.tp=2` or `data.blend=[...]` (YAML values)."""
+    return resolve(read_config(recipe, overrides))
+
+
+def read_config(recipe: str | Path | None, overrides: Sequence[str] = ()) -> Config:
+    """The recipe and overrides as written, every `auto` left unsettled: for `megafin plan`, which settles them for
+    the GPUs the recipe is meant for, not for this machine."""
     raw: dict[str, Any] = {}
     if recipe is not None:
         path = Path(recipe)
@@ -31,7 +37,7 @@ def load_config(recipe: str | Path | None, overrides: Sequence[str] = ()) -> Con
         raw = loaded
     for item in overrides:
         _apply_override(raw, item)
-    return resolve(build(Config, raw, prefix=""))
+    return build(Config, raw, prefix="")
 
 
 def config_from_snapshot(raw: Mapping[str, Any]) -> Config:
