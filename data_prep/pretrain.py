@@ -146,14 +146,11 @@ def pretrain(
     from tqdm import tqdm
 
     from data_prep.tokenizer import load_text_tokenizer
-    from data_prep.writers import import_builder
-
     workers = cap_workers(workers)
     paths = check_inputs([inputs] if isinstance(inputs, str) else list(inputs))
     outputs.check_output_prefix(output_prefix)
     tok = load_text_tokenizer(tokenizer)
     vocab = len(tok)
-    import_builder()  # ~3 s of megatron-core imports, kept out of the throughput numbers
     stats = Stats(strict=strict, quiet=quiet)
     raw_iter = iter_raw(paths, max_doc_bytes)
     head = list(itertools.islice(raw_iter, VERIFY_DOCS))
