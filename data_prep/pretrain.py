@@ -11,7 +11,7 @@ import itertools
 import os
 import sys
 from dataclasses import dataclass
-from typing import Any, Iterable, Iterator
+from typing import TYPE_CHECKING, Any, Iterable, Iterator
 
 import numpy as np
 
@@ -20,6 +20,9 @@ from data_prep.parallel import cap_workers, chunked, ordered_map
 from data_prep.sources import DEFAULT_MAX_DOC_BYTES, Raw, Record, check_inputs, input_fingerprint, iter_raw, parse_raw
 from data_prep.stats import Stats
 from data_prep.writers import SequenceWriter, token_dtype
+
+if TYPE_CHECKING:
+    from data_prep.shards import Shard
 
 CHUNK_ITEMS = 2048
 CHUNK_BYTES = 1 << 20
@@ -111,6 +114,14 @@ def choose_encoder(tok: Any, raws: list[Raw], text_key: str, max_bytes: int, pre
     return build_encoder(tok, prefer=prefer, verify_texts=texts).name
 
 
+def run_settings(tokenizer: str, text_key: str, bos: str, max_doc_bytes: int, dedup: bool) -> dict:
+    """What decides the bytes written (beyond the inputs): shards merge only when theirs are equal."""
+    from data_prep.tokenizer import tokenizer_digest
+
+    return {"tokenizer_sha256": tokenizer_digest(tokenizer), "text_key": text_key, "bos": bos,
+            "max_doc_bytes": max_doc_bytes, "dedup": dedup}
+
+
 @dataclass
 class PretrainResult:
     prefix: str  # PREFIX_text_document (what a recipe names)
@@ -131,6 +142,7 @@ def pretrain(
     progress: bool | None = None,
     quiet: bool = False,
     allow_empty: bool = False,
+    shard: "str | Shard | None" = None,
 ) -> PretrainResult:
     """Tokenize text documents into `{output_prefix}_text_document.bin/.idx` and `{output_prefix}_stats.json`.
 
@@ -139,6 +151,9 @@ def pretrain(
          what the tokenizer adds to plain text (BOS for Llama-3 and megafin's tokenizers); 'always'.
     encoder: 'auto' (verified tiktoken fast path, else HF), 'hf', 'tiktoken' (fail if not identical).
     allow_empty: write a (loadable) dataset of no documents instead of raising `EmptyOutputError`.
+    shard: 'i/N' = tokenize only shard i's part of the inputs (`data_prep.shards`) into `{output_prefix}_shardI-of-N`
+           (an empty shard is written, not refused: `data_prep merge` judges the whole); the merge of all N
+           shards is byte-identical to the run without --shard.
     Raises `BadInputError` under strict on the first bad item or for an unreadable input, `FileNotFoundError`
     for a missing input, `OutputError` for an output location that cannot be written. The outputs appear as
     one set (`data_prep.outputs`); a run that raises leaves the previous output as it was.
@@ -148,13 +163,28 @@ def pretrain(
     from data_prep.tokenizer import load_text_tokenizer
     workers = cap_workers(workers)
     paths = check_inputs([inputs] if isinstance(inputs, str) else list(inputs))
+    shard_info = None
+    if shard is not None:
+        from data_prep.shards import iter_pieces, parse_shard, plan
+
+        if dedup:
+            raise ValueError("--dedup with --shard: duplicates across shards cannot be found by one shard "
+                             "(expected --dedup on a run without --shard)")
+        shard = parse_shard(shard)
+        pieces = plan(paths, shard)
+        output_prefix = shard.prefix(output_prefix)
+        allow_empty = True
+        shard_info = {"index": shard.index, "count": shard.count, "pieces": [p.to_dict() for p in pieces]}
     outputs.check_output_prefix(output_prefix)
     tok = load_text_tokenizer(tokenizer)
     vocab = len(tok)
     stats = Stats(strict=strict, quiet=quiet)
     raw_iter = iter_raw(paths, max_doc_bytes)
+    # The encoder is chosen on the corpus's first documents, whichever shard this is: the same choice as one run.
     head = list(itertools.islice(raw_iter, VERIFY_DOCS))
     enc_name = choose_encoder(tok, head, text_key, max_doc_bytes, encoder)
+    if shard_info is not None:
+        raw_iter, head = iter_pieces(pieces, max_doc_bytes), []
     chunks = chunked(itertools.chain(head, raw_iter), CHUNK_ITEMS, CHUNK_BYTES, _raw_size)
 
     out_prefix = f"{output_prefix}_text_document"
@@ -197,7 +227,10 @@ def pretrain(
         result = stats.to_dict(
             output=out_prefix, inputs=input_fingerprint(paths), tokenizer=str(tokenizer), encoder=enc_name,
             workers=workers, dedup=dedup, token_dtype=np.dtype(token_dtype(vocab)).name, vocab_size=vocab,
+            settings=run_settings(tokenizer, text_key, bos, max_doc_bytes, dedup),
         )
+        if shard_info is not None:
+            result["shard"] = shard_info
         outputs.commit(out_prefix, files, f"{output_prefix}_stats.json", result)
     except BaseException:
         writer.abort()

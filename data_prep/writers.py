@@ -113,11 +113,18 @@ class SequenceWriter:
         self.num_sequences += len(lengths)
         self.num_elements += int(arr.size)
 
-    def add_bytes(self, data: bytes | memoryview, lengths: np.ndarray) -> None:
-        """Sequences already in this writer's dtype, as raw bytes (`data_prep merge` copies shards this way)."""
-        assert len(data) == int(np.sum(lengths, dtype=np.int64)) * self.dtype.itemsize
-        self._data.write(data)
-        self._lengths.extend(int(x) for x in lengths)
+    def add_file(self, bin_path: str, lengths: np.ndarray, block: int = 1 << 24) -> None:
+        """Append the sequences of another .bin of this dtype (its first sum(lengths) elements), copied in blocks
+        (`data_prep merge` joins shards this way: bytes in, the same bytes out)."""
+        left = int(np.sum(lengths, dtype=np.int64)) * self.dtype.itemsize
+        with open(bin_path, "rb") as f:
+            while left > 0:
+                b = f.read(min(block, left))
+                if not b:
+                    raise ValueError(f"{bin_path}: {left:,} bytes short of what its index lists")
+                self._data.write(b)
+                left -= len(b)
+        self._lengths.frombytes(np.asarray(lengths, dtype=np.int64).tobytes())
         self.num_sequences += len(lengths)
         self.num_elements += int(np.sum(lengths, dtype=np.int64))
 
