@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import itertools
+import json
 import os
 import sys
 from dataclasses import dataclass
@@ -68,26 +69,44 @@ def _init_worker(tokenizer_dir: str, encoder: str, text_key: str, max_bytes: int
     )
 
 
-def _encode_chunk(chunk: list[Raw]) -> tuple[list, np.ndarray, np.ndarray]:
-    """-> (per item: (where, reason, message, digest)), flat ids of the good items, their lengths."""
-    statuses: list = []
+def _encode_chunk(chunk: list[Raw]) -> tuple[int, list, list | None, np.ndarray, np.ndarray]:
+    """-> (items, bad items as (index, where, reason, message), digests of the good items or None, their flat ids,
+    their lengths). Only bad items carry a location: a clean chunk costs the parent no per-document work."""
+    bad: list = []
     texts: list[str] = []
-    for raw in chunk:
-        rec = parse_raw(raw, _W["max_bytes"])
-        got = extract_text(rec, _W["text_key"], _W["max_bytes"])
+    good: list[int] = []
+    key, max_bytes = _W["text_key"], _W["max_bytes"]
+    for i, raw in enumerate(chunk):
+        d = raw.data
+        if type(d) is bytes:  # the common case, decided as `parse_raw` + `extract_text` would, without their objects
+            try:
+                v = json.loads(d.decode("utf-8"))
+            except ValueError:
+                v = None
+            t = v.get(key) if type(v) is dict else None
+            if type(t) is str and len(t) <= max_bytes and t.strip():
+                texts.append(t)
+                good.append(i)
+                continue
+        rec = parse_raw(raw, max_bytes)
+        got = extract_text(rec, key, max_bytes)
         if isinstance(got, tuple):
-            statuses.append((rec.where, got[0], got[1], None))
+            bad.append((i, rec.where, got[0], got[1]))
         else:
-            digest = hashlib.blake2b(got.encode("utf-8", "surrogatepass"), digest_size=16).digest() if _W["dedup"] else None
-            statuses.append((rec.where, None, None, digest))
             texts.append(got)
+            good.append(i)
+    digests = None
+    if _W["dedup"]:  # (item index, where, digest) per good item: a repeat is reported where it is
+        digests = [(i, f"{chunk[i].source}:{chunk[i].line}",
+                    hashlib.blake2b(t.encode("utf-8", "surrogatepass"), digest_size=16).digest())
+                   for i, t in zip(good, texts)]
     ids = _W["enc"].encode_batch(texts)
     pre, suf = _W["prefix"], _W["suffix"]
     lengths = np.fromiter((len(pre) + len(x) + len(suf) for x in ids), dtype=np.int64, count=len(ids))
     flat = np.fromiter(
         itertools.chain.from_iterable(itertools.chain(pre, x, suf) for x in ids), dtype=np.int32, count=int(lengths.sum())
     )
-    return statuses, flat, lengths
+    return len(chunk), bad, digests, flat, lengths
 
 
 # Reasons for which a run that wrote nothing most likely named the wrong key.
@@ -120,6 +139,29 @@ def run_settings(tokenizer: str, text_key: str, bos: str, max_doc_bytes: int, de
 
     return {"tokenizer_sha256": tokenizer_digest(tokenizer), "text_key": text_key, "bos": bos,
             "max_doc_bytes": max_doc_bytes, "dedup": dedup}
+
+
+def _write_checked(writer: SequenceWriter, stats: Stats, seen: set, bad: list, digests: list | None,
+                   flat: np.ndarray, lengths: np.ndarray) -> None:
+    """A chunk with skipped items or under --dedup: count the skips in item order (under --strict the first one
+    stops the run), drop repeats, write the rest."""
+    keep = np.ones(len(lengths), dtype=bool)
+    events = list(bad)
+    for k, (i, where, digest) in enumerate(digests or ()):
+        if digest in seen:
+            keep[k] = False
+            events.append((i, where, "duplicate", "exact duplicate of an earlier document (--dedup)"))
+        else:
+            seen.add(digest)
+    for _, where, reason, msg in sorted(events, key=lambda e: e[0]):
+        stats.skip(where, reason, msg)
+    if not keep.all():
+        offsets = np.concatenate([[0], np.cumsum(lengths)])
+        flat = np.concatenate([flat[offsets[k]: offsets[k + 1]] for k in np.flatnonzero(keep)] or [flat[:0]])
+        lengths = lengths[keep]
+    if len(lengths):
+        writer.add_many(flat, lengths)
+        stats.written(len(lengths), int(lengths.sum()))
 
 
 @dataclass
@@ -196,29 +238,14 @@ def pretrain(
             _encode_chunk, chunks, workers, _init_worker,
             (str(tokenizer), enc_name, text_key, max_doc_bytes, bos, dedup),
         )
-        for statuses, flat, lengths in results:
-            offsets = np.concatenate([[0], np.cumsum(lengths)])
-            keep_flat: list[np.ndarray] = []
-            keep_len: list[int] = []
-            j = 0  # index among the good items of this chunk
-            for where, reason, msg, digest in statuses:
-                stats.read()
-                if reason is not None:
-                    stats.skip(where, reason, msg)
-                    continue
-                k = j
-                j += 1
-                if dedup:
-                    if digest in seen:
-                        stats.skip(where, "duplicate", "exact duplicate of an earlier document (--dedup)")
-                        continue
-                    seen.add(digest)
-                keep_flat.append(flat[offsets[k] : offsets[k + 1]])
-                keep_len.append(int(lengths[k]))
-            if keep_len:
-                writer.add_many(np.concatenate(keep_flat), keep_len)
-                stats.written(len(keep_len), sum(keep_len))
-            bar.update(len(statuses))
+        for n_items, bad, digests, flat, lengths in results:
+            stats.read(n_items)
+            if not bad and digests is None:  # a clean chunk: written as it came
+                writer.add_many(flat, lengths)
+                stats.written(len(lengths), int(lengths.sum()))
+            else:
+                _write_checked(writer, stats, seen, bad, digests, flat, lengths)
+            bar.update(n_items)
             secs = max(stats.elapsed(), 1e-9)
             bar.set_postfix_str(f"{stats.docs_read / secs:,.0f} docs/s, {stats.tokens / secs:,.0f} tok/s", refresh=False)
         if stats.docs_written == 0 and not allow_empty:
