@@ -181,7 +181,8 @@ class Trainer:
 
         # e.g. DPO reference log-probs, before the policy's own weights are loaded
         self.stage.prepare(StageContext(
-            cfg=cfg, model=self.model, forward_model=self.ddp, build_model=lambda: build_model(cfg, self.vocab_size, initialize=initialize),
+            cfg=cfg, model=self.model, forward_model=self.ddp,
+            build_model=lambda: build_model(cfg, self.vocab_size, initialize=initialize),
             load_weights=lambda path, model: load_checkpoint(path, model, None, None),
             train_data=self.train_batches.dataset, vocab_size=self.vocab_size))
         self.progress = self._resume(resume_from)
@@ -288,10 +289,6 @@ class Trainer:
     def evaluate(self) -> dict[str, Any]:
         """Validation over train.eval_iters global batches: a metric is the mean of its per-batch values (as logged
         in training), the stage's count (target tokens, pairs) their total."""
-        with self._params_gathered():
-            return self._evaluate()
-
-    def _evaluate(self) -> dict[str, Any]:
         self.ddp.eval()
         sums: dict[str, float] = {}
         G = self.cfg.parallel.global_batch_size
@@ -353,7 +350,8 @@ class Trainer:
                     mfu=self.peak.mfu(tokens_per_s * self.flops_per_token, dist.get_world_size()),
                 )
                 if cfg.train.eval_interval and step % cfg.train.eval_interval == 0 and self.valid_batches:
-                    record.update(self.evaluate())
+                    with self._params_gathered():
+                        record.update(self.evaluate())
                 if self.task_eval is not None and self.task_eval.due(step):
                     with self._params_gathered():
                         if self.is_logger:

@@ -50,9 +50,15 @@ def test_no_weight_is_drawn_when_the_weights_will_be_loaded(megatron_world, monk
     from megafin.models.gpt import build_model
 
     calls = []
+
+    def counted(name: str, real):
+        def init(*args, **kwargs):
+            calls.append(name)
+            return real(*args, **kwargs)
+        return init
+
     for name in ("normal_", "uniform_", "xavier_normal_", "xavier_uniform_", "kaiming_uniform_"):
-        real = getattr(torch.nn.init, name)
-        monkeypatch.setattr(torch.nn.init, name, lambda *a, _real=real, _n=name, **k: (calls.append(_n), _real(*a, **k))[1])
+        monkeypatch.setattr(torch.nn.init, name, counted(name, getattr(torch.nn.init, name)))
     cfg = load_config(None, [])
     build_model(cfg, 256, initialize=False)
     assert calls == []
