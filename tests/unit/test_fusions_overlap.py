@@ -3,8 +3,6 @@ against one process: the same losses, and a checkpoint saved mid-run holds the s
 all-gather overlapped, half of them arrive only at the next forward unless the save gathers them first)."""
 from __future__ import annotations
 
-import os
-
 import pytest
 
 from megafin.cli import main as megafin_main
@@ -21,9 +19,6 @@ STEP_3 = "checkpoints/step_0000003"
 WEIGHT_REL = 2e-5
 
 
-# ~25 s on an idle 2-core machine, 64 s measured under load: over this suite's budget, so run by hand.
-@pytest.mark.skipif(os.environ.get("MEGAFIN_BY_HAND") != "1",
-                    reason="2-process gloo run (~1 min): run by hand with MEGAFIN_BY_HAND=1")
 def test_overlapped_dp2_matches_one_process_and_saves_the_steps_weights(tiny_data, tmp_path):
     one, two = tmp_path / "one", tmp_path / "two"
     assert megafin_main(["train", str(RECIPE), *recipe_overrides("cpt", tiny_data, one), *SAVE_AT_3]) == 0
