@@ -277,7 +277,7 @@ class Trainer:
         """Collective. parallel.overlap_param_gather leaves the step's parameter all-gather to the next training
         forward's pre-hooks: finish it before anything else reads the weights (a save, validation, rank 0's task
         eval, which must not start a collective alone), and re-arm the hooks after."""
-        if not self.ddp.use_forward_hook:
+        if not self.cfg.parallel.overlap_param_gather:  # validated: only with the distributed optimizer
             yield
             return
         self.ddp.disable_forward_pre_hook()  # waits for, or runs, every bucket's all-gather
