@@ -10,7 +10,7 @@ import yaml
 
 from megafin.config.errors import ConfigError
 from megafin.config.resolve import resolve
-from megafin.config.schema import Config
+from megafin.config.schema import Config, Switch
 
 
 def load_config(recipe: str | Path | None, overrides: Sequence[str] = ()) -> Config:
@@ -47,6 +47,7 @@ def config_from_snapshot(raw: Mapping[str, Any]) -> Config:
     the same weights), so they are settled anew."""
     cfg = build(Config, _known_keys(Config, raw), prefix="")
     cfg.model.attention_backend = cfg.model.logprob_backend = "auto"
+    cfg.model.fusions = type(cfg.model.fusions)()  # kernels, like backends, are this machine's: all auto
     return resolve(cfg)
 
 
@@ -160,6 +161,10 @@ def _convert(tp: Any, value: Any, key: str, errors: list[str]) -> Any:
             except ValueError:
                 pass
         _fail(errors, f"{key}: expected a number, got {value!r}")
+    if tp is Switch:  # auto | on | off, where YAML turned a bare on/off into a boolean
+        if isinstance(value, bool):
+            return "on" if value else "off"
+        tp = str
     if tp is str:
         if isinstance(value, (str, int, float)) and not isinstance(value, bool):
             return str(value)

@@ -11,6 +11,7 @@ from data_prep.outputs import check_complete, file_creation_error
 from megafin.config.errors import ConfigError
 from megafin.config.schema import Config
 from megafin.models.backends import ATTENTION_BACKENDS, LOGPROB_BACKENDS, cuda_available, te_available
+from megafin.models.fusions import fusion_problems
 from megafin.models.layout import layout_problems
 from megafin.models.registry import FAMILIES
 from megafin.runtime.run_dir import checkpoint_overwrite_problem
@@ -122,6 +123,7 @@ def _validate_model(c: Checks, m: Any) -> None:
     if m.attention_backend == "te" and c.on_this_machine:
         c.require(cuda_available() and te_available(), "model.attention_backend",
                   "te only with CUDA and transformer_engine installed (use auto or sdpa)", "te")
+    c.errors.extend(fusion_problems(m.fusions))  # model.fusions.<key>: a bad value, or `on` without its kernel
 
 
 def _validate_parallel(c: Checks, cfg: Config, world_size: int) -> None:
@@ -137,6 +139,9 @@ def _validate_parallel(c: Checks, cfg: Config, world_size: int) -> None:
             and c.on_this_machine:
         c.require(cuda_available() and te_available(), "parallel.sequence_parallel",
                   "false without CUDA and Transformer Engine (the local RMSNorm does not support it)", True)
+    if par.overlap_param_gather:
+        c.require(par.distributed_optimizer, "parallel.overlap_param_gather",
+                  "false unless parallel.distributed_optimizer=true (it overlaps the optimizer's all-gather)", True)
     if not (tp_ok and pp_ok):
         return
     model_parallel = par.tp * par.pp
