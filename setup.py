@@ -47,8 +47,13 @@ setup(
         ],
         # lm-evaluation-harness for the shipped task YAMLs (megafin/eval/lm_eval_tasks, --include_path)
         "eval": ["lm-eval==0.4.13"],
-        # GPU-only pieces: not installable on a CPU machine; see README "GPU".
-        "gpu": ["transformer-engine[pytorch]", "flash-attn"],
+        # GPU-only pieces: not installable on a CPU machine; see README "GPU" and "The named stack" (no apex: PyPI's
+        # `apex` is an unrelated web toolkit; no nemo-toolkit: its current release has no LLM collections).
+        "gpu": ["transformer-engine[pytorch]", "flash-attn", "triton"],
+        # data_prep / eval sources saved by `datasets` (save_to_disk) or named on the hub, and parquet inputs
+        "data": ["datasets", "pyarrow"],
+        # megafin generate / serve --engine vllm (GPU only; pins its own CUDA torch)
+        "vllm": ["vllm"],
     },
     entry_points={"console_scripts": ["megafin=megafin.cli:main"]},
 )

@@ -3,7 +3,8 @@
 Python API (each also a `python -m data_prep` subcommand):
     train_tokenizer_from_file(input, vocab_size, out_dir, text_key="text") -> Path
     load_tokenizer(dir)
-    pretrain(inputs, tokenizer, output_prefix, text_key="text", workers=1, dedup=False, strict=False) -> PretrainResult
+    pretrain(inputs, tokenizer, output_prefix, text_key="text", workers=1, dedup=False, strict=False, shard=None) -> PretrainResult
+    merge(shard_prefixes, output_prefix, allow_empty=False) -> stats dict   (joins `pretrain --shard i/N` outputs)
     sft(inputs, tokenizer, output_prefix, seq_length, ...) -> PackedResult
     preference(inputs, tokenizer, output_prefix, seq_length, ...) -> PackedResult
     mix(cpt_inputs, it_inputs, tokenizer, output_prefix, seq_length, cpt_ratio=0.5, ...) -> PackedResult
@@ -19,6 +20,7 @@ _API = {
     "train_tokenizer_from_file": "data_prep.tokenizer",
     "load_tokenizer": "data_prep.tokenizer",
     "pretrain": "data_prep.pretrain",
+    "merge": "data_prep.merge",
     "sft": "data_prep.packed_writer",
     "preference": "data_prep.packed_writer",
     "mix": "data_prep.packed_writer",

@@ -1,4 +1,4 @@
-"""`python -m data_prep {tokenizer train | pretrain | sft | preference | mix}`: parse, dispatch, one-line errors.
+"""`python -m data_prep {tokenizer train | pretrain | merge | sft | preference | mix}`: parse, dispatch, one-line errors.
 
 `megafin prep ...` is the same commands: megafin's CLI adds them to its `prep` parser with `add_commands` and runs
 them with `run`, so both share this one definition.
@@ -33,7 +33,7 @@ def _packed(p: argparse.ArgumentParser) -> None:
 
 
 def add_commands(ap: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """Add data_prep's subcommands (tokenizer, pretrain, sft, preference, mix) to `ap`; `run` dispatches them."""
+    """Add data_prep's subcommands (tokenizer, pretrain, merge, sft, preference, mix) to `ap`; `run` dispatches them."""
     sub = ap.add_subparsers(dest="cmd", required=True)
 
     tk = sub.add_parser("tokenizer", help="tokenizer utilities")
@@ -53,7 +53,19 @@ def add_commands(ap: argparse.ArgumentParser) -> argparse.ArgumentParser:
     pt.add_argument("--bos", choices=["auto", "always", "never"], default="never",
                     help="never (default): text + EOD, as Megatron-LM's tool; auto: prepend what the tokenizer "
                          "adds to plain text (BOS for Llama-3); always")
+    pt.add_argument("--shard", default=None, metavar="I/N",
+                    help="tokenize only shard I of N (by input file and line ranges) into PREFIX_shardI-of-N; "
+                         "`merge` joins the N shards into exactly the output of one run")
     _common(pt)
+
+    mg = sub.add_parser("merge", help="join the shards of `pretrain --shard` into one dataset identical to one run")
+    mg.add_argument("--inputs", required=True, nargs="+",
+                    help="the shards' output prefixes (PREFIX_shardI-of-N, or any of their files), or PREFIX "
+                         "for every PREFIX_shard*-of-* beside it")
+    mg.add_argument("--output-prefix", required=True, help="output path prefix (as pretrain's)")
+    mg.add_argument("--allow-empty", action="store_true",
+                    help="write a valid dataset of nothing when the shards hold no document (default: exit 2)")
+    mg.add_argument("--quiet", action="store_true")
 
     sf = sub.add_parser("sft", help="instruction data -> packed tokens + loss mask + doc lens")
     sf.add_argument("--input", required=True, nargs="+")
@@ -103,7 +115,11 @@ def run(args: argparse.Namespace) -> int:
 
             pretrain(args.input, args.tokenizer, args.output_prefix, text_key=args.text_key, workers=args.workers,
                      dedup=args.dedup, strict=args.strict, max_doc_bytes=args.max_doc_bytes, encoder=args.encoder,
-                     bos=args.bos, quiet=args.quiet, allow_empty=args.allow_empty)
+                     bos=args.bos, quiet=args.quiet, allow_empty=args.allow_empty, shard=args.shard)
+        elif args.cmd == "merge":
+            from data_prep.merge import merge
+
+            merge(args.inputs, args.output_prefix, allow_empty=args.allow_empty, quiet=args.quiet)
         else:
             from data_prep import packed_writer
 

@@ -33,7 +33,7 @@ from data_prep.parallel import cap_workers, chunked, map_chunks
 from data_prep.pretrain import CHUNK_BYTES, _raw_size
 from data_prep.sources import DEFAULT_MAX_DOC_BYTES, check_inputs, input_fingerprint, iter_raw
 from data_prep.stats import Stats
-from data_prep.writers import SequenceWriter, import_builder, token_dtype
+from data_prep.writers import SequenceWriter, token_dtype
 
 FORMAT_VERSION = 1
 PACK_CHUNK_ITEMS = 512
@@ -187,7 +187,6 @@ def write_packed(kind: DataKind, inputs: Sequence[Iterable[str]], opts: PackOpti
     parts: list[Part] = kind.parts(inputs, opts, template)
     for part in parts:
         part.processor.check(tok)
-    import_builder()
     stats = Stats(strict=opts.strict, quiet=opts.quiet)
     raws = [part.processor.prepare(tok, iter_raw(part.inputs, opts.max_doc_bytes)) for part in parts]
     st = DocumentStore(output_prefix)

@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import hashlib
 import itertools
+import json
 import os
 import sys
 from dataclasses import dataclass
-from typing import Any, Iterable, Iterator
+from typing import TYPE_CHECKING, Any, Iterable, Iterator
 
 import numpy as np
 
@@ -20,6 +21,9 @@ from data_prep.parallel import cap_workers, chunked, ordered_map
 from data_prep.sources import DEFAULT_MAX_DOC_BYTES, Raw, Record, check_inputs, input_fingerprint, iter_raw, parse_raw
 from data_prep.stats import Stats
 from data_prep.writers import SequenceWriter, token_dtype
+
+if TYPE_CHECKING:
+    from data_prep.shards import Shard
 
 CHUNK_ITEMS = 2048
 CHUNK_BYTES = 1 << 20
@@ -65,26 +69,44 @@ def _init_worker(tokenizer_dir: str, encoder: str, text_key: str, max_bytes: int
     )
 
 
-def _encode_chunk(chunk: list[Raw]) -> tuple[list, np.ndarray, np.ndarray]:
-    """-> (per item: (where, reason, message, digest)), flat ids of the good items, their lengths."""
-    statuses: list = []
+def _encode_chunk(chunk: list[Raw]) -> tuple[int, list, list | None, np.ndarray, np.ndarray]:
+    """-> (items, bad items as (index, where, reason, message), digests of the good items or None, their flat ids,
+    their lengths). Only bad items carry a location: a clean chunk costs the parent no per-document work."""
+    bad: list = []
     texts: list[str] = []
-    for raw in chunk:
-        rec = parse_raw(raw, _W["max_bytes"])
-        got = extract_text(rec, _W["text_key"], _W["max_bytes"])
+    good: list[int] = []
+    key, max_bytes = _W["text_key"], _W["max_bytes"]
+    for i, raw in enumerate(chunk):
+        d = raw.data
+        if type(d) is bytes:  # the common case, decided as `parse_raw` + `extract_text` would, without their objects
+            try:
+                v = json.loads(d.decode("utf-8"))
+            except ValueError:
+                v = None
+            t = v.get(key) if type(v) is dict else None
+            if type(t) is str and len(t) <= max_bytes and t.strip():
+                texts.append(t)
+                good.append(i)
+                continue
+        rec = parse_raw(raw, max_bytes)
+        got = extract_text(rec, key, max_bytes)
         if isinstance(got, tuple):
-            statuses.append((rec.where, got[0], got[1], None))
+            bad.append((i, rec.where, got[0], got[1]))
         else:
-            digest = hashlib.blake2b(got.encode("utf-8", "surrogatepass"), digest_size=16).digest() if _W["dedup"] else None
-            statuses.append((rec.where, None, None, digest))
             texts.append(got)
+            good.append(i)
+    digests = None
+    if _W["dedup"]:  # (item index, where, digest) per good item: a repeat is reported where it is
+        digests = [(i, f"{chunk[i].source}:{chunk[i].line}",
+                    hashlib.blake2b(t.encode("utf-8", "surrogatepass"), digest_size=16).digest())
+                   for i, t in zip(good, texts)]
     ids = _W["enc"].encode_batch(texts)
     pre, suf = _W["prefix"], _W["suffix"]
     lengths = np.fromiter((len(pre) + len(x) + len(suf) for x in ids), dtype=np.int64, count=len(ids))
     flat = np.fromiter(
         itertools.chain.from_iterable(itertools.chain(pre, x, suf) for x in ids), dtype=np.int32, count=int(lengths.sum())
     )
-    return statuses, flat, lengths
+    return len(chunk), bad, digests, flat, lengths
 
 
 # Reasons for which a run that wrote nothing most likely named the wrong key.
@@ -111,6 +133,37 @@ def choose_encoder(tok: Any, raws: list[Raw], text_key: str, max_bytes: int, pre
     return build_encoder(tok, prefer=prefer, verify_texts=texts).name
 
 
+def run_settings(tokenizer: str, text_key: str, bos: str, max_doc_bytes: int, dedup: bool) -> dict:
+    """What decides the bytes written (beyond the inputs): shards merge only when theirs are equal."""
+    from data_prep.tokenizer import tokenizer_digest
+
+    return {"tokenizer_sha256": tokenizer_digest(tokenizer), "text_key": text_key, "bos": bos,
+            "max_doc_bytes": max_doc_bytes, "dedup": dedup}
+
+
+def _write_checked(writer: SequenceWriter, stats: Stats, seen: set, bad: list, digests: list | None,
+                   flat: np.ndarray, lengths: np.ndarray) -> None:
+    """A chunk with skipped items or under --dedup: count the skips in item order (under --strict the first one
+    stops the run), drop repeats, write the rest."""
+    keep = np.ones(len(lengths), dtype=bool)
+    events = list(bad)
+    for k, (i, where, digest) in enumerate(digests or ()):
+        if digest in seen:
+            keep[k] = False
+            events.append((i, where, "duplicate", "exact duplicate of an earlier document (--dedup)"))
+        else:
+            seen.add(digest)
+    for _, where, reason, msg in sorted(events, key=lambda e: e[0]):
+        stats.skip(where, reason, msg)
+    if not keep.all():
+        offsets = np.concatenate([[0], np.cumsum(lengths)])
+        flat = np.concatenate([flat[offsets[k]: offsets[k + 1]] for k in np.flatnonzero(keep)] or [flat[:0]])
+        lengths = lengths[keep]
+    if len(lengths):
+        writer.add_many(flat, lengths)
+        stats.written(len(lengths), int(lengths.sum()))
+
+
 @dataclass
 class PretrainResult:
     prefix: str  # PREFIX_text_document (what a recipe names)
@@ -131,6 +184,7 @@ def pretrain(
     progress: bool | None = None,
     quiet: bool = False,
     allow_empty: bool = False,
+    shard: "str | Shard | None" = None,
 ) -> PretrainResult:
     """Tokenize text documents into `{output_prefix}_text_document.bin/.idx` and `{output_prefix}_stats.json`.
 
@@ -139,6 +193,9 @@ def pretrain(
          what the tokenizer adds to plain text (BOS for Llama-3 and megafin's tokenizers); 'always'.
     encoder: 'auto' (verified tiktoken fast path, else HF), 'hf', 'tiktoken' (fail if not identical).
     allow_empty: write a (loadable) dataset of no documents instead of raising `EmptyOutputError`.
+    shard: 'i/N' = tokenize only shard i's part of the inputs (`data_prep.shards`) into `{output_prefix}_shardI-of-N`
+           (an empty shard is written, not refused: `data_prep merge` judges the whole); the merge of all N
+           shards is byte-identical to the run without --shard.
     Raises `BadInputError` under strict on the first bad item or for an unreadable input, `FileNotFoundError`
     for a missing input, `OutputError` for an output location that cannot be written. The outputs appear as
     one set (`data_prep.outputs`); a run that raises leaves the previous output as it was.
@@ -146,18 +203,30 @@ def pretrain(
     from tqdm import tqdm
 
     from data_prep.tokenizer import load_text_tokenizer
-    from data_prep.writers import import_builder
-
     workers = cap_workers(workers)
     paths = check_inputs([inputs] if isinstance(inputs, str) else list(inputs))
+    shard_info = None
+    if shard is not None:
+        from data_prep.shards import iter_pieces, parse_shard, plan
+
+        if dedup:
+            raise ValueError("--dedup with --shard: duplicates across shards cannot be found by one shard "
+                             "(expected --dedup on a run without --shard)")
+        shard = parse_shard(shard)
+        pieces = plan(paths, shard)
+        output_prefix = shard.prefix(output_prefix)
+        allow_empty = True
+        shard_info = {"index": shard.index, "count": shard.count, "pieces": [p.to_dict() for p in pieces]}
     outputs.check_output_prefix(output_prefix)
     tok = load_text_tokenizer(tokenizer)
     vocab = len(tok)
-    import_builder()  # ~3 s of megatron-core imports, kept out of the throughput numbers
     stats = Stats(strict=strict, quiet=quiet)
     raw_iter = iter_raw(paths, max_doc_bytes)
+    # The encoder is chosen on the corpus's first documents, whichever shard this is: the same choice as one run.
     head = list(itertools.islice(raw_iter, VERIFY_DOCS))
     enc_name = choose_encoder(tok, head, text_key, max_doc_bytes, encoder)
+    if shard_info is not None:
+        raw_iter, head = iter_pieces(pieces, max_doc_bytes), []
     chunks = chunked(itertools.chain(head, raw_iter), CHUNK_ITEMS, CHUNK_BYTES, _raw_size)
 
     out_prefix = f"{output_prefix}_text_document"
@@ -169,29 +238,14 @@ def pretrain(
             _encode_chunk, chunks, workers, _init_worker,
             (str(tokenizer), enc_name, text_key, max_doc_bytes, bos, dedup),
         )
-        for statuses, flat, lengths in results:
-            offsets = np.concatenate([[0], np.cumsum(lengths)])
-            keep_flat: list[np.ndarray] = []
-            keep_len: list[int] = []
-            j = 0  # index among the good items of this chunk
-            for where, reason, msg, digest in statuses:
-                stats.read()
-                if reason is not None:
-                    stats.skip(where, reason, msg)
-                    continue
-                k = j
-                j += 1
-                if dedup:
-                    if digest in seen:
-                        stats.skip(where, "duplicate", "exact duplicate of an earlier document (--dedup)")
-                        continue
-                    seen.add(digest)
-                keep_flat.append(flat[offsets[k] : offsets[k + 1]])
-                keep_len.append(int(lengths[k]))
-            if keep_len:
-                writer.add_many(np.concatenate(keep_flat), keep_len)
-                stats.written(len(keep_len), sum(keep_len))
-            bar.update(len(statuses))
+        for n_items, bad, digests, flat, lengths in results:
+            stats.read(n_items)
+            if not bad and digests is None:  # a clean chunk: written as it came
+                writer.add_many(flat, lengths)
+                stats.written(len(lengths), int(lengths.sum()))
+            else:
+                _write_checked(writer, stats, seen, bad, digests, flat, lengths)
+            bar.update(n_items)
             secs = max(stats.elapsed(), 1e-9)
             bar.set_postfix_str(f"{stats.docs_read / secs:,.0f} docs/s, {stats.tokens / secs:,.0f} tok/s", refresh=False)
         if stats.docs_written == 0 and not allow_empty:
@@ -200,7 +254,10 @@ def pretrain(
         result = stats.to_dict(
             output=out_prefix, inputs=input_fingerprint(paths), tokenizer=str(tokenizer), encoder=enc_name,
             workers=workers, dedup=dedup, token_dtype=np.dtype(token_dtype(vocab)).name, vocab_size=vocab,
+            settings=run_settings(tokenizer, text_key, bos, max_doc_bytes, dedup),
         )
+        if shard_info is not None:
+            result["shard"] = shard_info
         outputs.commit(out_prefix, files, f"{output_prefix}_stats.json", result)
     except BaseException:
         writer.abort()

@@ -62,11 +62,16 @@ def _display(path: str) -> str:
 
 
 class JsonlSource:
-    """JSON lines, plain or gzip-compressed (any path no other source claims)."""
+    """JSON lines, plain or gzip-compressed (any path no other source claims). Plain files can be read by byte
+    range (`data_prep pretrain --shard`); a gzip stream cannot be entered in the middle."""
 
     @staticmethod
     def matches(path: str) -> bool:
         return True
+
+    @staticmethod
+    def splittable(path: str) -> bool:
+        return not path.endswith(".gz")
 
     @staticmethod
     def raws(path: str, max_bytes: int) -> Iterator[Raw]:
@@ -82,14 +87,44 @@ class JsonlSource:
             raise BadInputError(f"{name}: unreadable gzip after {line_no[0]:,} lines ({e}); expected a complete "
                                 "gzip file (re-download or re-compress it)") from None
 
-
-def _iter_lines(f: Any, name: str, max_bytes: int, line_count: list[int]) -> Iterator[Raw]:
-    with f:
+    @staticmethod
+    def raws_range(path: str, max_bytes: int, start: int, end: int) -> Iterator[Raw]:
+        """The lines of a plain JSONL file that START at a byte offset in [start, end), numbered as in the whole
+        file (a line belongs to the range holding its first byte, so adjacent ranges share no line and miss none)."""
+        f = open(path, "rb")
         line_no = 0
-        while True:
+        if start > 0:
+            f.seek(start - 1)
+            f.readline()  # the rest of the line holding byte start-1: it started in an earlier range
+            start = f.tell()
+            line_no = _count_newlines(path, start)
+        yield from _iter_lines(f, _display(path), max_bytes, [0], first_line=line_no + 1, pos=start, end=end)
+
+
+def _count_newlines(path: str, stop: int, block: int = 1 << 24) -> int:
+    """Lines that end before byte `stop` (each ends with one newline): the line number preceding a range."""
+    n = 0
+    with open(path, "rb") as f:
+        left = stop
+        while left > 0:
+            b = f.read(min(block, left))
+            if not b:
+                break
+            n += b.count(b"\n")
+            left -= len(b)
+    return n
+
+
+def _iter_lines(f: Any, name: str, max_bytes: int, line_count: list[int], first_line: int = 1, pos: int = 0,
+                end: int | None = None) -> Iterator[Raw]:
+    """Lines of `f` as Raw items; with `end`, only those starting before byte `end` (`pos`: where `f` is now)."""
+    with f:
+        line_no = first_line - 1
+        while end is None or pos < end:
             chunk = f.readline(max_bytes + 1)
             if not chunk:
                 return
+            pos += len(chunk)
             line_no += 1
             line_count[0] = line_no
             if len(chunk) > max_bytes and not chunk.endswith(b"\n"):
@@ -100,6 +135,7 @@ def _iter_lines(f: Any, name: str, max_bytes: int, line_count: list[int]) -> Ite
                     size += len(more)
                     if not more or more.endswith(b"\n"):
                         break
+                pos += size - len(chunk)
                 yield Raw(name, line_no, None, oversize=size)
                 continue
             if not chunk.strip():

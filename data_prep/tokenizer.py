@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
@@ -255,6 +256,24 @@ def load_text_tokenizer(path: str | os.PathLike) -> Any:
             return load_tokenizer(path)  # raises the clear error
         _CACHE[key] = LiteTokenizer(p) if (p / "tokenizer.json").is_file() else load_tokenizer(p)
     return _CACHE[key]
+
+
+# The files of a tokenizer directory that decide its ids (a model directory's weights are not among them).
+_TOKENIZER_FILES = re.compile(r"^(tokenizer.*|special_tokens_map\.json|added_tokens\.json|vocab\..*|merges\.txt"
+                              r"|.*\.model|.*\.tiktoken)$")
+
+
+def tokenizer_digest(path: str | os.PathLike) -> str:
+    """sha256 over the names and bytes of the files that decide a tokenizer's ids: outputs made with the same
+    path but a retrained tokenizer differ here (`data_prep merge` refuses to mix them)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    p = Path(path)
+    for f in sorted(p.iterdir()) if p.is_dir() else []:
+        if f.is_file() and _TOKENIZER_FILES.match(f.name):
+            h.update(f.name.encode() + b"\0" + f.read_bytes() + b"\0")
+    return h.hexdigest()
 
 
 def special_ids(tok: Any) -> dict[str, int | None]:

@@ -70,6 +70,9 @@ def build_parser() -> argparse.ArgumentParser:
     from megafin.distill.cli import add_command as _distill_command
 
     _distill_command(sub)  # distill
+    from megafin.plan.cli import add_command as _plan_command
+
+    _plan_command(sub)  # plan
     from megafin.eval.tasks.registry import TASKS, task_names
 
     evaluate = sub.add_parser("eval", help="evaluate a model on the financial tasks")

@@ -10,11 +10,17 @@ import yaml
 
 from megafin.config.errors import ConfigError
 from megafin.config.resolve import resolve
-from megafin.config.schema import Config
+from megafin.config.schema import Config, Switch
 
 
 def load_config(recipe: str | Path | None, overrides: Sequence[str] = ()) -> Config:
     """Read a recipe and apply overrides such as `parallel.tp=2` or `data.blend=[...]` (YAML values)."""
+    return resolve(read_config(recipe, overrides))
+
+
+def read_config(recipe: str | Path | None, overrides: Sequence[str] = ()) -> Config:
+    """The recipe and overrides as written, every `auto` left unsettled: for `megafin plan`, which settles them for
+    the GPUs the recipe is meant for, not for this machine."""
     raw: dict[str, Any] = {}
     if recipe is not None:
         path = Path(recipe)
@@ -31,7 +37,7 @@ def load_config(recipe: str | Path | None, overrides: Sequence[str] = ()) -> Con
         raw = loaded
     for item in overrides:
         _apply_override(raw, item)
-    return resolve(build(Config, raw, prefix=""))
+    return build(Config, raw, prefix="")
 
 
 def config_from_snapshot(raw: Mapping[str, Any]) -> Config:
@@ -41,6 +47,7 @@ def config_from_snapshot(raw: Mapping[str, Any]) -> Config:
     the same weights), so they are settled anew."""
     cfg = build(Config, _known_keys(Config, raw), prefix="")
     cfg.model.attention_backend = cfg.model.logprob_backend = "auto"
+    cfg.model.fusions = type(cfg.model.fusions)()  # kernels, like backends, are this machine's: all auto
     return resolve(cfg)
 
 
@@ -154,6 +161,10 @@ def _convert(tp: Any, value: Any, key: str, errors: list[str]) -> Any:
             except ValueError:
                 pass
         _fail(errors, f"{key}: expected a number, got {value!r}")
+    if tp is Switch:  # auto | on | off, where YAML turned a bare on/off into a boolean
+        if isinstance(value, bool):
+            return "on" if value else "off"
+        tp = str
     if tp is str:
         if isinstance(value, (str, int, float)) and not isinstance(value, bool):
             return str(value)

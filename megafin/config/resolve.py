@@ -8,6 +8,10 @@ from megafin.config.schema import Config
 def resolve(cfg: Config) -> Config:
     """Replace `auto` choices by the concrete ones for this machine (in place; returns cfg)."""
     from megafin.models.backends import resolve_backends
+    from megafin.models.fusions import resolve_fusions
 
     cfg.model.attention_backend, cfg.model.logprob_backend = resolve_backends(cfg.model)
+    fusions = cfg.model.fusions
+    for key, value in resolve_fusions(fusions).items():
+        setattr(fusions, key, value)
     return cfg

@@ -16,6 +16,25 @@ class RopeScalingConfig:
     original_max_position_embeddings: int = 8192
 
 
+class Switch(str):
+    """A value auto | on | off. YAML reads a bare on/off (or true/false) as a boolean; the loader maps those back."""
+
+
+@dataclass
+class FusionsConfig:
+    """megatron-core's fused kernels (megafin/models/fusions.py). Each: auto (on where this machine has the kernel:
+    CUDA, and TE or apex for some) | on (refused where the kernel is missing) | off. `all: off` turns every fusion
+    left at auto off. CPU: all off."""
+    all: Switch = "auto"  # type: ignore[assignment]
+    rope: Switch = "auto"  # type: ignore[assignment]
+    bias_activation: Switch = "auto"  # type: ignore[assignment]
+    bias_dropout: Switch = "auto"  # type: ignore[assignment]
+    masked_softmax: Switch = "auto"  # type: ignore[assignment]
+    gradient_accumulation: Switch = "auto"  # type: ignore[assignment]
+    cross_entropy: Switch = "auto"  # type: ignore[assignment]
+    persist_layer_norm: Switch = "auto"  # type: ignore[assignment]
+
+
 @dataclass
 class ModelConfig:
     family: str = "llama"  # llama | qwen2: the Hugging Face architecture `megafin convert` maps to and from
@@ -45,6 +64,7 @@ class ModelConfig:
     # Where the training forward computes logits and log-probs: targets (only positions the loss mask selects; the
     # same loss and gradients, less work when the loss covers part of the tokens, e.g. responses) | all.
     loss_positions: str = "targets"
+    fusions: FusionsConfig = field(default_factory=FusionsConfig)
     # Activation recomputation (megatron-core's recompute_granularity): none | selective (recompute_modules of every
     # layer in the backward pass; core_attn by default, megatron-core's) | full (whole layers: recompute_method
     # uniform, in groups of recompute_num_layers, or block, the first recompute_num_layers layers of each pipeline
@@ -67,6 +87,9 @@ class ParallelConfig:
     global_batch_size: int = 8
     distributed_optimizer: bool = False
     overlap_grad_reduce: bool = False
+    # With distributed_optimizer: the parameter all-gather after the step overlaps the next forward (megatron-core's
+    # forward pre-hooks); parameters are gathered in full before a checkpoint is saved or validation runs.
+    overlap_param_gather: bool = False
     sequence_parallel: bool = False
 
 

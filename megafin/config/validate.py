@@ -11,6 +11,7 @@ from data_prep.outputs import check_complete, file_creation_error
 from megafin.config.errors import ConfigError
 from megafin.config.schema import Config
 from megafin.models.backends import ATTENTION_BACKENDS, LOGPROB_BACKENDS, cuda_available, te_available
+from megafin.models.fusions import fusion_problems
 from megafin.models.layout import layout_problems
 from megafin.models.registry import FAMILIES
 from megafin.runtime.run_dir import checkpoint_overwrite_problem
@@ -26,16 +27,22 @@ RECOMPUTE_MODULES = ("core_attn", "mlp", "layernorm")
 _INDEX_MAGIC = b"MMIDIDX\x00\x00"
 
 
-def validate(cfg: Config, world_size: int) -> None:
+def validate(cfg: Config, world_size: int, on_this_machine: bool = True) -> None:
     """Raise ConfigError listing every problem found, one line each. Needs only the config, the world size and the
-    filesystem. A check that depends on a value already reported bad is skipped (one cause, one line)."""
+    filesystem. A check that depends on a value already reported bad is skipped (one cause, one line).
+    on_this_machine=False checks a recipe for the cluster it is meant for (e.g. an 8B recipe on a laptop): the checks
+    of this machine's files (data, tokenizer, checkpoints, run_dir) and devices (CUDA, Transformer Engine) are left
+    to the run itself, every other check is made."""
     from megafin.stages import stage_class, stage_names
 
-    c = Checks()
+    c = Checks(on_this_machine)
     names = stage_names()
     stage = stage_class(cfg.stage) if c.require(cfg.stage in names, "stage", f"one of {', '.join(names)}",
                                                  cfg.stage) else None
-    _validate_run_dir(c, cfg.run_dir)
+    if c.on_this_machine:
+        _validate_run_dir(c, cfg.run_dir)
+    else:
+        c.require(bool(cfg.run_dir), "run_dir", "a directory path", cfg.run_dir)
     _validate_model(c, cfg.model)
     _validate_parallel(c, cfg, world_size)
     _validate_recompute(c, cfg)
@@ -44,7 +51,7 @@ def validate(cfg: Config, world_size: int) -> None:
     _validate_precision(c, cfg)
     _validate_schedule(c, cfg)
     _validate_data(c, cfg, stage)
-    if problem := checkpoint_overwrite_problem(cfg):  # megafin/runtime/run_dir.py
+    if c.on_this_machine and (problem := checkpoint_overwrite_problem(cfg)):  # megafin/runtime/run_dir.py
         c.errors.append(problem)
     from megafin.eval.in_training import check as check_training_eval
 
@@ -55,8 +62,9 @@ def validate(cfg: Config, world_size: int) -> None:
 class Checks:
     """Collects every failed check as one `key: expected ..., got ...` line."""
 
-    def __init__(self) -> None:
+    def __init__(self, on_this_machine: bool = True) -> None:
         self.errors: list[str] = []
+        self.on_this_machine = on_this_machine  # False: skip checks of this machine's files and devices
 
     def require(self, ok: bool, key: str, expected: str, got: object) -> bool:
         if not ok:
@@ -114,12 +122,13 @@ def _validate_model(c: Checks, m: Any) -> None:
               f"one of {', '.join(LOGPROB_BACKENDS)}", m.logprob_backend)
     c.require(m.loss_positions in ("targets", "all"), "model.loss_positions", "targets or all", m.loss_positions)
     for key in ("attention_backend", "logprob_backend"):
-        if getattr(m, key) == "triton":
+        if getattr(m, key) == "triton" and c.on_this_machine:
             c.require(cuda_available() or os.environ.get("TRITON_INTERPRET") == "1", f"model.{key}",
                       "triton only on CUDA (or with TRITON_INTERPRET=1, for testing)", "triton")
-    if m.attention_backend == "te":
+    if m.attention_backend == "te" and c.on_this_machine:
         c.require(cuda_available() and te_available(), "model.attention_backend",
                   "te only with CUDA and transformer_engine installed (use auto or sdpa)", "te")
+    c.errors.extend(fusion_problems(m.fusions))  # model.fusions.<key>: a bad value, or `on` without its kernel
 
 
 def _validate_parallel(c: Checks, cfg: Config, world_size: int) -> None:
@@ -131,9 +140,13 @@ def _validate_parallel(c: Checks, cfg: Config, world_size: int) -> None:
         tp_ok, pp_ok = tp_ok and misfit.axis != "tp", pp_ok and misfit.axis != "pp"
     mbs_ok = c.require(par.micro_batch_size >= 1, "parallel.micro_batch_size", "a positive integer",
                        par.micro_batch_size)
-    if par.sequence_parallel and c.require(par.tp > 1, "parallel.sequence_parallel", "false when parallel.tp=1", True):
+    if par.sequence_parallel and c.require(par.tp > 1, "parallel.sequence_parallel", "false when parallel.tp=1", True) \
+            and c.on_this_machine:
         c.require(cuda_available() and te_available(), "parallel.sequence_parallel",
                   "false without CUDA and Transformer Engine (the local RMSNorm does not support it)", True)
+    if par.overlap_param_gather:
+        c.require(par.distributed_optimizer, "parallel.overlap_param_gather",
+                  "false unless parallel.distributed_optimizer=true (it overlaps the optimizer's all-gather)", True)
     vpp_ok = _validate_virtual_pp(c, cfg, pp_ok)
     if not (tp_ok and pp_ok):
         return
@@ -182,7 +195,7 @@ def _validate_recompute(c: Checks, cfg: Config) -> None:
         bad = [name for name in m.recompute_modules if name not in RECOMPUTE_MODULES]
         if c.require(bool(m.recompute_modules) and not bad, "model.recompute_modules",
                      f"a non-empty list of {', '.join(RECOMPUTE_MODULES)}", m.recompute_modules) \
-                and "layernorm" in m.recompute_modules:
+                and "layernorm" in m.recompute_modules and c.on_this_machine:
             # megatron-core 0.16's CheckpointWithoutOutput takes Transformer Engine's FP8 path even without FP8
             c.require(te_available(), "model.recompute_modules",
                       "no layernorm without transformer_engine installed (megatron-core recomputes norms through it)",
@@ -200,7 +213,8 @@ def _validate_recompute(c: Checks, cfg: Config) -> None:
 
 def _validate_precision(c: Checks, cfg: Config) -> None:
     dtype = cfg.precision.dtype
-    if c.require(dtype in DTYPES, "precision.dtype", f"one of {', '.join(DTYPES)}", dtype) and dtype == "fp8":
+    if c.require(dtype in DTYPES, "precision.dtype", f"one of {', '.join(DTYPES)}", dtype) and dtype == "fp8" \
+            and c.on_this_machine:
         if c.require(cuda_available(), "precision.dtype", "fp8 only on CUDA GPUs (Hopper or newer); use bf16 or fp32",
                      "fp8"):
             c.require(te_available(), "precision.dtype", "fp8 needs transformer_engine installed (pip install .[gpu])",
@@ -221,6 +235,8 @@ def _validate_schedule(c: Checks, cfg: Config) -> None:
     c.require(train.max_bad_steps >= 1, "train.max_bad_steps", "at least 1", train.max_bad_steps)
     c.require(train.collective_timeout_s > 0, "train.collective_timeout_s", "a positive number of seconds",
               train.collective_timeout_s)
+    if not c.on_this_machine:
+        return
     if train.resume not in ("auto", "none"):
         c.require(Path(train.resume).is_dir(), "train.resume", "auto, none or an existing checkpoint directory",
                   train.resume)
@@ -235,7 +251,8 @@ def _validate_data(c: Checks, cfg: Config, stage: Any) -> None:
         c.require(data.seq_length <= m.max_position_embeddings, "data.seq_length",
                   f"at most model.max_position_embeddings={m.max_position_embeddings}", data.seq_length)
     format_ok = c.require(data.format in DATA_FORMATS, "data.format", f"one of {', '.join(DATA_FORMATS)}", data.format)
-    if c.require(bool(data.tokenizer), "data.tokenizer", "a Hugging Face tokenizer directory", "(empty)"):
+    if c.require(bool(data.tokenizer), "data.tokenizer", "a Hugging Face tokenizer directory", "(empty)") \
+            and c.on_this_machine:
         c.require(Path(data.tokenizer, "tokenizer_config.json").is_file()
                   or Path(data.tokenizer, "tokenizer.json").is_file(),
                   "data.tokenizer", "a directory with tokenizer.json or tokenizer_config.json", data.tokenizer)
@@ -248,7 +265,7 @@ def _validate_data(c: Checks, cfg: Config, stage: Any) -> None:
                               f"packed for stage {cfg.stage} (data_prep sft/mix/preference)", data.format)
     if blend_ok and format_ok:
         if data.format == "pretrain":
-            for i, entry in enumerate(data.blend):
+            for i, entry in enumerate(data.blend if c.on_this_machine else ()):
                 _validate_indexed(c, f"data.blend[{i}].path", entry.path)
         else:
             _validate_packed(c, cfg, want)
@@ -292,7 +309,7 @@ def _validate_packed(c: Checks, cfg: Config, want: Optional[str]) -> None:
 
     data = cfg.data
     if not c.require(len(data.blend) == 1, "data.blend", "exactly one packed dataset prefix for data.format=packed",
-                     f"{len(data.blend)} entries"):
+                     f"{len(data.blend)} entries") or not c.on_this_machine:
         return
     prefix = data.blend[0].path
     for path in packed_prefix_files(prefix):

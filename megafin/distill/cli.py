@@ -64,9 +64,11 @@ def add_command(sub: Any) -> None:
     pol.add_argument("--batch-size", type=int, default=16, help="prompts per engine call and per flushed write")
 
     jud = p.add_argument_group("judge")
-    jud.add_argument("--judge-base-url", required=True, help="the judge's OpenAI-compatible endpoint, e.g. "
-                                                             "http://127.0.0.1:8001/v1 (vllm serve, megafin serve)")
-    jud.add_argument("--judge-model", required=True, help="the judge's model name at that endpoint")
+    jud.add_argument("--judge-base-url", default=None, help="the judge's OpenAI-compatible endpoint, e.g. "
+                                                            "http://127.0.0.1:8001/v1 (vllm serve, megafin serve); "
+                                                            "none: --outcome-judge rules judges by rules alone "
+                                                            "(outcome pairs only)")
+    jud.add_argument("--judge-model", default=None, help="the judge's model name at that endpoint")
     jud.add_argument("--judge-template", default="outcome_process", help="a built-in template name or a file")
     jud.add_argument("--judge-api-key-env", default=None, help="environment variable with the judge's API key "
                                                                "(none for a local server)")
@@ -90,6 +92,7 @@ def _settings(args: argparse.Namespace):
     from megafin.distill.errors import DistillError
     from megafin.distill.pairs import PAIR_KINDS
     from megafin.distill.pipeline import DistillSettings
+    from megafin.distill.rule_judge import MODEL_NAME as RULES_JUDGE
     from megafin.distill.sampling import SamplingSettings
     from megafin.generate.api import GenerationError, SamplingParams
     from megafin.generate.jobs import parse_shard
@@ -108,6 +111,11 @@ def _settings(args: argparse.Namespace):
         raise DistillError(f"--limit: expected a positive integer, got {args.limit}")
     if args.judge_timeout <= 0 or args.judge_retries < 0 or args.rule_rel_tol < 0:
         raise DistillError("--judge-timeout: expected > 0; --judge-retries and --rule-rel-tol: expected >= 0")
+    if (args.judge_base_url is None) != (args.judge_model is None):
+        raise DistillError("--judge-base-url and --judge-model go together (a judge needs both)")
+    if args.judge_base_url is None and args.outcome_judge != "rules":
+        raise DistillError("--judge-base-url: expected the LLM judge's endpoint, or --outcome-judge rules to judge "
+                           "outcomes by rules alone (no step-corrective pairs then)")
     if args.overlap_n < 1:
         raise DistillError(f"--overlap-n: expected a positive integer, got {args.overlap_n}")
     kinds = tuple(k.strip() for k in args.pair_kinds.split(",") if k.strip())
@@ -118,8 +126,9 @@ def _settings(args: argparse.Namespace):
     if args.context_field:
         fields["context"] = args.context_field
     return DistillSettings(
-        prompts=Path(args.prompts), out=Path(args.out), policy=args.model, judge_model=args.judge_model,
-        judge_template=args.judge_template, source=args.source,
+        prompts=Path(args.prompts), out=Path(args.out), policy=args.model,
+        judge_model=args.judge_model or RULES_JUDGE,
+        judge_template=args.judge_template if args.judge_model else RULES_JUDGE, source=args.source,
         fields=fields if args.source == "jsonl" else {}, limit=args.limit,
         eval_data_dir=Path(args.eval_data_dir) if args.eval_data_dir else None, allow_overlap=args.allow_overlap,
         drop_overlap=args.drop_overlap,
@@ -141,9 +150,14 @@ def open_policy(args: argparse.Namespace):
         batch_size=args.batch_size))
 
 
-def open_judge(args: argparse.Namespace, run_dir: Path):
+def open_judge(args: argparse.Namespace, run_dir: Path, prompts: list):
+    """The LLM judge at --judge-base-url, or without one the rules-only judge (rule_judge.py)."""
     from megafin.distill.judge import JudgeClient
 
+    if args.judge_base_url is None:
+        from megafin.distill.rule_judge import RuleJudge
+
+        return RuleJudge({row.id: row.answer for row in prompts}, args.rule_rel_tol)
     key = os.environ.get(args.judge_api_key_env, "") if args.judge_api_key_env else ""
     return JudgeClient(args.judge_base_url, args.judge_model, template=args.judge_template,
                        cache_dir=Path(args.judge_cache) if args.judge_cache else run_dir / "judge_cache",
@@ -164,7 +178,7 @@ def run(args: argparse.Namespace) -> int:
             from megafin.generate.engines import engine_class
 
             engine_class(args.engine)  # an unknown name fails before any work
-        stats = run_distill(settings, lambda: open_policy(args), lambda: open_judge(args, settings.run_dir()))
+        stats = run_distill(settings, lambda: open_policy(args), lambda prompts: open_judge(args, settings.run_dir(), prompts))
     except (DistillError, GenerationError, JudgeError, TemplateError) as err:
         print(f"megafin distill: error: {err}", file=sys.stderr, flush=True)
         return EXIT_CONFIG_ERROR

@@ -105,8 +105,10 @@ def load_prompts(settings: DistillSettings) -> tuple[list[PromptRow], dict]:
     return [r for k, r in enumerate(rows) if k % n == i], overlap
 
 
-def run_distill(settings: DistillSettings, open_policy: Callable[[], Any], open_judge: Callable[[], Any]) -> dict:
-    """Every step that has work left; returns stats.json's content (also written)."""
+def run_distill(settings: DistillSettings, open_policy: Callable[[], Any],
+                open_judge: Callable[[list[PromptRow]], Any]) -> dict:
+    """Every step that has work left; returns stats.json's content (also written). open_judge gets this shard's
+    prompts (the rules-only judge reads their checkable answers)."""
     prompts, overlap = load_prompts(settings)
     template = PromptTemplate(settings.prompt_template)
     run_dir = settings.run_dir()
@@ -138,7 +140,7 @@ def run_distill(settings: DistillSettings, open_policy: Callable[[], Any], open_
 
     judging: dict = {"to_judge": 0, "judge": {}}
     if any(needs_judging(latest.get(k)) for k in samples):
-        judge = open_judge()
+        judge = open_judge(prompts)
         try:
             judging = run_judging(judge, prompts, samples, judgments_path, settings.judge_model,
                                   settings.judge_template, settings.progress)

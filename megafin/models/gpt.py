@@ -11,13 +11,16 @@ from megatron.core.transformer.transformer_layer import get_transformer_layer_of
 
 from megafin.config.schema import Config, ModelConfig
 from megafin.models.backends import resolve_backends
+from megafin.models.fusions import transformer_config_flags
 from megafin.models.layout import padded_vocab_size
 from megafin.models.spec import decoder_layer_spec
 
 _DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp8": torch.bfloat16}
 
 
-def transformer_config(cfg: Config) -> TransformerConfig:
+def transformer_config(cfg: Config, initialize: bool = True) -> TransformerConfig:
+    """initialize=False: the weights are loaded right after the build (train.init_from), so none is drawn; each rank
+    allocates only its own shards, on the GPU where there is one, instead of every full weight on the host."""
     m, par = cfg.model, cfg.parallel
     dtype = _DTYPES[cfg.precision.dtype]
     on_cuda = torch.cuda.is_available()
@@ -47,16 +50,11 @@ def transformer_config(cfg: Config) -> TransformerConfig:
         params_dtype=dtype,
         pipeline_dtype=dtype,
         bf16=cfg.precision.dtype in ("bf16", "fp8"),
-        # Fusions are CUDA kernels; on CPU the unfused PyTorch paths run.
-        bias_activation_fusion=False,
-        bias_dropout_fusion=False,
-        masked_softmax_fusion=False,
-        apply_rope_fusion=False,
-        persist_layer_norm=False,
-        gradient_accumulation_fusion=False,
+        # Fused kernels where this machine has them (model.fusions, settled by config resolution); all off on CPU.
+        **transformer_config_flags(m.fusions),
         # CPU init builds each full weight and splits it, so every TP/PP layout starts from identical weights.
-        use_cpu_initialization=True,
-        perform_initialization=True,
+        use_cpu_initialization=initialize or not on_cuda,
+        perform_initialization=initialize,
         # Loss is a sum over tokens; the step divides by the global token count (not a mean of means).
         calculate_per_token_loss=True,
         batch_p2p_sync=False,  # avoids a torch.cuda.synchronize in p2p_communication on CPU; harmless on GPU
@@ -104,9 +102,10 @@ def _layout_independent_layer(layer_cls: type, seed: int) -> type:
 
 
 def build_model(cfg: Config, vocab_size: int, pre_process: bool | None = None,
-                post_process: bool | None = None, vp_stage: int | None = None) -> GPTModel:
+                post_process: bool | None = None, vp_stage: int | None = None, initialize: bool = True) -> GPTModel:
     """This rank's pipeline stage of the model (the whole model at pp=1); with parallel.virtual_pp > 1, its model
-    chunk `vp_stage` (megafin.train.model_chunks builds them all)."""
+    chunk `vp_stage` (megafin.train.model_chunks builds them all). initialize=False: its weights are allocated but
+    not drawn (uninitialized memory), for a caller that loads every weight next."""
     m: ModelConfig = cfg.model
     if pre_process is None:
         pre_process = parallel_state.is_pipeline_first_stage(ignore_virtual=vp_stage is None, vp_stage=vp_stage)
@@ -123,7 +122,7 @@ def build_model(cfg: Config, vocab_size: int, pre_process: bool | None = None,
         model_cls, extra = LogprobGPTModel, {"logprob_backend": logprob, "loss_positions": m.loss_positions}
     model = model_cls(
         **extra,
-        config=transformer_config(cfg),
+        config=transformer_config(cfg, initialize),
         transformer_layer_spec=spec,
         vocab_size=padded_vocab_size(vocab_size, m.make_vocab_size_divisible_by),
         max_sequence_length=m.max_position_embeddings,

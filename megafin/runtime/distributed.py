@@ -87,7 +87,8 @@ def init_distributed(launch: LaunchEnv, tp: int, pp: int, seed: int,
             **rendezvous,
         )
     parallel_state.initialize_model_parallel(tensor_model_parallel_size=tp, pipeline_model_parallel_size=pp,
-                                             virtual_pipeline_model_parallel_size=virtual_pp if virtual_pp > 1 else None,
+                                             virtual_pipeline_model_parallel_size=(virtual_pp if virtual_pp > 1
+                                                                                   else None),
                                              distributed_timeout_minutes=collective_timeout_s / 60)
     model_parallel_cuda_manual_seed(seed)
     return device

@@ -52,7 +52,7 @@ def load_model(ckpt: Path, tp: int = 1, pp: int = 1) -> tuple[torch.nn.Module, C
 
     ckpt = Path(ckpt)
     cfg, vocab = checkpoint_config(ckpt)
-    model = build_model(model_build_config(cfg, tp, pp), vocab)
+    model = build_model(model_build_config(cfg, tp, pp), vocab, initialize=False)  # every weight is loaded next
     load_checkpoint(ckpt, model, None, None)
     model.eval()
     return model, cfg, vocab

@@ -1,6 +1,7 @@
 """The one training loop, on megatron-core's own machinery (schedules, DDP, optimizer, dist checkpoints)."""
 from __future__ import annotations
 
+import contextlib
 import math
 import sys
 import time
@@ -118,8 +119,10 @@ class Trainer:
         self.dp_size = parallel_state.get_data_parallel_world_size()
         tokenizer = HFTokenizerAdapter(cfg.data.tokenizer)
         self.vocab_size = cfg.model.vocab_size or tokenizer.vocab_size
+        # With train.init_from every weight is loaded (policy and DPO reference alike): none is drawn first.
+        initialize = not cfg.train.init_from
         # One model chunk per virtual pipeline stage (one in all without parallel.virtual_pp), wrapped in DDP.
-        self.chunks = ModelChunks(cfg, self.vocab_size)
+        self.chunks = ModelChunks(cfg, self.vocab_size, initialize=initialize)
         # What checkpoints save and load and stages prepare: the model, or the list of its chunks.
         self.model = self.chunks.checkpoint_model()
         opt = cfg.optimizer
@@ -129,7 +132,8 @@ class Trainer:
                             weight_decay=opt.weight_decay, adam_beta1=opt.beta1, adam_beta2=opt.beta2,
                             adam_eps=opt.eps, clip_grad=opt.clip_grad,
                             bf16=dtype == torch.bfloat16, params_dtype=dtype,
-                            use_distributed_optimizer=par.distributed_optimizer),
+                            use_distributed_optimizer=par.distributed_optimizer,
+                            overlap_param_gather=par.overlap_param_gather),
             self.chunks.schedule_model(),
         )
         fix_torch_adam_step_state(self.optimizer)
@@ -167,7 +171,7 @@ class Trainer:
         # e.g. DPO reference log-probs, before the policy's own weights are loaded
         self.stage.prepare(StageContext(
             cfg=cfg, model=self.model, forward_model=self.chunks.forward_model(),
-            build_model=lambda: build_model(cfg, self.vocab_size),
+            build_model=lambda: build_model(cfg, self.vocab_size, initialize=initialize),
             load_weights=lambda path, model: load_checkpoint(path, model, None, None),
             train_data=self.train_batches.dataset, vocab_size=self.vocab_size))
         self.progress = self._resume(resume_from)
@@ -210,6 +214,9 @@ class Trainer:
             return progress
         if cfg.train.init_from:
             load_checkpoint(cfg.train.init_from, self.model, None, None)
+            # The optimizer's fp32 main copies (bf16, distributed optimizer) were taken from the weights at build
+            # time: take them from the loaded ones, as Megatron-LM does after a load without optimizer state.
+            self.optimizer.reload_model_params()
             self._say(f"initialized weights from {cfg.train.init_from}")
         return Progress()
 
@@ -254,6 +261,20 @@ class Trainer:
         totals = totals.cpu()
         return {**self.stage.summarize(totals[:width]), "computed_tokens": int(totals[width].item())}
 
+    @contextlib.contextmanager
+    def _params_gathered(self) -> Iterator[None]:
+        """Collective. parallel.overlap_param_gather leaves the step's parameter all-gather to the next training
+        forward's pre-hooks: finish it before anything else reads the weights (a save, validation, rank 0's task
+        eval, which must not start a collective alone), and re-arm the hooks after."""
+        if not self.cfg.parallel.overlap_param_gather:  # validated: only with the distributed optimizer
+            yield
+            return
+        self.chunks.disable_forward_pre_hook()  # waits for, or runs, every bucket's all-gather
+        try:
+            yield
+        finally:
+            self.chunks.enable_forward_pre_hook()
+
     def evaluate(self) -> dict[str, Any]:
         """Validation over train.eval_iters global batches: a metric is the mean of its per-batch values (as logged
         in training), the stage's count (target tokens, pairs) their total."""
@@ -286,7 +307,8 @@ class Trainer:
             (Path(cfg.run_dir) / "config.yaml").write_text(yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
         self._say(f"{self.num_params / 1e6:.2f}M parameters on this rank; world {dist.get_world_size()} = "
                   f"tp {cfg.parallel.tp} x pp {cfg.parallel.pp} x dp {self.dp_size}; "
-                  f"attention {self.chunks.models[0].megafin_attention_backend}; {self.launch.launcher} launch")
+                  f"attention {self.chunks.models[0].megafin_attention_backend}; fusions {self._fusions_on()}; "
+                  f"{self.launch.launcher} launch")
         G = cfg.parallel.global_batch_size
         saved_at = self.saved_step
         try:
@@ -317,9 +339,12 @@ class Trainer:
                     mfu=self.peak.mfu(tokens_per_s * self.flops_per_token, dist.get_world_size()),
                 )
                 if cfg.train.eval_interval and step % cfg.train.eval_interval == 0 and self.valid_batches:
-                    record.update(self.evaluate())
-                if self.task_eval is not None and self.is_logger and self.task_eval.due(step):
-                    record.update(self._task_scores())
+                    with self._params_gathered():
+                        record.update(self.evaluate())
+                if self.task_eval is not None and self.task_eval.due(step):
+                    with self._params_gathered():
+                        if self.is_logger:
+                            record.update(self._task_scores())
                 metrics.log(record)
                 bad.check(step)
                 stop_now = self._agree(stop.requested)
@@ -342,6 +367,12 @@ class Trainer:
             metrics.close()
             stop.uninstall()
 
+    def _fusions_on(self) -> str:
+        from megafin.models.fusions import FUSIONS
+
+        on = [f.key for f in FUSIONS if getattr(self.cfg.model.fusions, f.key) == "on"]
+        return ", ".join(on) if on else "none"
+
     def _task_scores(self) -> dict[str, Any]:
         """train.eval_tasks on the live model (rank 0); the reason, said once, when it cannot be decoded live."""
         te = self.task_eval
@@ -359,9 +390,10 @@ class Trainer:
         return bool(t.item())
 
     def _save(self) -> None:
-        path = save_checkpoint(self.cfg.run_dir, self.model, self.optimizer, self.scheduler, self.progress,
-                               keep_last=self.cfg.checkpoint.keep_last,
-                               extra_meta={"vocab_size": self.vocab_size, "config": config_to_dict(self.cfg)})
+        with self._params_gathered():
+            path = save_checkpoint(self.cfg.run_dir, self.model, self.optimizer, self.scheduler, self.progress,
+                                   keep_last=self.cfg.checkpoint.keep_last,
+                                   extra_meta={"vocab_size": self.vocab_size, "config": config_to_dict(self.cfg)})
         self._say(f"saved checkpoint {path}")
 
 

@@ -18,7 +18,7 @@ class ModelChunks:
     """`models`: the bare GPTModel chunks (for checkpoints and weights); `wrapped`: what the schedules and the
     optimizer take (Float16Module under bf16, inside megatron-core's DistributedDataParallel)."""
 
-    def __init__(self, cfg: Config, vocab_size: int) -> None:
+    def __init__(self, cfg: Config, vocab_size: int, initialize: bool = True) -> None:
         from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig
         from megatron.core.transformer.module import Float16Module
 
@@ -26,10 +26,12 @@ class ModelChunks:
 
         par = cfg.parallel
         stages = [None] if par.virtual_pp == 1 else list(range(par.virtual_pp))
-        self.models = [build_model(cfg, vocab_size, vp_stage=v) for v in stages]
+        # initialize=False: every weight is loaded next (train.init_from), so none is drawn
+        self.models = [build_model(cfg, vocab_size, vp_stage=v, initialize=initialize) for v in stages]
         ddp_config = DistributedDataParallelConfig(
             grad_reduce_in_fp32=True,
             overlap_grad_reduce=par.overlap_grad_reduce,
+            overlap_param_gather=par.overlap_param_gather,
             use_distributed_optimizer=par.distributed_optimizer,
         )
         self.wrapped = []
@@ -66,6 +68,15 @@ class ModelChunks:
         if len(self.wrapped) == 1:
             return micro_batches
         return list(itertools.tee(micro_batches, len(self.wrapped)))
+
+    def disable_forward_pre_hook(self) -> None:
+        """parallel.overlap_param_gather: finish every chunk's pending parameter all-gather, hooks off."""
+        for chunk in self.wrapped:
+            chunk.disable_forward_pre_hook()
+
+    def enable_forward_pre_hook(self) -> None:
+        for chunk in self.wrapped:
+            chunk.enable_forward_pre_hook()
 
     def zero_grad_buffer(self) -> None:
         for chunk in self.wrapped:

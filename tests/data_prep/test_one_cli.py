@@ -30,7 +30,7 @@ def test_megafin_prep_has_the_data_prep_commands():
 
     prep = next(a for a in megafin_parser()._actions if getattr(a, "choices", None) and "prep" in a.choices)
     assert _subcommands(prep.choices["prep"]) == _subcommands(build_parser()) == {
-        "tokenizer", "pretrain", "sft", "preference", "mix"}
+        "tokenizer", "pretrain", "merge", "sft", "preference", "mix"}
 
 
 def test_megafin_prep_sft_writes_the_same_bytes(sample_tok, tmp_path, capsys):

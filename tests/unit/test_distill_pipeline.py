@@ -32,7 +32,7 @@ def run(s: DistillSettings, server, policies: list | None = None, **judge_kw) ->
             policies.append(policy)
         return policy
 
-    def open_judge():
+    def open_judge(_prompts):
         return JudgeClient(server.base_url, server.model, cache_dir=s.out / "cache", concurrency=4, timeout_s=5,
                            retries=judge_kw.get("retries", 0), backoff_s=0.01)
 
@@ -141,3 +141,37 @@ def test_other_settings_on_the_same_out_are_refused(tmp_path, judge_server):
     run(settings(tmp_path, server), server)
     with pytest.raises(DistillError, match=r"written by a run with n=4, this run has n=2"):
         run(settings(tmp_path, server, sampling=SamplingSettings(n=2, temperature=0.7, seed=7)), server)
+
+
+def test_rules_alone_judge_outcomes_without_an_endpoint(tmp_path):
+    """--outcome-judge rules with no judge endpoint: outcomes from the rule verifier, no request, outcome pairs only
+    (no process judgment: step-corrective pairs are counted as skipped), and text references not_checkable."""
+    from megafin.distill.rule_judge import MODEL_NAME, RuleJudge
+
+    prompts = write_prompts(tmp_path / "prompts.jsonl", 3)
+    with prompts.open("a") as f:
+        f.write(json.dumps({"id": "t", "question": "Q: compute 11 in words?", "answer": "eleven"}) + "\n")
+    s = DistillSettings(prompts=prompts, out=tmp_path / "out", policy="known-policy", judge_model=MODEL_NAME,
+                        judge_template=MODEL_NAME, source="jsonl", allow_overlap=True, progress=False,
+                        outcome_judge="rules",
+                        sampling=SamplingSettings(n=4, temperature=0.7, max_new_tokens=32, seed=7, batch_size=4))
+    stats = run_distill(s, KnownPolicy, lambda rows: RuleJudge({r.id: r.answer for r in rows}))
+    assert stats["judged"] == 16 == stats["kept"] + sum(stats["discarded"].values())
+    assert stats["discarded"]["not_checkable"] == 4 and stats["kept"] == 12
+    pairs = read_jsonl(tmp_path / "out" / "pairs.jsonl")
+    assert pairs and {p["kind"] for p in pairs} == {"fap"}
+    assert all((p["chosen_reward"], p["rejected_reward"]) == (1.0, 0.0) for p in pairs)
+    assert all("Final answer: 1" in p["chosen"] and p["chosen"] != p["rejected"] for p in pairs)
+
+
+def test_cli_needs_a_judge_unless_rules_decide(tmp_path, capsys):
+    from megafin.cli import main
+
+    args = ["distill", "--prompts", str(write_prompts(tmp_path / "p.jsonl", 2)), "--out", str(tmp_path / "o"),
+            "--model", str(tmp_path / "none"), "--source", "jsonl", "--allow-overlap", "--no-progress"]
+    assert main(args) == 2
+    assert "--outcome-judge rules" in capsys.readouterr().err
+    assert main([*args, "--judge-model", "j"]) == 2
+    assert "go together" in capsys.readouterr().err
+    assert main([*args, "--outcome-judge", "rules"]) == 2  # on to the policy: a missing model is its own line
+    assert "--model" in capsys.readouterr().err

@@ -68,7 +68,8 @@ def test_recompute_gives_the_loss_and_gradients_of_no_recompute(packed, megatron
             assert_close_to_scale(grad, want_grads[key], REL, f"{name}: {key}")
 
 
-@pytest.mark.parametrize("setting,module,runs", [("full-uniform", "mlp", 2), ("selective", "self_attention.core_attention", 2),
+@pytest.mark.parametrize("setting,module,runs", [("full-uniform", "mlp", 2),
+                                                 ("selective", "self_attention.core_attention", 2),
                                                  ("selective", "mlp", 1)])
 def test_recompute_reruns_what_it_names(setting, module, runs, megatron_world):
     """Not vacuous: what is recomputed runs again in the backward pass, and only that."""

@@ -11,9 +11,10 @@ from typing import Optional
 # Why a judgment is not used. unparsable: no JSON object in the answer; schema: JSON of the wrong shape or types;
 # quote_not_found: a quoted step is not a verbatim substring of the solution; no_final_answer: the judge found no
 # final answer in the solution; refusal: the judge declined (content filter / refusal text); timeout: no answer
-# within the timeout after the retries; server_error: HTTP errors (5xx, connection) after the retries.
+# within the timeout after the retries; server_error: HTTP errors (5xx, connection) after the retries;
+# not_checkable: judged by rules only (no LLM judge) and the reference is text the rule verifier cannot decide.
 DISCARD_REASONS = ("unparsable", "schema", "quote_not_found", "no_final_answer", "refusal", "timeout",
-                   "server_error")
+                   "server_error", "not_checkable")
 
 
 @dataclass(frozen=True)

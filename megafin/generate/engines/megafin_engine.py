@@ -309,7 +309,7 @@ def _load_model(ckpt: Path, cfg: Any, vocab: int, session: contextlib.ExitStack)
     build = model_build_config(cfg, 1, 1)
     build.model.attention_backend = "sdpa"
     session.enter_context(megatron_session())
-    model = build_model(build, vocab)
+    model = build_model(build, vocab, initialize=False)  # every weight is loaded next
     try:
         load_checkpoint(ckpt, model, None, None)
     except (ConvertError, CheckpointError) as err:

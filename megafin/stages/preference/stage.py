@@ -51,7 +51,7 @@ class PreferenceStage(TrainingStage):
         if c.require(d.reference_logps in ("precompute", "online"), "dpo.reference_logps", "precompute or online",
                      d.reference_logps) and d.reference_logps == "online":
             c.require(par.pp == 1, "dpo.reference_logps", "precompute when parallel.pp > 1", "online")
-        if d.reference:
+        if d.reference and c.on_this_machine:
             c.require(Path(d.reference).is_dir(), "dpo.reference", "an existing checkpoint directory", d.reference)
 
     @classmethod

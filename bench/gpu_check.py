@@ -1,0 +1,331 @@
+"""The GPU check's parts, run by bench/gpu_check.sh; prints ONE table (check | result | detail) at the end.
+
+  python bench/gpu_check.py [--parts env,kernels,nccl,te,width8b] [--work DIR]
+
+Parts (each under its own time limit; a failing part is a FAIL row, the next part still runs):
+  env      torch / CUDA / Triton, which of megatron-core, Transformer Engine, apex, flash-attn import, and the
+           fusions `model.fusions: auto` resolves to here;
+  kernels  megafin's Triton varlen attention and packed log-prob kernels against a float32 reference (max error
+           relative to the reference's scale) and against flash-attn / TE / PyTorch SDPA where importable (TFLOP/s);
+  nccl     `megafin train` under torchrun with one process: a 1-process NCCL group, TP=1, bf16, the distributed
+           optimizer with overlapped grad reduce and param gather, 12 steps of a small model: the loss goes down;
+  te       Transformer Engine's layer spec, bf16 vs FP8 (delayed scaling), same data and init: losses close.
+           Without TE: says so, and the non-TE path (Triton attention, bf16) is what nccl and width8b checked;
+  width8b  tokens/s/GPU and MFU of a Llama-3-8B-width model (hidden 4096, 32 heads / 8 KV groups, FFN 14336,
+           vocab 128256) with 2 layers at seq 8192, bf16, fusions auto vs all off.
+Without CUDA (or with GPU_CHECK_DRY_RUN=1) only what runs on a CPU runs: env, and nccl as a 3-step gloo run of the
+tiny model (the plumbing: data, launcher, metrics, table); the rest are `skipped` rows.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+PY = sys.executable
+ALL_PARTS = ("env", "kernels", "nccl", "te", "width8b")
+LIMITS_S = {"env": 60, "kernels": 150, "nccl": 120, "te": 150, "width8b": 240}
+
+ROWS: list[tuple[str, str, str]] = []
+
+
+def row(check: str, result: str, detail: str = "") -> None:
+    ROWS.append((check, result, detail))
+    print(f"[gpu_check] {check}: {result}  {detail}", flush=True)
+
+
+def print_table() -> None:
+    w0 = max(len(r[0]) for r in ROWS)
+    w1 = max(len(r[1]) for r in ROWS)
+    line = f"+{'-' * (w0 + 2)}+{'-' * (w1 + 2)}+{'-' * 60}"
+    print("\n" + line)
+    print(f"| {'check'.ljust(w0)} | {'result'.ljust(w1)} | detail")
+    print(line)
+    for check, result, detail in ROWS:
+        print(f"| {check.ljust(w0)} | {result.ljust(w1)} | {detail}")
+    print(line, flush=True)
+
+
+def importable(name: str) -> bool:
+    try:
+        __import__(name)
+        return True
+    except Exception:  # noqa: BLE001 - TE and apex fail to import in many ways without their CUDA builds
+        return False
+
+
+def on_gpu() -> bool:
+    import torch
+
+    return torch.cuda.is_available() and os.environ.get("GPU_CHECK_DRY_RUN") != "1"
+
+
+# ---------------------------------------------------------------------------------------------------------- env
+def part_env(args) -> None:
+    import torch
+
+    cuda = torch.cuda.is_available()
+    device = torch.cuda.get_device_name() if cuda else "no CUDA device"
+    triton = "not importable"
+    try:
+        import triton as _triton
+
+        triton = _triton.__version__
+    except ImportError:
+        pass
+    row("device", "info", f"{device}; torch {torch.__version__} (CUDA {torch.version.cuda}); triton {triton}")
+    libs = {"megatron-core": "megatron.core", "transformer-engine": "transformer_engine.pytorch",
+            "apex (fused wgrad)": "fused_weight_gradient_mlp_cuda", "flash-attn": "flash_attn"}
+    have = {name: importable(mod) for name, mod in libs.items()}
+    row("libraries", "info", "; ".join(f"{k} {'yes' if v else 'no'}" for k, v in have.items()))
+    if not have["megatron-core"]:
+        row("megatron-core", "FAIL", "not importable: put its cp312 wheel in .whl/ (see bench/gpu_check.sh)")
+        return
+    from megafin.config.schema import FusionsConfig
+    from megafin.models.fusions import resolve_fusions
+
+    settled = resolve_fusions(FusionsConfig())
+    row("fusions (auto)", "info", "on: " + (", ".join(k for k, v in settled.items() if v == "on") or "none"))
+
+
+# ------------------------------------------------------------------------------------------------------ kernels
+def _time_cuda(fn, reps: int = 10) -> float:
+    import torch
+
+    fn()
+    torch.cuda.synchronize()
+    t = time.perf_counter()
+    for _ in range(reps):
+        fn()
+    torch.cuda.synchronize()
+    return (time.perf_counter() - t) / reps
+
+
+def part_kernels(args) -> None:
+    if not on_gpu():
+        row("kernels", "skipped", "no CUDA (the kernels' CPU tests run under TRITON_INTERPRET=1 in tests/kernels)")
+        return
+    import torch
+    import torch.nn.functional as F
+
+    import kernels
+
+    torch.manual_seed(0)
+    hq, hkv, d, S = 32, 8, 128, args.seq_length
+    lens = torch.tensor([S // 2, S // 4, S // 8, S // 8, S // 4, S // 2, S // 8])
+    cu = torch.zeros(lens.numel() + 1, dtype=torch.int32)
+    cu[1:] = lens.cumsum(0)
+    cu = cu.cuda()
+    T, maxlen = int(cu[-1]), int(lens.max())
+    bounds = cu.tolist()
+    flops_fwd = 4 * hq * d * float((lens.double() * (lens.double() + 1) / 2).sum())
+    q, k, v = (torch.randn(T, h, d, device="cuda", dtype=torch.bfloat16, requires_grad=True) for h in (hq, hkv, hkv))
+    do = torch.randn_like(q)
+
+    def sdpa(q, k, v):
+        outs = []
+        for s, e in zip(bounds[:-1], bounds[1:]):
+            o = F.scaled_dot_product_attention(*(x[s:e].transpose(0, 1) for x in (q, k, v)), is_causal=True,
+                                               enable_gqa=hq != hkv)
+            outs.append(o.transpose(0, 1))
+        return torch.cat(outs)
+
+    ref = sdpa(*(x.detach().float() for x in (q, k, v)))
+    impls = {"triton varlen attention": lambda: kernels.varlen_attention(q, k, v, cu, maxlen),
+             "SDPA per document": lambda: sdpa(q, k, v)}
+    if importable("flash_attn"):
+        from flash_attn import flash_attn_varlen_func
+
+        impls["flash-attn varlen"] = lambda: flash_attn_varlen_func(q, k, v, cu, cu, maxlen, maxlen, causal=True)
+    if importable("transformer_engine.pytorch"):
+        from transformer_engine.pytorch import DotProductAttention as TEDPA
+
+        te = TEDPA(hq, d, num_gqa_groups=hkv, qkv_format="thd", attn_mask_type="padding_causal").cuda()
+        impls["TE thd attention"] = lambda: te(q, k, v, cu_seqlens_q=cu, cu_seqlens_kv=cu, max_seqlen_q=maxlen,
+                                               max_seqlen_kv=maxlen).reshape(T, hq, d)
+    missing = [n for n, m in (("flash-attn", "flash_attn"), ("TE", "transformer_engine.pytorch")) if not importable(m)]
+    scale = ref.abs().max().item()
+    for name, fn in impls.items():
+        try:
+            err = (fn().float() - ref).abs().max().item() / scale
+            tf = _time_cuda(fn)
+            tb = _time_cuda(lambda: torch.autograd.grad(fn().reshape(T, hq, d), (q, k, v), do))
+            ok = "ok" if err < 2e-2 else "FAIL"
+            row(f"attn: {name}", ok, f"bf16 T={T} S<={maxlen} Hq/Hkv/D={hq}/{hkv}/{d}: max err {err:.1e} of scale; "
+                f"fwd {flops_fwd / tf / 1e12:.0f} TFLOP/s, fwd+bwd {3.5 * flops_fwd / tb / 1e12:.0f} TFLOP/s")
+        except Exception as e:  # noqa: BLE001
+            row(f"attn: {name}", "FAIL", f"{type(e).__name__}: {str(e)[:120]}")
+    if missing:
+        row("attn: peers", "skipped", f"{', '.join(missing)} not installed")
+
+    # packed log-probs: the fused projection + log-softmax never materializes [T, V] logits
+    Tl, H, V = 8192, 4096, 128256
+    hidden = (torch.randn(Tl, H, device="cuda", dtype=torch.bfloat16)).requires_grad_()
+    weight = (torch.randn(V, H, device="cuda", dtype=torch.bfloat16) * 0.02).requires_grad_()
+    labels = torch.randint(0, V, (Tl,), device="cuda")
+    with torch.no_grad():
+        want = torch.log_softmax((hidden.float() @ weight.float().t()), -1).gather(1, labels[:, None])[:, 0]
+    results = {}
+    for name, fn in (("triton", lambda: kernels.packed_logprobs(hidden, weight, labels)),
+                     ("unfused", lambda: torch.log_softmax((hidden @ weight.t()).float(), -1)
+                      .gather(1, labels[:, None])[:, 0])):
+        try:
+            err = (fn().float() - want).abs().max().item() / want.abs().max().item()
+            hidden.grad = weight.grad = None
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+            base = torch.cuda.memory_allocated()
+            t = _time_cuda(lambda: fn().sum().backward(), reps=3)
+            results[name] = (err, t, (torch.cuda.max_memory_allocated() - base) / 2**30)
+        except Exception as e:  # noqa: BLE001
+            results[name] = e
+    tri, unf = results.get("triton"), results.get("unfused")
+    if isinstance(tri, tuple):
+        extra = f"; unfused: {unf[1] * 1e3:.0f} ms, +{unf[2]:.1f} GiB" if isinstance(unf, tuple) else ""
+        row("logprobs: triton packed", "ok" if tri[0] < 2e-2 else "FAIL",
+            f"T={Tl} H={H} V={V} bf16 fwd+bwd: max err {tri[0]:.1e}, {tri[1] * 1e3:.0f} ms, +{tri[2]:.1f} GiB{extra}")
+    else:
+        row("logprobs: triton packed", "FAIL", f"{type(tri).__name__}: {str(tri)[:120]}")
+
+
+# ---------------------------------------------------------------------------------------------------- training
+def tiny_data(work: Path) -> Path:
+    """A tokenizer and the two sample corpora as Megatron indexed datasets (data_prep, as `make demo` does)."""
+    from data_prep.pretrain import pretrain
+    from data_prep.tokenizer import iter_training_texts, train_tokenizer
+    from megafin.demo import SAMPLES
+
+    out = work / "data"
+    if (out / "general_text_document.idx").is_file():
+        return out
+    out.mkdir(parents=True, exist_ok=True)
+    corpora = {"finance": SAMPLES / "finance_corpus.jsonl", "general": SAMPLES / "general_corpus.jsonl"}
+    texts = [t for path in corpora.values() for t in iter_training_texts(path)]
+    tokenizer = train_tokenizer(texts, vocab_size=1000, out_dir=out / "tokenizer")
+    for name, path in corpora.items():
+        pretrain([str(path)], str(tokenizer), str(out / name), quiet=True)
+    return out
+
+
+def train(work: Path, name: str, overrides: list[str], limit_s: float) -> tuple[list[dict], str]:
+    """`megafin train` under torchrun with one process (NCCL on a GPU, gloo on a CPU); (train records, output)."""
+    data = tiny_data(work)
+    run_dir = work / "runs" / name
+    cmd = [PY, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "1", "-m", "megafin.train",
+           str(REPO / "recipes/tiny/cpt.yaml"), f"run_dir={run_dir}", f"data.tokenizer={data / 'tokenizer'}",
+           f"data.blend=[{{path: {data / 'finance_text_document'}, weight: 0.7}}, "
+           f"{{path: {data / 'general_text_document'}, weight: 0.3}}]",
+           "logging.wandb=false", "logging.interval=1", "train.eval_interval=0", "checkpoint.interval=0",
+           "checkpoint.save_at_end=false", "train.resume=none", "scheduler.warmup_steps=2", *overrides]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])])}
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=limit_s)
+    out = proc.stdout + proc.stderr
+    if proc.returncode != 0:
+        tail = [line for line in out.splitlines() if line.strip()][-3:]
+        raise RuntimeError(f"exit {proc.returncode}: {' | '.join(tail)[-300:]}")
+    metrics = run_dir / "metrics.jsonl"
+    records = [json.loads(line) for line in metrics.read_text().splitlines()]
+    return [r for r in records if "loss" in r and "tokens_per_s" in r], out
+
+
+def fusions_line(output: str) -> str:
+    for line in output.splitlines():
+        if "fusions " in line and "parameters on this rank" in line:
+            return line.split("fusions ", 1)[1].split(";", 1)[0]
+    return "?"
+
+
+def part_nccl(args) -> None:
+    gpu = on_gpu()
+    steps = 12 if gpu else 3
+    over = ["precision.dtype=bf16", "parallel.distributed_optimizer=true", "parallel.overlap_grad_reduce=true",
+            "parallel.overlap_param_gather=true"] if gpu else ["train.threads=2"]
+    recs, out = train(args.work, "nccl", [f"train.steps={steps}", *over], LIMITS_S["nccl"])
+    first, last = recs[0]["loss"], recs[-1]["loss"]
+    name = "NCCL TP=1 train step" if gpu else "gloo train step (dry run)"
+    detail = (f"{steps} steps {'bf16 distopt+overlap' if gpu else 'fp32 CPU'}: loss {first:.3f} -> {last:.3f}; "
+              f"fusions {fusions_line(out)}")
+    row(name, "ok" if last < first else "FAIL", detail)
+
+
+def part_te(args) -> None:
+    if not on_gpu():
+        row("TE spec: fp8 vs bf16", "skipped", "no CUDA")
+        return
+    if not importable("transformer_engine.pytorch"):
+        row("TE spec: fp8 vs bf16", "skipped", "Transformer Engine not installed: the non-TE path (Triton attention, "
+            "bf16, NCCL) is what the other rows check")
+        return
+    shape = ["model.hidden_size=1024", "model.num_attention_heads=16", "model.num_query_groups=8",
+             "model.ffn_hidden_size=2816", "data.seq_length=512", "model.max_position_embeddings=512",
+             "model.attention_backend=te", "train.steps=20"]
+    curves = {}
+    for dtype in ("bf16", "fp8"):
+        recs, _ = train(args.work, f"te_{dtype}", [*shape, f"precision.dtype={dtype}"], LIMITS_S["te"] / 2)
+        curves[dtype] = [r["loss"] for r in recs]
+    worst = max(abs(a - b) / abs(a) for a, b in zip(curves["bf16"], curves["fp8"]))
+    row("TE spec: fp8 vs bf16", "ok" if worst < 0.05 and curves["fp8"][-1] < curves["fp8"][0] else "FAIL",
+        f"20 steps: bf16 {curves['bf16'][0]:.3f} -> {curves['bf16'][-1]:.3f}, fp8 {curves['fp8'][0]:.3f} -> "
+        f"{curves['fp8'][-1]:.3f}; max rel diff {worst:.3f}")
+
+
+def part_width8b(args) -> None:
+    if not on_gpu():
+        row("Llama-3-8B width", "skipped", "no CUDA")
+        return
+    S = args.seq_length
+    shape = ["model.hidden_size=4096", "model.num_attention_heads=32", "model.num_query_groups=8",
+             "model.ffn_hidden_size=14336", "model.vocab_size=128256", f"model.num_layers={args.layers}",
+             f"data.seq_length={S}", f"model.max_position_embeddings={S}", "precision.dtype=bf16",
+             "parallel.micro_batch_size=1", "parallel.global_batch_size=4", "train.steps=8", "optimizer.lr=1e-4",
+             "parallel.distributed_optimizer=true"]
+    for label, extra in (("fusions auto", []), ("fusions off", ["model.fusions.all=off"])):
+        try:
+            recs, out = train(args.work, f"w8b_{label.split()[-1]}", [*shape, *extra], LIMITS_S["width8b"] / 2)
+            steady = recs[3:] or recs
+            tps = statistics.median(r["tokens_per_s"] for r in steady)
+            mfu = statistics.median(r["mfu"] for r in steady) if steady[0].get("mfu") is not None else None
+            row(f"8B width, {args.layers} layers, {label}", "ok",
+                f"seq {S}, 4x{S} tokens/step: {tps:,.0f} tokens/s/GPU, MFU "
+                f"{f'{100 * mfu:.1f}%' if mfu is not None else '?'} (median of steps 4-8); "
+                f"fusions {fusions_line(out)}")
+        except Exception as e:  # noqa: BLE001
+            row(f"8B width, {args.layers} layers, {label}", "FAIL", f"{type(e).__name__}: {str(e)[:200]}")
+
+
+PARTS = {"env": part_env, "kernels": part_kernels, "nccl": part_nccl, "te": part_te, "width8b": part_width8b}
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--parts", default=",".join(ALL_PARTS))
+    ap.add_argument("--work", type=Path, default=None, help="scratch directory (default: a new temporary one)")
+    ap.add_argument("--seq-length", type=int, default=8192)
+    ap.add_argument("--layers", type=int, default=2)
+    args = ap.parse_args(argv)
+    args.work = args.work or Path(tempfile.mkdtemp(prefix="gpu_check_"))
+    t0 = time.perf_counter()
+    for name in args.parts.split(","):
+        start = time.perf_counter()
+        try:
+            PARTS[name](args)
+        except subprocess.TimeoutExpired:
+            row(name, "FAIL", f"over its {LIMITS_S[name]} s limit")
+        except Exception as e:  # noqa: BLE001 - a failing part is a row; the next part still runs
+            row(name, "FAIL", f"{type(e).__name__}: {str(e)[:300]}")
+        print(f"[gpu_check] part {name}: {time.perf_counter() - start:.0f} s", flush=True)
+    row("total", "info", f"{time.perf_counter() - t0:.0f} s; scratch {args.work}")
+    print_table()
+    return sum(r[1] == "FAIL" for r in ROWS)
+
+
+if __name__ == "__main__":
+    sys.exit(min(main(), 100))

@@ -1,0 +1,232 @@
+"""Per-GPU memory and step time of one layout of a recipe: the arithmetic behind `megafin plan`.
+
+Memory follows megatron-core as megafin drives it (megafin/train/loop.py): weights in the run's dtype, a gradient
+buffer in fp32 (grad_reduce_in_fp32), Adam states (+ fp32 master weights for 16-bit runs) sharded over data parallel
+ranks with the distributed optimizer. Activations follow Korthikanti et al. 2022 ("Reducing Activation Recomputation
+in Large Transformer Models"), re-derived for a Llama block: RMSNorm, grouped-query attention, SwiGLU, no dropout.
+Per token and layer a 16-bit run stores 12h + 4k + 6f bytes (h hidden, k = query groups x head dim, f ffn width):
+  outside the tensor-parallel region (divided by t only with sequence parallelism): the two norm inputs and the
+  inputs of the QKV and FC1 projections (8h); inside it (divided by t): Q, K, V, the attention output that is also
+  the output projection's input (4h + 4k), the SwiGLU input (4f) and FC2's input (2f).
+For Korthikanti's GPT block (f = 4h, k = h) this is his 34 sbh less the two dropout masks. FP8 (Transformer Engine)
+stores the four projection inputs in 1 byte. Flash-style attention (te, triton: what `auto` picks on a GPU) stores
+no s x s scores; sdpa/local store the softmax (2 a s^2 per sequence, Korthikanti's 5as/h term without dropout).
+Recompute: selective (core attention) drops the score term; full stores each layer's input and one layer's working
+set. Pipeline: the first stage holds min(pp, micro-batches) micro-batches in flight (1F1B), times
+1 + (pp - 1) / (pp vp) when interleaved. Time: megafin's FLOPs count (megafin/train/flops.py, the one its logged MFU
+uses) at a stated efficiency, plus recompute's extra forward work and the pipeline bubble (pp - 1) / (vp m).
+Communication is not modelled."""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from megafin.config.schema import Config
+from megafin.models.layout import padded_vocab_size
+from megafin.plan.gpus import GIB, GPU
+
+RECOMPUTE = ("none", "selective", "full")
+FLASH_ATTENTION = ("auto", "te", "triton")  # on a GPU `auto` is te or triton: neither stores s x s scores
+
+
+@dataclass(frozen=True)
+class Layout:
+    tp: int = 1
+    pp: int = 1
+    cp: int = 1
+    vp: int = 1  # virtual pipeline stages per rank (interleaved 1F1B)
+    mbs: int = 1
+    recompute: str = "none"
+    distributed_optimizer: bool = True
+    sequence_parallel: bool = False
+
+    def model_parallel(self) -> int:
+        return self.tp * self.pp * self.cp
+
+    def describe(self) -> str:
+        return (f"tp{self.tp} pp{self.pp} cp{self.cp} vp{self.vp} mbs{self.mbs} {self.recompute}"
+                f"{' sp' if self.sequence_parallel else ''}{'' if self.distributed_optimizer else ' no-distopt'}")
+
+
+@dataclass(frozen=True)
+class Estimate:
+    layout: Layout
+    dp: int
+    micro_batches: int  # per data-parallel rank and step
+    stage: str  # the pipeline stage whose memory is reported (the larger): first | last | only
+    params_per_gpu: int
+    weights_gib: float
+    gradients_gib: float
+    optimizer_gib: float  # as the layout runs (distributed or not)
+    optimizer_replicated_gib: float  # without the distributed optimizer
+    optimizer_distributed_gib: float  # with it
+    activations_per_layer_gib: float  # one micro-batch, at the layout's recompute setting
+    activations_per_layer_by_recompute_gib: dict  # none | selective | full
+    micro_batches_in_flight: float
+    activations_gib: float  # everything the stage holds for backward, all micro-batches in flight
+    logits_gib: float
+    total_gib: float
+    usable_gib: float
+    fits: bool
+    step_time_s: float
+    tokens_per_s_per_gpu: float
+    mfu: float  # model FLOPs (megafin's count) per second / (GPUs x dense bf16 peak), as megafin logs it
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class Workload:
+    """What a recipe asks of the GPUs, independent of the layout."""
+
+    cfg: Config
+    vocab_size: int  # the tokenizer's (FLOPs); the embedding is padded (memory)
+    gpus: int
+    gpu: GPU
+    efficiency: float  # fraction of the dense peak the GPU sustains on the model's FLOPs while computing
+
+    @property
+    def seq_length(self) -> int:
+        return self.cfg.data.seq_length
+
+    @property
+    def tokens_per_step(self) -> int:
+        return self.cfg.parallel.global_batch_size * self.seq_length
+
+    @property
+    def activation_bytes(self) -> int:
+        return 4 if self.cfg.precision.dtype == "fp32" else 2
+
+    @property
+    def fp8(self) -> bool:
+        return self.cfg.precision.dtype == "fp8"
+
+    @property
+    def peak_tflops(self) -> float:
+        """The efficiency is stated against the dense bf16 peak for every dtype, as megafin's logged MFU is: FP8's
+        faster GEMMs show as a higher efficiency (cli.py's defaults), not as another peak."""
+        return self.gpu.bf16_tflops
+
+    def flops_per_token(self) -> float:
+        from megafin.train.flops import flops_per_token
+
+        return flops_per_token(self.cfg.model, self.vocab_size, self.seq_length)
+
+
+def _layer_params(m: Any, tp: int) -> tuple[float, float]:
+    """(matmul weights, norm weights) of one transformer layer on one TP rank."""
+    h, f = m.hidden_size, m.ffn_hidden_size
+    kv = m.num_query_groups * (h // m.num_attention_heads)
+    matmul = h * (h + 2 * kv) + h * h + 2 * h * f + f * h + ((h + 2 * kv) if m.add_qkv_bias else 0)
+    return matmul / tp, 2.0 * h
+
+
+def activation_bytes_per_layer(w: Workload, lay: Layout, recompute: str) -> float:
+    """Bytes one layer keeps for backward for one micro-batch (of mbs sequences) on one GPU."""
+    m = w.cfg.model
+    h, f, a = m.hidden_size, m.ffn_hidden_size, m.num_attention_heads
+    kv = m.num_query_groups * (h // a)
+    e = w.activation_bytes
+    lin = 1 if w.fp8 else e  # Transformer Engine keeps FP8 projection inputs
+    t = lay.tp
+    tokens = w.seq_length * lay.mbs / lay.cp
+    outside = (2 * h * e + 2 * h * lin) / (t if lay.sequence_parallel else 1)  # norm inputs; QKV and FC1 inputs
+    inside = (h * e + 2 * kv * e + h * e + (h * lin if w.fp8 else 0) + 2 * f * e + f * lin) / t
+    stats = 4.0 * a / t  # fp32 softmax statistics per token and head
+    scores = 0.0
+    if m.attention_backend not in FLASH_ATTENTION and recompute == "none":
+        # the stored softmax of each attention call: packed micro-batches are one sequence of mbs packs
+        packed = w.cfg.data.format == "packed"
+        seq = w.seq_length * (lay.mbs if packed else 1) / lay.cp
+        sequences = 1 if packed else lay.mbs
+        scores = sequences * (a / t) * seq * seq * e
+    full_layer = tokens * (outside + inside + stats) + scores
+    if recompute == "full":
+        return tokens * h * e / (t if lay.sequence_parallel else 1)  # the layer's input only
+    return full_layer
+
+
+def estimate(w: Workload, lay: Layout) -> Estimate:
+    m, par = w.cfg.model, w.cfg.parallel
+    dp = w.gpus // lay.model_parallel()
+    micro_batches = par.global_batch_size // (lay.mbs * dp)
+    h, L = m.hidden_size, m.num_layers
+    e = w.activation_bytes
+    vocab = padded_vocab_size(w.vocab_size, m.make_vocab_size_divisible_by)
+    layers = L // lay.pp
+    matmul, norms = _layer_params(m, lay.tp)
+    embedding = vocab * h / lay.tp
+    output = embedding  # untied: its own weight; tied with pp > 1: megatron keeps a copy on the last stage
+    first = layers * (matmul + norms) + embedding + (0 if lay.pp > 1 or m.tie_embeddings else output)
+    first += h if lay.pp == 1 else 0  # final norm
+    last = layers * (matmul + norms) + output + h
+    linear_params = {"first": layers * matmul, "last": layers * matmul}
+
+    per_layer = {r: activation_bytes_per_layer(w, lay, r) / GIB for r in RECOMPUTE}
+    layer_act = per_layer[lay.recompute]
+    working_set = per_layer["none"] if lay.recompute == "full" else 0.0  # one layer recomputed at a time
+    tokens = w.seq_length * lay.mbs / lay.cp
+    sp = lay.tp if lay.sequence_parallel else 1
+    if lay.pp > 1 and lay.vp > 1:
+        in_flight = lay.pp * (1 + (lay.pp - 1) / (lay.pp * lay.vp))
+    else:
+        in_flight = float(min(lay.pp, micro_batches))
+    logprob = m.logprob_backend
+    # megatron's vocab-parallel cross entropy: bf16 logits + the fp32 softmax it keeps; the triton log-prob kernel
+    # (what `auto` picks on a GPU) never materializes [tokens, vocab] logits.
+    logit_bytes = 0.0 if logprob in ("auto", "triton") else (4.0 if e == 4 else e + 4.0)
+    logits = tokens * vocab / lay.tp * logit_bytes / GIB
+
+    def stage_memory(stage: str) -> dict[str, float]:
+        params = first if stage in ("first", "only") else last
+        flight = in_flight if stage in ("first", "only") else 1.0
+        acts = flight * layers * layer_act + working_set
+        if stage in ("first", "only"):
+            acts += flight * tokens * h * e / sp / GIB  # embedding output
+        stage_logits = 0.0
+        if stage in ("last", "only"):
+            acts += 2 * tokens * h * e / sp / GIB  # final norm and output layer inputs
+            stage_logits = logits
+        weight_bytes = 4 if w.cfg.precision.dtype == "fp32" else 2
+        fp8_cache = 2 * linear_params["first" if stage == "only" else stage] if w.fp8 else 0.0  # TE's FP8 copies
+        state_bytes = 8 if w.cfg.precision.dtype == "fp32" else 12  # Adam moments (+ fp32 master weights)
+        shards = dp * lay.cp  # megatron shards optimizer states over data (and context) parallel ranks
+        replicated = params * state_bytes / GIB
+        distributed = replicated / shards
+        return {"params": params, "weights": (params * weight_bytes + fp8_cache) / GIB,
+                "gradients": params * 4 / GIB, "optimizer_replicated": replicated,
+                "optimizer_distributed": distributed, "activations": acts, "logits": stage_logits,
+                "in_flight": flight}
+
+    stages = ["only"] if lay.pp == 1 else ["first", "last"]
+    best: dict[str, float] = {}
+    stage_name = stages[0]
+    for stage in stages:
+        mem = stage_memory(stage)
+        opt = mem["optimizer_distributed"] if lay.distributed_optimizer else mem["optimizer_replicated"]
+        mem["optimizer"] = opt
+        mem["total"] = mem["weights"] + mem["gradients"] + opt + mem["activations"] + mem["logits"]
+        if not best or mem["total"] > best["total"]:
+            best, stage_name = mem, stage
+
+    fpt = w.flops_per_token()
+    extra = 0.0  # recompute's extra forward FLOPs per token
+    s = w.seq_length
+    if lay.recompute == "full":
+        extra = 2.0 * L * _layer_params(m, 1)[0] + 4.0 * L * h * s
+    elif lay.recompute == "selective":
+        extra = 4.0 * L * h * s
+    bubble = (lay.pp - 1) / (lay.vp * micro_batches) if lay.pp > 1 else 0.0
+    compute_s = w.tokens_per_step * (fpt + extra) / (w.gpus * w.peak_tflops * 1e12 * w.efficiency)
+    step = compute_s * (1 + bubble)
+    return Estimate(
+        layout=lay, dp=dp, micro_batches=micro_batches, stage=stage_name, params_per_gpu=int(best["params"]),
+        weights_gib=best["weights"], gradients_gib=best["gradients"], optimizer_gib=best["optimizer"],
+        optimizer_replicated_gib=best["optimizer_replicated"],
+        optimizer_distributed_gib=best["optimizer_distributed"], activations_per_layer_gib=per_layer[lay.recompute],
+        activations_per_layer_by_recompute_gib=per_layer, micro_batches_in_flight=best["in_flight"],
+        activations_gib=best["activations"], logits_gib=best["logits"], total_gib=best["total"],
+        usable_gib=w.gpu.usable_gib, fits=best["total"] <= w.gpu.usable_gib, step_time_s=step,
+        tokens_per_s_per_gpu=w.tokens_per_step / step / w.gpus,
+        mfu=w.tokens_per_step * fpt / step / (w.gpus * w.gpu.bf16_tflops * 1e12))

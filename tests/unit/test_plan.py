@@ -1,0 +1,97 @@
+"""`megafin plan`: its CLI (table, JSON, one-line errors) and the arithmetic behind it."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tests.helpers import REPO
+
+RECIPE = str(REPO / "recipes/llama3_8b/cpt_it_group1.yaml")
+
+
+def _plan(capsys, *argv):
+    from megafin.cli import main
+
+    code = main(["plan", *argv])
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def test_table_and_json(capsys):
+    code, out, _ = _plan(capsys, RECIPE, "--gpus", "8", "--gpu", "h100", "--top", "3")
+    assert code == 0
+    assert "recipe  tp2 pp1" in out and "best: parallel.tp=" in out
+    code, out, _ = _plan(capsys, RECIPE, "--gpus", "16", "--json")
+    doc = json.loads(out)
+    assert code == 0 and doc["recipe_layout"]["fits"] and doc["recipe_layout"]["dp"] == 8
+    layouts = doc["layouts"]
+    assert layouts and all(e["fits"] for e in layouts)
+    speeds = [e["tokens_per_s_per_gpu"] for e in layouts]
+    assert speeds == sorted(speeds, reverse=True)  # best first
+
+
+@pytest.mark.parametrize("argv,line", [
+    (["--gpus", "0"], "megafin plan: error: --gpus: expected a positive integer, got '0'"),
+    (["--gpus", "8", "--gpu", "v100"], "megafin plan: error: --gpu: expected one of h100, h200, a100, got 'v100'"),
+    (["precision.dtype=fp8", "--gpus", "8", "--gpu", "a100"], "megafin plan: error: precision.dtype: fp8 needs"),
+    (["--gpus", "8", "--mfu", "1.5"], "megafin plan: error: --mfu: expected a fraction in (0, 1], got '1.5'"),
+    (["model.num_query_groups=5", "--gpus", "8"], "megafin plan: config error: model.num_query_groups: expected a "
+                                                  "divisor of model.num_attention_heads=32"),
+    (["parallel.nope=1", "--gpus", "8"], "megafin plan: config error: parallel.nope: unknown key"),
+])
+def test_bad_input_is_one_line(capsys, argv, line):
+    code, out, err = _plan(capsys, RECIPE, *argv)
+    assert code == 2 and out == ""
+    assert len(err.strip().splitlines()) == 1 and err.startswith(line), err
+
+
+def test_layout_the_gpus_cannot_hold_is_named(capsys):
+    code, out, _ = _plan(capsys, RECIPE, "--gpus", "6", "--top", "2")
+    assert code == 0 and "recipe layout: cannot run on 6 GPUs: global batch 16 is not a multiple of" in out
+
+
+def _workload(overrides=(), gpus=8, efficiency=0.4):
+    from megafin.config.load import read_config
+    from megafin.plan import GPUS, Workload
+
+    cfg = read_config(RECIPE, list(overrides))
+    return Workload(cfg=cfg, vocab_size=cfg.model.vocab_size, gpus=gpus, gpu=GPUS["h100"], efficiency=efficiency)
+
+
+def test_activations_follow_the_derivation():
+    """12h + 4k + 6f bytes per token and layer in bf16 (Korthikanti's 34 sbh for a Llama block without dropout):
+    sequence parallelism divides all of it by t, TP alone only the 4h + 4k + 6f inside the TP region; full recompute
+    keeps the layer's input (2h); fp8 stores the four projection inputs in one byte."""
+    from megafin.plan import Layout
+    from megafin.plan.estimate import activation_bytes_per_layer
+
+    w = _workload()
+    s, h, k, f = 8000, 4096, 1024, 14336
+    stats = 4 * 32  # fp32 softmax statistics per token and head
+    assert activation_bytes_per_layer(w, Layout(), "none") == s * (12 * h + 4 * k + 6 * f + stats)
+    assert activation_bytes_per_layer(w, Layout(tp=4, sequence_parallel=True), "none") == \
+        s * (12 * h + 4 * k + 6 * f + stats) / 4
+    assert activation_bytes_per_layer(w, Layout(tp=4), "none") == s * (8 * h + (4 * h + 4 * k + 6 * f + stats) / 4)
+    assert activation_bytes_per_layer(w, Layout(), "full") == s * 2 * h
+    fp8 = _workload(["precision.dtype=fp8"])
+    assert activation_bytes_per_layer(fp8, Layout(), "none") == s * (11 * h + 4 * k + 5 * f + stats)
+    sdpa = _workload(["model.attention_backend=sdpa"])  # stores the softmax: 2 a s^2 bytes
+    assert activation_bytes_per_layer(sdpa, Layout(), "none") - activation_bytes_per_layer(w, Layout(), "none") == \
+        2 * 32 * s * s
+    assert activation_bytes_per_layer(sdpa, Layout(), "selective") == activation_bytes_per_layer(w, Layout(), "none")
+
+
+def test_optimizer_and_pipeline_terms():
+    from megafin.plan import Layout, estimate
+
+    w = _workload()
+    plain, dist = estimate(w, Layout(tp=2, distributed_optimizer=False)), estimate(w, Layout(tp=2))
+    assert plain.optimizer_gib == pytest.approx(4 * dist.optimizer_gib)  # dp = 4
+    assert plain.optimizer_gib == pytest.approx(12 / 2 * plain.weights_gib)  # fp32 master + 2 moments vs bf16
+    pp = estimate(_workload(gpus=16), Layout(tp=2, pp=4, sequence_parallel=True))
+    assert pp.micro_batches == 8 and pp.micro_batches_in_flight == 4 and pp.stage == "first"
+    no_bubble = estimate(_workload(gpus=16), Layout(tp=8, sequence_parallel=True))
+    assert pp.step_time_s == pytest.approx(no_bubble.step_time_s * (1 + 3 / 8))  # 1F1B bubble (pp-1)/m
+    full = estimate(w, Layout(tp=2, recompute="full"))
+    assert full.step_time_s > dist.step_time_s * 1.25 and full.activations_gib < dist.activations_gib / 5
