@@ -81,8 +81,8 @@ def main() -> int:
         mf_s, entry = run_megafin(ckpt, args.examples, args.batch, work / "out")
         lm_s, lm_score = run_lm_eval(hf, args.examples, args.batch)
     n = args.examples
-    print(f"| runner | examples | seconds | examples/s | accuracy |")
-    print(f"| --- | ---: | ---: | ---: | ---: |")
+    print("| runner | examples | seconds | examples/s | accuracy |")
+    print("| --- | ---: | ---: | ---: | ---: |")
     print(f"| megafin eval run (megafin engine, batch {args.batch}) | {n} | {mf_s:.2f} | {n / mf_s:.1f} | "
           f"{entry['score']:.3f} |")
     print(f"| lm-eval hf (batch_size {args.batch}) | {n} | {lm_s:.2f} | {n / lm_s:.1f} | {lm_score:.3f} |")

@@ -21,7 +21,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared" / "data"
@@ -156,7 +155,7 @@ def main() -> int:
             pr = {k: (n_docs / max(res[k] - startup[k], 1e-6)) for k in res}
             ratios[c] = (pr["data_prep"] / pr[base], res[base] / res["data_prep"], base)
         print()
-        print(f"| corpus | tool | docs | MB | wall s | start-up s | docs/s (excl. start-up) | MB/s (excl. start-up) |")
+        print("| corpus | tool | docs | MB | wall s | start-up s | docs/s (excl. start-up) | MB/s (excl. start-up) |")
         print("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |")
         for c, k, n, mb, wall, su, dps, mbs in rows:
             print(f"| {c} | {k} | {n:,} | {mb:.1f} | {wall:.2f} | {su:.2f} | {dps:,.0f} | {mbs:.2f} |")

@@ -13,7 +13,7 @@ The policy engine and the judge client are opened only when a step has work for 
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional
 

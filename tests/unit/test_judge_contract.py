@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from pathlib import Path
 
 import pytest
 
@@ -19,7 +18,9 @@ REFERENCE = "6"
 STEPS = ["Step 1: Revenue in 2019 was 10 million.", "Step 2: Costs in 2019 were 4 million.",
          "Step 3: Profit = 10 + 4 = 14 million.", "The answer is 14."]
 SOLUTION = "\n".join(STEPS)
-RETRIES, TIMEOUT_S = 2, 0.3
+# The timeout is generous (loaded CI machines answer a local request in well under a second); the timeout case's
+# reply comes far later than it.
+RETRIES, TIMEOUT_S = 2, 1.5
 
 
 def answer(**fields) -> str:
@@ -46,7 +47,7 @@ CASES = {
     "refusal-text": ("I'm sorry, but I can't help with grading this.", "refusal"),
     "refusal-filter": (Reply(content=None, finish_reason="content_filter"), "refusal"),
     "refusal-field": (Reply(content=None, refusal="I will not grade this."), "refusal"),
-    "timeout": (Reply(content=GOOD, delay_s=3.0), "timeout"),
+    "timeout": (Reply(content=GOOD, delay_s=30.0), "timeout"),
     "500-then-ok": (lambda r: Reply(status=500) if r.attempt == 0 else GOOD, None),
     "500-always": (Reply(status=500), "server_error"),
     "400": (Reply(status=400, content="prompt too long"), "server_error"),
@@ -148,13 +149,13 @@ def test_torn_cache_line_is_skipped_counted_and_never_swallows_the_next(judge_se
 
 
 def test_concurrency_is_capped_and_duplicates_are_asked_once(judge_server):
-    server = judge_server(lambda r: GOOD, latency_s=0.05)
+    server = judge_server(lambda r: GOOD, latency_s=0.3)
     items = [JudgeItem(f"k{i}", QUESTION, REFERENCE, f"solution {i % 12}") for i in range(24)]
     with client(server, concurrency=4) as judge:
         judgments = judge.judge(items)
         stats = judge.stats
     assert server.requests_total == 12 and not server.repeated()
-    assert server.max_in_flight == 4
+    assert 2 <= server.max_in_flight <= 4  # capped at 4, and overlapping (4 unless the machine is very loaded)
     assert [j.key for j in judgments] == [i.key for i in items]
     assert sum(j.cached for j in judgments) == 12 == stats["cache_hits"]
     adds_up(stats, 24)
