@@ -19,6 +19,10 @@ def decoder_layer_spec(backend: str, requested: str) -> ModuleSpec:
         spec = get_gpt_layer_with_transformer_engine_spec()
     else:
         spec = get_gpt_layer_local_spec(normalization="RMSNorm")
+        # RoPE from cos/sin shared by all layers (megafin/models/rope.py); TE's spec has its fused RoPE.
+        from megafin.models.rope import CachedRopeSelfAttention
+
+        spec.submodules.self_attention.module = CachedRopeSelfAttention
         attention = spec.submodules.self_attention.submodules
         if backend == "sdpa":
             from megafin.models.sdpa_attention import SDPACoreAttention
