@@ -23,6 +23,10 @@ def decoder_layer_spec(backend: str, requested: str) -> ModuleSpec:
         from megafin.models.rope import CachedRopeSelfAttention
 
         spec.submodules.self_attention.module = CachedRopeSelfAttention
+        # SwiGLU with a backward that needs no cat (megafin/models/swiglu.py); see uses_activation_module.
+        from megafin.models.swiglu import SwiGLU
+
+        spec.submodules.mlp.submodules.activation_func = SwiGLU
         attention = spec.submodules.self_attention.submodules
         if backend == "sdpa":
             from megafin.models.sdpa_attention import SDPACoreAttention
@@ -36,3 +40,9 @@ def decoder_layer_spec(backend: str, requested: str) -> ModuleSpec:
             raise ValueError(f"model.attention_backend: unknown backend {backend!r}")
     logger.info("attention backend: %s (requested %s)", backend, requested)
     return spec
+
+
+def uses_activation_module(spec: ModuleSpec) -> bool:
+    """Whether the MLP builds its activation from the spec: megatron-core does so only with
+    config.use_te_activation_func, which must then be set (it calls the module on fc1's whole output)."""
+    return getattr(spec.submodules.mlp.submodules, "activation_func", None) is not None
