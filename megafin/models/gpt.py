@@ -13,7 +13,7 @@ from megafin.config.schema import Config, ModelConfig
 from megafin.models.backends import resolve_backends
 from megafin.models.fusions import transformer_config_flags
 from megafin.models.layout import padded_vocab_size
-from megafin.models.spec import decoder_layer_spec
+from megafin.models.spec import decoder_layer_spec, uses_activation_module
 
 _DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp8": torch.bfloat16}
 
@@ -115,6 +115,9 @@ def build_model(cfg: Config, vocab_size: int, pre_process: bool | None = None,
     attention, logprob = resolve_backends(m)
     spec = decoder_layer_spec(attention, m.attention_backend)
     spec.module = _layout_independent_layer(spec.module, cfg.train.seed)
+    config = transformer_config(cfg, initialize)
+    # The spec's activation module (SwiGLU), unless megatron's fused SwiGLU is on (model.fusions.bias_activation).
+    config.use_te_activation_func = uses_activation_module(spec) and not config.bias_activation_fusion
     model_cls, extra = GPTModel, {}
     if logprob == "triton" or m.loss_positions == "targets":
         from megafin.models.logprob_model import LogprobGPTModel
@@ -122,7 +125,7 @@ def build_model(cfg: Config, vocab_size: int, pre_process: bool | None = None,
         model_cls, extra = LogprobGPTModel, {"logprob_backend": logprob, "loss_positions": m.loss_positions}
     model = model_cls(
         **extra,
-        config=transformer_config(cfg, initialize),
+        config=config,
         transformer_layer_spec=spec,
         vocab_size=padded_vocab_size(vocab_size, m.make_vocab_size_divisible_by),
         max_sequence_length=m.max_position_embeddings,

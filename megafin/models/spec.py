@@ -19,6 +19,14 @@ def decoder_layer_spec(backend: str, requested: str) -> ModuleSpec:
         spec = get_gpt_layer_with_transformer_engine_spec()
     else:
         spec = get_gpt_layer_local_spec(normalization="RMSNorm")
+        # RoPE from cos/sin shared by all layers (megafin/models/rope.py); TE's spec has its fused RoPE.
+        from megafin.models.rope import CachedRopeSelfAttention
+
+        spec.submodules.self_attention.module = CachedRopeSelfAttention
+        # SwiGLU with a backward that needs no cat (megafin/models/swiglu.py); see uses_activation_module.
+        from megafin.models.swiglu import SwiGLU
+
+        spec.submodules.mlp.submodules.activation_func = SwiGLU
         attention = spec.submodules.self_attention.submodules
         if backend == "sdpa":
             from megafin.models.sdpa_attention import SDPACoreAttention
@@ -32,3 +40,9 @@ def decoder_layer_spec(backend: str, requested: str) -> ModuleSpec:
             raise ValueError(f"model.attention_backend: unknown backend {backend!r}")
     logger.info("attention backend: %s (requested %s)", backend, requested)
     return spec
+
+
+def uses_activation_module(spec: ModuleSpec) -> bool:
+    """Whether the MLP builds its activation from the spec: megatron-core does so only with
+    config.use_te_activation_func, which must then be set (it calls the module on fc1's whole output)."""
+    return getattr(spec.submodules.mlp.submodules, "activation_func", None) is not None

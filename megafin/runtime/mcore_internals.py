@@ -55,6 +55,20 @@ INTERNALS: tuple[Internal, ...] = (
     Internal("megatron.core.models.common.embeddings.rotary_pos_embedding:RotaryEmbedding._apply_scaling",
              "megafin/models/gpt.py", "Llama-3 RoPE scaling with all four HF parameters (GPTModel passes only "
              "the factor)", ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings")),
+    # ---- RoPE from shared cos/sin tables (megafin/models/rope.py): a SelfAttention subclass in the layer spec
+    Internal("megatron.core.transformer.attention:SelfAttention.get_query_key_value_tensors",
+             "megafin/models/rope.py", "overridden: q and k rotated where megatron returns them (split_qkv)",
+             ("hidden_states", "key_value_states", "output_gate", "split_qkv")),
+    Internal("megatron.core.transformer.attention:Attention.forward", "megafin/models/rope.py",
+             "called with rotary_pos_emb=None (RoPE applied in the override above); falls back to megatron's RoPE "
+             "when any of these is set", ("rotary_pos_emb", "rotary_pos_cos", "inference_context",
+                                          "packed_seq_params")),
+    Internal("megatron.core.models.common.embeddings.rope_utils:_apply_rotary_pos_emb_bshd", "megafin/models/rope.py",
+             "reproduced bit for bit (tests/unit/test_rope.py): non-interleaved, cos/sin cast to q/k's dtype",
+             ("t", "freqs", "rotary_interleaved", "mscale")),
+    Internal("megatron.core.models.common.embeddings.rope_utils:_apply_rotary_pos_emb_thd", "megafin/models/rope.py",
+             "its row choice reproduced: per document from 0, or per token when the table has one row per token",
+             ("t", "cu_seqlens", "freqs")),
     # ---- generation (megafin/generate/rotated_key_cache.py): overridden in a subclass of the self-attention
     Internal("megatron.core.transformer.attention:Attention._adjust_key_value_for_inference",
              "megafin/generate/rotated_key_cache.py", "keys cached after RoPE in the static KV cache (the override "
