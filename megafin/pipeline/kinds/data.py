@@ -165,7 +165,7 @@ class DataPrep(StageKind):
                                     **common)
             else:
                 result = pretrain(inputs(body["pretrain"]), str(tokenizer), prefix, quiet=True)
-            packed[name] = {k: getattr(result, k) for k in ("docs_written", "tokens") if hasattr(result, k)}
+            packed[name] = {k: result.stats.get(k) for k in ("docs_written", "tokens")}
             stage.log(f"{name}: {next(k for k in PACKERS if k in body)} -> {prefix}_* {packed[name]}")
         (out / "summary.json").write_text(json.dumps({"sets": sets, "outputs": packed,
                                                       "tokenizer": str(tokenizer)}, indent=2) + "\n")

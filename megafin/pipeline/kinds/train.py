@@ -19,6 +19,7 @@ from megafin.pipeline.registry import (Problem, StageKind, is_mapping, is_str, o
                                        unknown_keys)
 
 RUN = "run"
+SET_BY_PIPELINE = ("run_dir", "train.resume", "train.init_from", "data.blend", "data.tokenizer")
 
 
 def _blend(data: Any) -> str:
@@ -42,9 +43,28 @@ class Train(StageKind):
         yield from optional(s, "tokenizer", is_str, "a tokenizer directory")
         yield from optional(s, "init_from", is_str, "a checkpoint (\"@stage\" or a directory)")
         yield from optional(s, "overrides", is_mapping, "a mapping of recipe key -> value")
-        for key in (s.get("overrides") or {}) if is_mapping(s.get("overrides")) else ():
-            if key in ("run_dir", "train.resume", "train.init_from", "data.blend", "data.tokenizer"):
+        overrides = s.get("overrides") if is_mapping(s.get("overrides")) else {}
+        for key in overrides:
+            if key in SET_BY_PIPELINE:
                 yield ("overrides", key), "a key the pipeline does not set itself (use the stage's own setting)", key
+        if is_str(s.get("recipe")) and Path(s["recipe"]).is_file():
+            yield from self._check_recipe(s["recipe"], overrides)
+
+    @staticmethod
+    def _check_recipe(recipe: str, overrides: dict) -> Iterator[Problem]:
+        """The recipe with the stage's overrides, checked by the trainer's own checks before anything runs; what
+        depends on earlier stages' outputs (data, init_from, run_dir) is checked when the stage starts."""
+        from megafin.config import ConfigError, load_config, validate
+
+        try:
+            cfg = load_config(recipe, [f"{k}={json.dumps(v)}" for k, v in overrides.items() if k != "<<"])
+            validate(cfg, 1)
+        except ConfigError as err:
+            for line in err.lines:
+                key = line.split(":", 1)[0].strip()
+                if not key.startswith(SET_BY_PIPELINE) and not key.startswith("dpo.reference"):
+                    yield ("overrides", key) if key in overrides else ("recipe",), \
+                        f"settings the trainer accepts ({line})", ...
 
     def output(self, stage_dir: Path) -> Path:
         """The run's last checkpoint (RUN/checkpoints/latest); the directory itself before it has one."""
