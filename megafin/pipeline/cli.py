@@ -31,7 +31,7 @@ def run(args: argparse.Namespace) -> int:
     from megafin.pipeline.spec import load_spec
 
     try:
-        spec = load_spec(args.pipeline)
+        spec = load_spec(args.pipeline, deep=not (args.job or args.job_done or args.stage))
         if args.plan:
             return _plan(spec)
         if args.job:

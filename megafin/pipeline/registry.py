@@ -30,6 +30,11 @@ class StageKind:
     def check(self, settings: dict) -> Iterator[Problem]:
         return iter(())
 
+    def deep_check(self, settings: dict) -> Iterator[Problem]:
+        """Slower checks (e.g. a training recipe through the trainer's own checks), run where a pipeline is
+        started or submitted, not again in each Slurm job."""
+        return iter(())
+
     def run(self, stage: Any) -> None:
         raise NotImplementedError
 

@@ -123,8 +123,9 @@ def _read_yaml(path: Path) -> tuple[Any, dict]:
     return data, lines
 
 
-def load_spec(path: str | Path, check_kinds: bool = True) -> PipelineSpec:
-    """The pipeline as written, checked: every problem found is one line of the PipelineError (the first ten)."""
+def load_spec(path: str | Path, check_kinds: bool = True, deep: bool = True) -> PipelineSpec:
+    """The pipeline as written, checked: every problem found is one line of the PipelineError (the first ten).
+    deep=False leaves out the kinds' slower checks (a Slurm job: the submission ran them)."""
     from megafin.pipeline.registry import get_kind, kind_names
 
     path = Path(path)
@@ -176,7 +177,11 @@ def load_spec(path: str | Path, check_kinds: bool = True) -> PipelineSpec:
             elif ref.sub is not None and (".." in Path(ref.sub).parts or ref.sub.startswith("/")):
                 bad(spec.line_of(*ref_path), dotted, "a path inside the stage's directory", f"@{ref.stage}/{ref.sub}")
         if check_kinds:
-            for sub, expected, got in get_kind(kind).check(spec.settings):
+            checker = get_kind(kind)
+            found = list(checker.check(spec.settings))
+            if deep and not found:
+                found = list(checker.deep_check(spec.settings))
+            for sub, expected, got in found:
                 dotted = ".".join(str(p) for p in (key, *sub))
                 problems.append(f"{path}:{spec.line_of(*sub)}: {dotted}: expected {expected}"
                                 + ("" if got is ... else f", got {got!r}"))

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from megafin.pipeline.registry import StageKind, register_kind
+from tests.helpers import REPO
 
 RUNS: list[tuple[str, bool]] = []  # (stage, resumed) for every run of a stub stage
 
@@ -135,6 +136,9 @@ def test_from_refuses_when_an_input_stage_is_not_done(tmp_path, capsys):
     ("  a: {kind: stub, value: 1}\n  a2: [1]\n", ":4: stages.a2: expected a mapping with a 'kind', got 'list'"),
     ("  a: {kind: stub, value: 1\n", ": not valid YAML: "),
     ("  A: {kind: stub, value: 1}\n", ":3: stages.A: expected a stage name of lower-case letters"),
+    (f"  b: {{kind: train, recipe: {REPO}/recipes/tiny/sft.yaml, overrides: {{train.steps: 0}}}}\n",
+     ":3: stages.b.overrides.train.steps: expected settings the trainer accepts (train.steps: expected a positive "
+     "integer, got 0)"),
     ("  b: {kind: train, recipe: nowhere.yaml, overrides: {run_dir: x}}\n",
      ":3: stages.b.recipe: expected an existing recipe file, got 'nowhere.yaml'"),
 ])

@@ -124,6 +124,17 @@ class DataPrep(StageKind):
                                                         f"or a file", item
 
     def run(self, stage: Any) -> None:
+        from data_prep.chat import NoChatTemplate
+        from data_prep.outputs import OutputError
+        from data_prep.stats import BadInputError
+
+        try:
+            self._run(stage)
+        except (BadInputError, OutputError, NoChatTemplate, OSError, ValueError, KeyError) as err:
+            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            raise stage.fail(f"{type(err).__name__}: {first}") from None
+
+    def _run(self, stage: Any) -> None:
         from data_prep.packed_writer import mix, preference, sft
         from data_prep.pretrain import pretrain
         from megafin.pipeline import records

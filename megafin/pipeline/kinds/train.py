@@ -47,6 +47,9 @@ class Train(StageKind):
         for key in overrides:
             if key in SET_BY_PIPELINE:
                 yield ("overrides", key), "a key the pipeline does not set itself (use the stage's own setting)", key
+
+    def deep_check(self, s: dict) -> Iterator[Problem]:
+        overrides = s.get("overrides") if is_mapping(s.get("overrides")) else {}
         if is_str(s.get("recipe")) and Path(s["recipe"]).is_file():
             yield from self._check_recipe(s["recipe"], overrides)
 
