@@ -10,7 +10,8 @@ from typing import Any, Callable, Iterator, Optional
 from megafin.pipeline.errors import PipelineError
 
 BUILTIN = ("megafin.pipeline.kinds.data", "megafin.pipeline.kinds.train", "megafin.pipeline.kinds.distill",
-           "megafin.pipeline.kinds.evaluate", "megafin.pipeline.kinds.export")
+           "megafin.pipeline.kinds.evaluate", "megafin.pipeline.kinds.export",
+           "megafin.pipeline.kinds.import_hf")
 _KINDS: dict[str, type["StageKind"]] = {}
 _loaded = False
 

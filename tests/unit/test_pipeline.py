@@ -176,3 +176,15 @@ def test_plan_lists_stamps_and_states(tmp_path, capsys):
     lines = [line.split("\t") for line in capsys.readouterr().out.strip().splitlines()]
     assert [(n, w) for n, _, _, w in lines] == [("a", "done"), ("b", "to run"), ("c", "to run"), ("d", "to run")]
     assert ran() == []
+
+
+@pytest.mark.parametrize("name", ["tiny", "llama3_8b"])
+def test_shipped_pipelines_pass_their_checks(name, monkeypatch):
+    """Both PIPELINE files load and pass every check (the 8B one needs recipes/llama3_8b, the scale recipes)."""
+    from megafin.pipeline.spec import load_spec
+
+    if name == "llama3_8b" and not (REPO / "recipes/llama3_8b/cpt_it_group1.yaml").is_file():
+        pytest.skip("recipes/llama3_8b/ is not in this checkout")
+    monkeypatch.chdir(REPO)
+    spec = load_spec(REPO / "recipes/pipeline" / f"{name}.yaml")
+    assert spec.names()[-1] in ("export", "eval")

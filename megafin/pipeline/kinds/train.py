@@ -55,19 +55,22 @@ class Train(StageKind):
 
     @staticmethod
     def _check_recipe(recipe: str, overrides: dict) -> Iterator[Problem]:
-        """The recipe with the stage's overrides, checked by the trainer's own checks before anything runs; what
-        depends on earlier stages' outputs (data, init_from, run_dir) is checked when the stage starts."""
+        """The stage's overrides through the trainer's own checks (the recipe at its smallest world, tp x pp),
+        before anything runs. Only what the overrides set is reported: the recipe's own keys may name a cluster's
+        paths or GPUs (recipes are validated by their own tests), and data, init_from and run_dir come from earlier
+        stages' outputs, checked when the stage starts."""
         from megafin.config import ConfigError, load_config, validate
 
+        keys = [k for k in overrides if k != "<<"]
         try:
-            cfg = load_config(recipe, [f"{k}={json.dumps(v)}" for k, v in overrides.items() if k != "<<"])
-            validate(cfg, 1)
+            cfg = load_config(recipe, [f"{k}={json.dumps(overrides[k])}" for k in keys])
+            validate(cfg, cfg.parallel.tp * cfg.parallel.pp)
         except ConfigError as err:
             for line in err.lines:
                 key = line.split(":", 1)[0].strip()
-                if not key.startswith(SET_BY_PIPELINE) and not key.startswith("dpo.reference"):
-                    yield ("overrides", key) if key in overrides else ("recipe",), \
-                        f"settings the trainer accepts ({line})", ...
+                hit = next((k for k in keys if key == k or line.startswith(f"{k}:") or f"{k}=" in line), None)
+                if hit is not None:
+                    yield ("overrides", hit), f"settings the trainer accepts ({line})", ...
 
     def output(self, stage_dir: Path) -> Path:
         """The run's last checkpoint (RUN/checkpoints/latest); the directory itself before it has one."""
