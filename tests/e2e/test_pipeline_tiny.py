@@ -29,6 +29,7 @@ def reduced(tmp_path: Path, shared_data: Path) -> Path:
     st["data"]["outputs"]["cpt_it"]["mix"]["cpt"] = cpt
     for stage in ("instruct", "cpt_it", "rpo"):
         st[stage]["overrides"].update({"train.steps": 2, "parallel.global_batch_size": 4, "checkpoint.interval": 0,
+                                       "parallel.micro_batch_size": 4,
                                        "train.threads": 1, "model.max_position_embeddings": 1024,
                                        "scheduler.warmup_steps": 0})
     st["rpo"]["overrides"]["data.seq_length"] = 1024
