@@ -58,7 +58,7 @@ def run(args: argparse.Namespace) -> int:
     except PipelineError as err:
         for line in str(err).splitlines():
             print(f"megafin pipeline: error: {line}", file=sys.stderr, flush=True)
-        return EXIT_CONFIG_ERROR
+        return err.code or EXIT_CONFIG_ERROR
     return 0
 
 

@@ -105,7 +105,7 @@ class Train(StageKind):
         code = megafin_main(args)
         if code != 0:
             raise PipelineError(f"stage {stage.name}: megafin train exited {code} (its log is above; a rerun "
-                                f"resumes from {stage.directory / RUN}/checkpoints)")
+                                f"resumes from {stage.directory / RUN}/checkpoints)", code=code)
         if not (stage.directory / RUN / "checkpoints" / "latest").is_file():
             raise PipelineError(f"stage {stage.name}: megafin train wrote no checkpoint (checkpoint.save_at_end "
                                 f"must stay true in a pipeline)")
