@@ -60,7 +60,7 @@ def pipeline(tmp_path: Path, *flags: str, stages: str = CHAIN) -> int:
     return main(["pipeline", str(write(tmp_path, stages.replace("INPUT", str(inp)))), *flags])
 
 
-def ran(tmp_path=None) -> list[str]:
+def ran() -> list[str]:
     return [name for name, _ in RUNS]
 
 
