@@ -73,6 +73,11 @@ def build_parser() -> argparse.ArgumentParser:
     from megafin.plan.cli import add_command as _plan_command
 
     _plan_command(sub)  # plan
+    from megafin.pipeline.cli import add_arguments as _pipeline_arguments
+
+    pipeline = sub.add_parser("pipeline", help="FinDAP's stages from raw corpora to an evaluated HF model, stamped, "
+                                               "resumable, locally or as dependent Slurm jobs")
+    _pipeline_arguments(pipeline)
     from megafin.eval.tasks.registry import TASKS, task_names
 
     evaluate = sub.add_parser("eval", help="evaluate a model on the financial tasks")

@@ -1,9 +1,13 @@
-"""`make demo`: FinDAP's recipe end to end on the tiny model, on CPU.
+"""`make demo`: the tiny FinDAP pipeline on CPU (recipes/pipeline/tiny.yaml, `megafin pipeline`): real data from
+../shared/data -> tokenizer, instruction records, held-out splits, packed data -> a tiny instruct base -> joint
+CPT+IT -> preference distillation -> RPO -> IT-only / CPT+IT / CPT+IT+RPO evaluated side by side (held-out training
+rows, then the test splits) -> HF export; it ends by printing both tables and where the HF model is. Everything
+lands in demo_out/pipeline/; a rerun skips what is done. Extra arguments go to `megafin pipeline` (--from, --until).
 
-raw text -> tokenizer -> indexed corpora and packed SFT/CPT+IT/preference data (data_prep) -> joint CPT+IT run
--> DPO-family (RPO) run starting from the CPT+IT checkpoint -> answers from the RPO checkpoint (megafin generate).
-Everything lands in demo_out/: data/, runs/{cpt_it,dpo}/ (metrics.jsonl, config.yaml, checkpoints/) and
-answers.jsonl. Extra arguments are overrides for both runs.
+`python -m megafin.demo --recipes [key=value ...]` is the one-minute chain of the tiny recipes instead (also what
+any key=value argument selects): the sample texts in recipes/tiny/data -> data_prep -> joint CPT+IT -> RPO ->
+answers (megafin generate) in demo_out/: data/, runs/{cpt_it,dpo}/, answers.jsonl; the arguments are overrides for
+both runs. prepare_data() is also the tests' tiny data set.
 """
 from __future__ import annotations
 
@@ -13,6 +17,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 SAMPLES = REPO / "recipes" / "tiny" / "data"
 OUT = Path("demo_out")
+PIPELINE = REPO / "recipes" / "pipeline" / "tiny.yaml"
 
 
 def prepare_data(out: Path = OUT / "data") -> Path:
@@ -37,13 +42,47 @@ def prepare_data(out: Path = OUT / "data") -> Path:
     return out
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["--recipes"] or any("=" in a and not a.startswith("-") for a in argv):
+        return recipes_demo([a for a in argv if a != "--recipes"])
+    return pipeline_demo(argv)
+
+
+def pipeline_demo(flags: list[str]) -> int:
+    """The tiny pipeline, then its two evaluation tables and the HF export's place."""
+    import time
+
+    from megafin.cli import main as megafin_main, quiet_third_party
+    from megafin.pipeline.spec import load_spec
+    from megafin.pipeline.errors import PipelineError
+
+    quiet_third_party()
+    t0 = time.perf_counter()
+    code = megafin_main(["pipeline", str(PIPELINE.relative_to(REPO) if Path.cwd() == REPO else PIPELINE), *flags])
+    if code != 0:
+        return code
+    try:
+        out = load_spec(PIPELINE, deep=False).out
+    except PipelineError:
+        return 2
+    for stage, what in (("heldout_eval", "held-out 10% of the TRAINING splits (what every choice was made by)"),
+                        ("eval", "TEST splits (../shared/data; never used for a choice)")):
+        table = out / stage / "compare" / "compare.md"
+        if table.is_file():
+            print(f"\ndemo: {what}: {table}\n")
+            print(table.read_text().split("\n", 2)[-1].strip())
+    print(f"\ndemo: the final model (CPT+IT+RPO) as an HF model: {out / 'export' / 'hf'}")
+    print(f"demo: every stage's outputs and stamps under {out}/ ({time.perf_counter() - t0:.0f} s)")
+    return 0
+
+
+def recipes_demo(overrides: list[str]) -> int:
     from megafin.checkpoint.manager import latest_checkpoint
     from megafin.cli import main as megafin_main, quiet_third_party
 
     quiet_third_party()
     prepare_data()
-    overrides = sys.argv[1:]
     recipes = REPO / "recipes" / "tiny"
     print("demo: [1/3] joint CPT+IT: megafin train recipes/tiny/cpt_it.yaml", flush=True)
     code = megafin_main(["train", str(recipes / "cpt_it.yaml"), *overrides])

@@ -1,0 +1,1 @@
+"""The built-in stage kinds, one file each (registered in ../registry.py's BUILTIN)."""

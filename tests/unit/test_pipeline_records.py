@@ -1,0 +1,37 @@
+"""The pipeline data stage's records: the held-out part of a training split (stable, by id), labelled pairs
+(rejected is always a wrong answer of the same question), and instruction records with the evaluation's prompts."""
+from __future__ import annotations
+
+import json
+
+from megafin.pipeline import records
+
+
+def test_held_out_part_is_stable_and_about_the_fraction():
+    rows = [{"id": f"r{i}"} for i in range(2000)]
+    train, held = records.split_rows(rows, 0.1, seed=7)
+    assert len(train) + len(held) == 2000 and 150 < len(held) < 250
+    again_train, again_held = records.split_rows(list(reversed(rows)), 0.1, seed=7)
+    assert {r["id"] for r in again_held} == {r["id"] for r in held}  # by id, not position
+    assert {r["id"] for r in records.split_rows(rows, 0.1, seed=8)[1]} != {r["id"] for r in held}
+    assert records.split_rows(rows, 0.0, seed=7) == (rows, [])
+
+
+def test_labelled_pairs_reject_a_wrong_answer_of_the_same_question():
+    recs = [{"prompt": "p1", "response": "neutral"}, {"prompt": "p2", "response": "Yes"},
+            {"prompt": "p3", "response": "A long definition."}]
+    pairs = list(records.labelled_pairs(recs * 20, seed=1))
+    assert len(pairs) == 40  # the free-text record gives none
+    sentiment = {p["rejected"] for p in pairs if p["prompt"] == "p1"}
+    assert sentiment == {"negative", "positive"}
+    assert {p["rejected"] for p in pairs if p["prompt"] == "p2"} == {"No"}
+    assert all(p["chosen"] != p["rejected"] for p in pairs)
+
+
+def test_instruction_records_ask_what_the_evaluation_asks(shared_data):
+    from megafin.eval.tasks.registry import get_eval_task
+
+    row = json.loads((shared_data / "fpb/train.jsonl").read_text().splitlines()[0])
+    rec = next(records.instruction_records("fpb", [row]))
+    example = get_eval_task("fpb").examples([row])[0]
+    assert example.messages[-1]["content"] == rec["prompt"] and rec["response"] == row["label"]
