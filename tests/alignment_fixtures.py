@@ -50,7 +50,10 @@ def megafin_model(hf_model, stage_overrides=()):
     from megafin.models.gpt import build_model
 
     adapter, m = adapter_and_config(hf_model)
-    overrides = [f"model.{k}={v}" for k, v in vars(m).items() if k != "rope_scaling"]
+    from dataclasses import is_dataclass
+
+    # Flat fields only: nested sections (rope_scaling, fusions) keep their defaults.
+    overrides = [f"model.{k}={v}" for k, v in vars(m).items() if not is_dataclass(v)]
     cfg = load_config(None, [*overrides, "model.rope_scaling.type=none", "model.attention_backend=sdpa",
                              *stage_overrides])
     model = build_model(cfg, VOCAB)
