@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any, Callable, Optional, Sequence, Union
 
 from megafin.distill.judge.api import DISCARD_REASONS, JudgeItem, Judgment
+from megafin.generate.engines.openai_engine import error_message
 from megafin.distill.judge.cache import JudgmentCache, cache_key
 from megafin.distill.judge.parse import discard, parse_judgment
 from megafin.distill.judge.template import JudgeTemplate
@@ -172,7 +173,7 @@ class JudgeClient:
                     reason, detail = "timeout", f"no answer within {self.timeout_s:g} s"
                     continue
                 except openai.APIStatusError as err:
-                    detail = f"HTTP {err.status_code}: {_message(err)}"
+                    detail = f"HTTP {err.status_code}: {error_message(err)}"
                     if err.status_code in FATAL_STATUS:
                         raise JudgeError(f"judge {self.base_url} model {self.model!r}: {detail}") from None
                     reason = "server_error"
@@ -180,7 +181,7 @@ class JudgeClient:
                         continue
                     return self._discarded(item, "server_error", detail)  # the request itself is refused
                 except (openai.APIConnectionError, openai.APIResponseValidationError, ValueError) as err:
-                    reason, detail = "server_error", f"{type(err).__name__}: {_message(err)}"
+                    reason, detail = "server_error", f"{type(err).__name__}: {error_message(err)}"
                     continue
                 choices = getattr(response, "choices", None) or []
                 message = getattr(choices[0], "message", None) if choices else None
@@ -234,13 +235,3 @@ def _run_in_thread(fn: Callable[[], Any]) -> Any:
     if "error" in box:
         raise box["error"]
     return box["value"]
-
-
-def _message(err: Any) -> str:
-    body = getattr(err, "body", None)
-    if isinstance(body, dict):
-        inner = body.get("error", body)
-        if isinstance(inner, dict) and inner.get("message"):
-            return str(inner["message"])
-    text = str(err)
-    return text.splitlines()[0] if text else type(err).__name__

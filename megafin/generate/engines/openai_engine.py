@@ -113,20 +113,22 @@ class OpenAIEngine(GenerationEngine):
             except openai.APIStatusError as err:
                 if err.status_code < 500:
                     raise GenerationError(f"{self.base_url or 'OpenAI API'}: HTTP {err.status_code}: "
-                                          f"{_message(err)}") from None
+                                          f"{error_message(err)}") from None
                 last = err
             if attempt < self.max_retries:
                 self.retried += 1
                 # Exponential backoff with jitter, so that many threads do not retry in step.
                 time.sleep(self.backoff * (2 ** attempt) * (0.5 + random.random() / 2))
         raise GenerationError(f"{self.base_url or 'OpenAI API'}: gave up after {self.max_retries + 1} tries: "
-                              f"{type(last).__name__}: {_message(last)}")
+                              f"{type(last).__name__}: {error_message(last)}")
 
     def close(self) -> None:
         self.client.close()
 
 
-def _message(err: Any) -> str:
+def error_message(err: Any) -> str:
+    """The first line of an OpenAI-client error: the server's own message where its body has one (also used by
+    the distillation judge client)."""
     body = getattr(err, "body", None)
     if isinstance(body, dict):
         inner = body.get("error", body)
