@@ -35,13 +35,42 @@ def split_rows(rows: Sequence[dict], fraction: float, seed: int) -> tuple[list[d
     return train, held
 
 
-def instruction_records(task: str, rows: Iterable[dict]) -> Iterator[dict]:
-    """The rows as prompt/response records (the evaluation's prompts for evaluation tasks; XBRL as given)."""
+def instruction_records(task: str, rows: Iterable[dict]) -> tuple[list[dict], int]:
+    """(the rows as prompt/response records, rows without a record of this kind): the evaluation's prompts for
+    evaluation tasks, XBRL as given; a headline not about the price has no `headline_sentiment` record."""
     from megafin.eval.tasks.sft_records import SETS
 
     record = SETS[task]
+    out, skipped = [], 0
     for k, row in enumerate(rows):
-        yield record(row, k)
+        rec = record(row, k)
+        if rec is None:
+            skipped += 1
+        else:
+            out.append(rec)
+    return out, skipped
+
+
+def balance_labels(recs: Sequence[dict], seed: int) -> list[dict]:
+    """Every answer (label) repeated up to the most frequent one's count: whole copies, then a seeded sample of the
+    remainder, in a seeded order. A model trained on a set whose label prior is its source's (FPB 59% neutral,
+    FiQA-SA's posts 63% positive and 5% neutral) learns the source's style as a cue for that prior; balanced, the
+    style carries no label and the model has to read the text. Sets without a closed answer set are returned as is."""
+    by_label: dict[str, list[dict]] = {}
+    for rec in recs:
+        by_label.setdefault(rec["response"].strip().lower(), []).append(rec)
+    if not all(wrong_answers(label) for label in by_label):
+        return list(recs)
+    rng = random.Random(seed)
+    target = max(len(group) for group in by_label.values())
+    out: list[dict] = []
+    for label in sorted(by_label):
+        group = by_label[label]
+        copies, rest = divmod(target, len(group))
+        out.extend(group * copies)
+        out.extend(rng.sample(group, rest))
+    rng.shuffle(out)
+    return out
 
 
 def wrong_answers(response: str) -> Sequence[str]:

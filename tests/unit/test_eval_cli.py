@@ -102,7 +102,7 @@ def test_task_prompts_are_the_ones_trained_on():
         "prompt": "Does the news headline talk about price staying constant? Answer Yes or No.\nInput: Gold up\n"
                   "Answer:", "response": "No"}
     assert sft_records.SETS["tfns"](row, 0) == get_task("tfns").record(row, 0)
-    assert list(sft_records.SETS) == ["fpb", "fiqa_sa", "tfns", "headline", "xbrl"]
+    assert list(sft_records.SETS) == ["fpb", "fiqa_sa", "tfns", "headline", "xbrl", "headline_sentiment"]
 
 
 def test_a_registered_task_reaches_the_cli_and_other_families_are_refused(monkeypatch, tmp_path, capsys):

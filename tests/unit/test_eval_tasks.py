@@ -62,7 +62,8 @@ def test_sentiment_extraction_correct_wrong_unparsable_and_metrics():
     assert [s.unparsable for s in scored] == [False, False, True, False, True]
     assert [s.value for s in scored] == [1.0, 1.0, 0.0, 1.0, 0.0]
     # positive: tp 1 fn 1 -> 2/3; negative: 1; neutral: tp 1 fn 1 -> 2/3; weighted by support 2, 1, 2.
-    assert result == {"accuracy": pytest.approx(3 / 5), "weighted_f1": pytest.approx((2 * 2 / 3 + 1 + 2 * 2 / 3) / 5)}
+    assert result == {"accuracy": pytest.approx(3 / 5), "weighted_f1": pytest.approx((2 * 2 / 3 + 1 + 2 * 2 / 3) / 5),
+                      "macro_f1": pytest.approx((2 / 3 + 1 + 2 / 3) / 3)}
     assert list(result)[0] == task.metric
     assert task.baseline(examples) == pytest.approx(2 / 5)  # "positive", the first of the two most frequent
 

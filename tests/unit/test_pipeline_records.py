@@ -32,6 +32,35 @@ def test_instruction_records_ask_what_the_evaluation_asks(shared_data):
     from megafin.eval.tasks.registry import get_eval_task
 
     row = json.loads((shared_data / "fpb/train.jsonl").read_text().splitlines()[0])
-    rec = next(records.instruction_records("fpb", [row]))
+    (rec,), skipped = records.instruction_records("fpb", [row])
     example = get_eval_task("fpb").examples([row])[0]
-    assert example.messages[-1]["content"] == rec["prompt"] and rec["response"] == row["label"]
+    assert example.messages[-1]["content"] == rec["prompt"] and rec["response"] == row["label"] and skipped == 0
+
+
+def test_headline_sentiment_asks_the_sentiment_question_and_counts_headlines_not_about_price(shared_data):
+    from megafin.eval.tasks.registry import get_eval_task
+
+    rows = [json.loads(line) for line in (shared_data / "headline/train.jsonl").read_text().splitlines()[:200]]
+    recs, skipped = records.instruction_records("headline_sentiment", rows)
+    nones = sum(r["price_sentiment"] == "none" for r in rows)
+    assert nones > 0 and skipped == nones and len(recs) == len(rows) - nones
+    kept = [r for r in rows if r["price_sentiment"] != "none"]
+    assert [r["response"] for r in recs] == [r["price_sentiment"] for r in kept]
+    # the same question as the sentiment evaluation tasks
+    asked = get_eval_task("tfns").examples([{"id": "x", "text": kept[0]["text"], "label": "neutral"}])[0]
+    assert asked.messages[-1]["content"] == recs[0]["prompt"]
+
+
+def test_balance_labels_repeats_every_label_to_the_largest_count():
+    recs = ([{"prompt": f"p{i}", "response": "positive"} for i in range(10)]
+            + [{"prompt": f"n{i}", "response": "negative"} for i in range(4)]
+            + [{"prompt": f"u{i}", "response": "neutral"} for i in range(3)])
+    out = records.balance_labels(recs, seed=3)
+    counts = {label: sum(r["response"] == label for r in out) for label in ("positive", "negative", "neutral")}
+    assert counts == {"positive": 10, "negative": 10, "neutral": 10}
+    # whole copies first: every negative record twice, two of them a third time
+    negatives = [r["prompt"] for r in out if r["response"] == "negative"]
+    assert sorted(set(negatives)) == [f"n{i}" for i in range(4)] and min(map(negatives.count, set(negatives))) == 2
+    assert out == records.balance_labels(recs, seed=3) and out != records.balance_labels(recs, seed=4)
+    free_text = [{"prompt": "q", "response": "A definition."}, {"prompt": "q2", "response": "positive"}]
+    assert records.balance_labels(free_text, seed=3) == free_text

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import json
 import sys
-from typing import Callable, Iterator
+from typing import Callable, Iterator, Optional
 
 from megafin.eval.tasks.registry import TASKS
+from megafin.eval.tasks.sentiment import LABELS as SENTIMENT, QUESTION as SENTIMENT_QUESTION
 
 
 def xbrl(row: dict, k: int) -> dict:
@@ -18,30 +19,49 @@ def xbrl(row: dict, k: int) -> dict:
     return {"prompt": row["instruction"], "response": row["output"]}
 
 
-# Instruction sets that are trained on but are not evaluation tasks.
-TRAINING_ONLY: dict[str, Callable[[dict, int], dict]] = {"xbrl": xbrl}
-SETS: dict[str, Callable[[dict, int], dict]] = {**{name: task.record for name, task in TASKS.items()}, **TRAINING_ONLY}
+def headline_sentiment(row: dict, k: int) -> Optional[dict]:
+    """A gold-news headline's `price_sentiment` asked as the sentiment tasks ask it: sentiment on short news
+    headlines, which no sentiment training split here has (FiQA-SA's is microblog posts, FPB's report sentences).
+    A headline not about the price (`none`) has no record: the caller counts it as skipped."""
+    label = row["price_sentiment"]
+    if label == "none":
+        return None
+    if label not in SENTIMENT:
+        raise KeyError(f"price_sentiment {label!r} (expected one of {', '.join(SENTIMENT)}, none)")
+    return {"prompt": f"{SENTIMENT_QUESTION}\nInput: {row['text']}\nAnswer:", "response": label}
 
 
-def convert(task: str, path: str) -> Iterator[dict]:
-    """The records of the task's file, in order."""
+# Instruction sets that are trained on but are not evaluation tasks. A converter returns None for a row that has
+# no record of its kind (counted by the caller, never dropped silently).
+TRAINING_ONLY: dict[str, Callable[[dict, int], Optional[dict]]] = {"xbrl": xbrl,
+                                                                   "headline_sentiment": headline_sentiment}
+SETS: dict[str, Callable[[dict, int], Optional[dict]]] = {**{name: task.record for name, task in TASKS.items()},
+                                                          **TRAINING_ONLY}
+
+
+def convert(task: str, path: str) -> Iterator[Optional[dict]]:
+    """The records of the task's file, in order (None for a row without a record of this kind)."""
     record = SETS[task]
     with open(path, encoding="utf-8") as f:
         for k, line in enumerate(f):
             yield record(json.loads(line), k)
 
 
-def write(task: str, src: str, dst: str) -> int:
-    """`src` converted into `dst`; returns the number of records."""
-    n = 0
+def write(task: str, src: str, dst: str) -> tuple[int, int]:
+    """`src` converted into `dst`; returns (records written, rows without a record of this kind)."""
+    n = skipped = 0
     with open(dst, "w", encoding="utf-8") as out:
         for rec in convert(task, src):
+            if rec is None:
+                skipped += 1
+                continue
             out.write(json.dumps(rec, ensure_ascii=False) + "\n")
             n += 1
-    return n
+    return n, skipped
 
 
 if __name__ == "__main__":
     if len(sys.argv) != 4 or sys.argv[1] not in SETS:
         sys.exit(f"usage: python -m megafin.eval.tasks.sft_records {{{'|'.join(SETS)}}} IN.jsonl OUT.jsonl")
-    print(write(*sys.argv[1:4]))
+    written, skipped = write(*sys.argv[1:4])
+    print(f"{written} records, {skipped} rows without a {sys.argv[1]} record skipped")

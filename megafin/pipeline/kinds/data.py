@@ -9,14 +9,16 @@ read (data_prep's python API: sft | mix | preference | pretrain).
       holdout_seed: 20260123
       sets:                                   # labelled files -> OUT/data/sets/<name>.jsonl (prompt/response)
         fpb: {path: ../shared/data/fpb/train.jsonl, holdout: 0.1}   # 10% -> OUT/data/heldout/fpb/test.jsonl
+        fiqa_sa: {path: ../shared/data/fiqa_sa/train.jsonl, balance: true}  # every label repeated to the largest
         xbrl: {path: ../shared/data/instruct/xbrl_terms_train.jsonl, limit: 2000}
       outputs:                                # packed datasets OUT/data/<name>_*
         instruct: {sft: [xbrl, fpb], seq_length: 512}
         cpt_it: {mix: {cpt: [../shared/data/cpt/earnings_calls.jsonl], it: [xbrl, fpb]}, cpt_ratio: 0.5}
         pairs: {preference: [fpb, "@distill/pairs.jsonl"]}    # a set's labelled pairs, or pair files
 
-A set's `task` is its record format (megafin/eval/tasks/sft_records.py: fpb, fiqa_sa, tfns, headline, xbrl);
-by default its name."""
+A set's `task` is its record format (megafin/eval/tasks/sft_records.py: fpb, fiqa_sa, tfns, headline, xbrl,
+headline_sentiment); by default its name. `balance: true` repeats every label's records up to the most frequent
+label's count (records.balance_labels)."""
 from __future__ import annotations
 
 import json
@@ -29,7 +31,7 @@ from megafin.pipeline.spec import Reference
 
 PACKERS = ("sft", "mix", "preference", "pretrain")
 OUTPUT_KEYS = (*PACKERS, "seq_length", "cpt_ratio", "seed")
-SET_KEYS = ("path", "task", "holdout", "limit")
+SET_KEYS = ("path", "task", "holdout", "limit", "balance")
 
 
 def _set_formats() -> list[str]:
@@ -82,6 +84,8 @@ class DataPrep(StageKind):
                         optional(body, "holdout", lambda v: isinstance(v, (int, float)) and not isinstance(v, bool)
                                  and 0 <= v < 1, "a fraction in [0, 1)"))
             yield from (((*where, *p), e, g) for p, e, g in optional(body, "limit", is_pos_int, "a positive integer"))
+            yield from (((*where, *p), e, g) for p, e, g in optional(body, "balance", lambda v: isinstance(v, bool),
+                                                                       "true or false"))
             if body.get("holdout"):
                 if task in heldout_tasks:
                     yield (*where, "holdout"), f"one held-out set per task ({task} is already held out of set " \
@@ -149,13 +153,18 @@ class DataPrep(StageKind):
                 raise stage.fail(f"sets.{name}.path: {path} does not exist")
             rows = records.read_rows(path)[: body.get("limit")]
             train, held = records.split_rows(rows, float(body.get("holdout", 0)), seed)
-            recs = list(records.instruction_records(task, train))
+            recs, skipped = records.instruction_records(task, train)
+            distinct = len(recs)
+            if body.get("balance"):
+                recs = records.balance_labels(recs, seed)
             n = records.write_jsonl(recs, out / "sets" / f"{name}.jsonl")
             pairs = records.write_jsonl(records.labelled_pairs(recs, seed), out / "pairs" / f"{name}.jsonl")
             if held:
                 records.write_jsonl(held, out / "heldout" / task / "test.jsonl")
-            sets[name] = {"task": task, "records": n, "pairs": pairs, "held_out": len(held)}
-            stage.log(f"set {name}: {n} records, {pairs} labelled pairs, {len(held)} rows held out")
+            sets[name] = {"task": task, "records": n, "distinct_records": distinct, "pairs": pairs,
+                          "held_out": len(held), "skipped_rows": skipped}
+            stage.log(f"set {name}: {n} records ({distinct} distinct{', labels balanced' if body.get('balance') else ''}"
+                      f"), {pairs} labelled pairs, {len(held)} rows held out, {skipped} rows without a {task} record")
         tokenizer = self._tokenizer(stage, out, sets)
 
         def inputs(items: list, pairs: bool = False) -> list[str]:
