@@ -15,9 +15,10 @@ megatron's local DotProductAttention keeps the softmax (2 a s^2 per sequence, Ko
 dropout) and K, V repeated to every head. The layer's input is the first norm's input (counted in the layer), so the
 embedding adds nothing of its own. Recompute: selective (core attention) keeps Q, K, V (stored anyway) and drops the
 scores or the logsumexp; full stores each layer's input and one layer's working set. Pipeline: the first stage holds
-min(pp, micro-batches) micro-batches in flight (1F1B), times 1 + (pp - 1) / (pp vp) when interleaved. Time: megafin's FLOPs count (megafin/train/flops.py, the one its logged MFU
-uses) at a stated efficiency, plus recompute's extra forward work and the pipeline bubble (pp - 1) / (vp m).
-Communication is not modelled."""
+min(pp, micro-batches) micro-batches in flight (1F1B), times 1 + (pp - 1) / (pp vp) when interleaved. Time:
+megafin's FLOPs count (megafin/train/flops.py, the one its logged MFU uses) at a stated efficiency, plus recompute's
+extra forward work and the pipeline bubble (pp - 1) / (vp m). Communication is not modelled. What a CPU run keeps
+beyond this GPU model (unfused RMSNorm and SwiGLU): tests/unit/test_plan_activations.py."""
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
