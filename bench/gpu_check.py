@@ -30,6 +30,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+from bench.cuda_timing import time_cuda  # noqa: E402  (the repository's bench package, after the path is set)
+
 PY = sys.executable
 ALL_PARTS = ("env", "kernels", "nccl", "te", "width8b")
 LIMITS_S = {"env": 60, "kernels": 150, "nccl": 120, "te": 150, "width8b": 240}
@@ -97,18 +99,6 @@ def part_env(args) -> None:
 
 
 # ------------------------------------------------------------------------------------------------------ kernels
-def _time_cuda(fn, reps: int = 10) -> float:
-    import torch
-
-    fn()
-    torch.cuda.synchronize()
-    t = time.perf_counter()
-    for _ in range(reps):
-        fn()
-    torch.cuda.synchronize()
-    return (time.perf_counter() - t) / reps
-
-
 def part_kernels(args) -> None:
     if not on_gpu():
         row("kernels", "skipped", "no CUDA (the kernels' CPU tests run under TRITON_INTERPRET=1 in tests/kernels)")
@@ -156,8 +146,8 @@ def part_kernels(args) -> None:
     for name, fn in impls.items():
         try:
             err = (fn().float() - ref).abs().max().item() / scale
-            tf = _time_cuda(fn)
-            tb = _time_cuda(lambda: torch.autograd.grad(fn().reshape(T, hq, d), (q, k, v), do))
+            tf = time_cuda(fn)
+            tb = time_cuda(lambda: torch.autograd.grad(fn().reshape(T, hq, d), (q, k, v), do))
             ok = "ok" if err < 2e-2 else "FAIL"
             row(f"attn: {name}", ok, f"bf16 T={T} S<={maxlen} Hq/Hkv/D={hq}/{hkv}/{d}: max err {err:.1e} of scale; "
                 f"fwd {flops_fwd / tf / 1e12:.0f} TFLOP/s, fwd+bwd {3.5 * flops_fwd / tb / 1e12:.0f} TFLOP/s")
@@ -183,7 +173,7 @@ def part_kernels(args) -> None:
             torch.cuda.synchronize()
             torch.cuda.reset_peak_memory_stats()
             base = torch.cuda.memory_allocated()
-            t = _time_cuda(lambda: fn().sum().backward(), reps=3)
+            t = time_cuda(lambda: fn().sum().backward(), reps=3)
             results[name] = (err, t, (torch.cuda.max_memory_allocated() - base) / 2**30)
         except Exception as e:  # noqa: BLE001
             results[name] = e

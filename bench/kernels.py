@@ -25,13 +25,14 @@ import json
 import math
 import re
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+from bench.cuda_timing import time_cuda  # noqa: E402  (not `kernels`: that is the top-level Triton package)
+
 SHARED = REPO.parent / "shared" / "data"
 
 # Prompt templates for the classification sets (FinGPT-style instructions; the answer is the label word).
@@ -159,18 +160,6 @@ def packing_flops(args) -> None:
 
 
 # ------------------------------------------------------------------------------------------- CUDA only
-def _time(fn, reps=10):
-    import torch
-
-    fn()
-    torch.cuda.synchronize()
-    t = time.perf_counter()
-    for _ in range(reps):
-        fn()
-    torch.cuda.synchronize()
-    return (time.perf_counter() - t) / reps
-
-
 def bench_attention_cuda(args) -> None:
     import torch
     import torch.nn.functional as F
@@ -221,8 +210,8 @@ def bench_attention_cuda(args) -> None:
         print(f"  {dtype}, T={T}, {lens.numel()} docs (max {maxlen}), Hq={hq}, Hkv={hkv}, D={d}")
         for name, fn in impls.items():
             try:
-                tf = _time(lambda: fn())
-                tb = _time(lambda: torch.autograd.grad(fn().reshape(T, hq, d), (q, k, v), do))
+                tf = time_cuda(lambda: fn())
+                tb = time_cuda(lambda: torch.autograd.grad(fn().reshape(T, hq, d), (q, k, v), do))
                 print(f"    {name:<20} fwd {flops_fwd / tf / 1e12:7.1f} TFLOP/s   "
                       f"fwd+bwd {3.5 * flops_fwd / tb / 1e12:7.1f} TFLOP/s")
             except Exception as e:  # noqa: BLE001
@@ -254,7 +243,7 @@ def bench_logprobs_cuda(args) -> None:
         torch.cuda.reset_peak_memory_stats()
         base = torch.cuda.memory_allocated()
         try:
-            t = _time(fn, reps=3)
+            t = time_cuda(fn, reps=3)
             peak = torch.cuda.max_memory_allocated() - base
             print(f"  {name:<28} T={T} H={H} V={V} bf16: peak +{peak / 2**30:6.2f} GiB, {t * 1e3:7.1f} ms")
         except torch.cuda.OutOfMemoryError:

@@ -49,7 +49,7 @@ def add_commands(ap: argparse.ArgumentParser) -> argparse.ArgumentParser:
     pt = sub.add_parser("pretrain", help="text corpus -> PREFIX_text_document.bin/.idx + PREFIX_stats.json")
     pt.add_argument("--input", required=True, nargs="+", help="JSONL, JSONL.gz, parquet, datasets dir, or hub:NAME")
     pt.add_argument("--text-key", default="text")
-    pt.add_argument("--dedup", action="store_true", help="drop exact duplicate documents")
+    pt.add_argument("--dedup", action="store_true", help="drop exact duplicate documents (with --shard: across shards at `merge`)")
     pt.add_argument("--bos", choices=["auto", "always", "never"], default="never",
                     help="never (default): text + EOD, as Megatron-LM's tool; auto: prepend what the tokenizer "
                          "adds to plain text (BOS for Llama-3); always")

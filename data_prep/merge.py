@@ -2,7 +2,8 @@
 
 Shard i holds a contiguous run of the single run's documents (`data_prep.shards`), so the merge is a
 concatenation: the .bin bytes copied in shard order, the .idx rebuilt from the shards' lengths, the stats summed
-(`first_error_by_reason` from the first shard that has the reason: shards are in input order). Refused, with one
+(`first_error_by_reason` from the first shard that has the reason: shards are in input order). Shards made with
+--dedup also lose the documents an earlier shard already held (`data_prep.shard_dedup`). Refused, with one
 line, before anything is written: a shard that is incomplete or not a shard, shards made with different inputs,
 tokenizer (by content, not only by path) or settings, a shard given twice, and a shard missing.
 In the merged PREFIX_stats.json only `seconds`, `docs_per_s`, `tokens_per_s` (summed over the shards' own runs),
@@ -19,7 +20,7 @@ from collections import Counter
 
 import numpy as np
 
-from data_prep import outputs
+from data_prep import outputs, shard_dedup
 from data_prep.outputs import PRETRAIN_SUFFIX
 from data_prep.stats import BadInputError, Stats
 from data_prep.writers import BadIndexError, SequenceWriter, read_index
@@ -96,6 +97,33 @@ def check_shards(prefixes: list[str]) -> list[tuple[str, dict]]:
     return sorted(shards, key=lambda ps: ps[1]["shard"]["index"])
 
 
+def _dedup_across_shards(shards: list[tuple[str, dict]]) -> tuple[list, shard_dedup.Replay]:
+    """--dedup shards: one run's dedup replayed over them in order (`data_prep.shard_dedup`). -> (per shard, the
+    mask of its written documents one run keeps; the Replay: its counts and first duplicate)."""
+    replay = shard_dedup.Replay(strict=bool(shards[0][1]["shard"].get("strict")))
+    keeps: list = []
+    for p, s in shards:
+        sources = s["shard"].get("dedup_sources")
+        if not isinstance(sources, list):
+            raise BadInputError(f"{p}_stats.json: a --dedup shard without 'dedup_sources' (made by an older "
+                                "data_prep?); rerun this shard")
+        rows = shard_dedup.load(p + PRETRAIN_SUFFIX + shard_dedup.SUFFIX, s["docs_written"],
+                                s["skipped"].get(shard_dedup.DUPLICATE, 0), len(sources))
+        keeps.append(replay.shard(rows, sources))
+    return keeps, replay
+
+
+def _add_kept(writer: SequenceWriter, bin_path: str, lengths: np.ndarray, keep: np.ndarray) -> None:
+    """Append the documents of `bin_path` that `keep` marks, in runs of consecutive kept documents."""
+    data = np.memmap(bin_path, dtype=writer.dtype, mode="r")
+    offsets = np.concatenate([[0], np.cumsum(lengths, dtype=np.int64)])
+    kept = np.flatnonzero(keep)
+    breaks = np.flatnonzero(np.diff(kept) != 1) + 1
+    for run in np.split(kept, breaks):
+        if run.size:
+            writer.add_many(data[offsets[run[0]]: offsets[run[-1] + 1]], lengths[run])
+
+
 def merge(inputs: list[str] | str, output_prefix: str, allow_empty: bool = False, quiet: bool = False) -> dict:
     """Join the shards into `{output_prefix}_text_document.bin/.idx` + `{output_prefix}_stats.json` (the stats
     dict is returned). Raises BadInputError for shards that cannot be joined, EmptyOutputError (unless
@@ -117,6 +145,7 @@ def merge(inputs: list[str] | str, output_prefix: str, allow_empty: bool = False
                                 f"{np.dtype(got_dtype).name}, but its stats record {s['docs_written']:,} / "
                                 f"{s['tokens']:,} of {dtype.name}; rerun this shard")
         indexes.append(lengths)
+    keeps, replay = _dedup_across_shards(shards) if s0["dedup"] else ([None] * len(shards), None)
     out = f"{output_prefix}{PRETRAIN_SUFFIX}"
     if any(os.path.abspath(out) == os.path.abspath(p + PRETRAIN_SUFFIX) for p, _ in shards):
         raise BadInputError(f"--output-prefix {output_prefix}: would overwrite a shard (expected another prefix)")
@@ -130,14 +159,25 @@ def merge(inputs: list[str] | str, output_prefix: str, allow_empty: bool = False
     for _, s in shards:  # in input order: the first shard with a reason holds its first occurrence
         for reason, line in s["first_error_by_reason"].items():
             stats.first_errors.setdefault(reason, line)
+    if replay is not None:  # the shards' own repeats and those across shards, as one run counts them
+        stats.docs_written -= int(sum((~keep).sum() for keep in keeps))
+        stats.tokens -= int(sum(lengths[~keep].sum(dtype=np.int64) for keep, lengths in zip(keeps, indexes)))
+        stats.skipped[shard_dedup.DUPLICATE] = replay.duplicates
+        stats.skipped += Counter()  # drops a zero count
+        stats.first_errors.pop(shard_dedup.DUPLICATE, None)
+        if replay.first is not None:
+            stats.first_errors[shard_dedup.DUPLICATE] = replay.first
     paths = [i["path"] for i in s0["inputs"]]
     if stats.docs_written == 0 and not allow_empty:
         raise stats.empty_output(paths, "documents", hints=TEXT_KEY_HINTS)
 
     writer = SequenceWriter(out, dtype)
     try:
-        for (p, _), lengths in zip(shards, indexes):
-            writer.add_file(p + PRETRAIN_SUFFIX + ".bin", lengths)
+        for (p, _), lengths, keep in zip(shards, indexes, keeps):
+            if keep is None or keep.all():
+                writer.add_file(p + PRETRAIN_SUFFIX + ".bin", lengths)
+            else:
+                _add_kept(writer, p + PRETRAIN_SUFFIX + ".bin", lengths, keep)
         files = writer.close()
         result = stats.to_dict(
             output=out, inputs=s0["inputs"], tokenizer=s0["tokenizer"], encoder=s0["encoder"],

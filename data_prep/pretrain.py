@@ -17,6 +17,7 @@ import numpy as np
 
 from data_prep import outputs
 from data_prep.parallel import cap_workers, chunked, ordered_map
+from data_prep import shard_dedup
 from data_prep.sources import DEFAULT_MAX_DOC_BYTES, Raw, Record, check_inputs, input_fingerprint, iter_raw, parse_raw
 from data_prep.stats import Stats
 from data_prep.writers import SequenceWriter, token_dtype
@@ -141,17 +142,19 @@ def run_settings(tokenizer: str, text_key: str, bos: str, max_doc_bytes: int, de
 
 
 def _write_checked(writer: SequenceWriter, stats: Stats, seen: set, bad: list, digests: list | None,
-                   flat: np.ndarray, lengths: np.ndarray) -> None:
+                   flat: np.ndarray, lengths: np.ndarray, record: shard_dedup.DigestRecord | None = None) -> None:
     """A chunk with skipped items or under --dedup: count the skips in item order (under --strict the first one
-    stops the run), drop repeats, write the rest."""
+    stops the run), drop repeats, write the rest. `record`: a --dedup shard's record for `data_prep merge`."""
     keep = np.ones(len(lengths), dtype=bool)
     events = list(bad)
     for k, (i, where, digest) in enumerate(digests or ()):
         if digest in seen:
             keep[k] = False
-            events.append((i, where, "duplicate", "exact duplicate of an earlier document (--dedup)"))
+            events.append((i, where, shard_dedup.DUPLICATE, shard_dedup.MESSAGE))
         else:
             seen.add(digest)
+        if record is not None:
+            record.add(where, digest, bool(keep[k]))
     for _, where, reason, msg in sorted(events, key=lambda e: e[0]):
         stats.skip(where, reason, msg)
     if not keep.all():
@@ -194,7 +197,8 @@ def pretrain(
     allow_empty: write a (loadable) dataset of no documents instead of raising `EmptyOutputError`.
     shard: 'i/N' = tokenize only shard i's part of the inputs (`data_prep.shards`) into `{output_prefix}_shardI-of-N`
            (an empty shard is written, not refused: `data_prep merge` judges the whole); the merge of all N
-           shards is byte-identical to the run without --shard.
+           shards is byte-identical to the run without --shard. With dedup a shard drops its own repeats and
+           records its documents' digests; the merge drops the repeats across shards (`data_prep.shard_dedup`).
     Raises `BadInputError` under strict on the first bad item or for an unreadable input, `FileNotFoundError`
     for a missing input, `OutputError` for an output location that cannot be written. The outputs appear as
     one set (`data_prep.outputs`); a run that raises leaves the previous output as it was.
@@ -208,14 +212,12 @@ def pretrain(
     if shard is not None:
         from data_prep.shards import iter_pieces, parse_shard, plan
 
-        if dedup:
-            raise ValueError("--dedup with --shard: duplicates across shards cannot be found by one shard "
-                             "(expected --dedup on a run without --shard)")
         shard = parse_shard(shard)
         pieces = plan(paths, shard)
         output_prefix = shard.prefix(output_prefix)
         allow_empty = True
         shard_info = {"index": shard.index, "count": shard.count, "pieces": [p.to_dict() for p in pieces]}
+    record = shard_dedup.DigestRecord() if shard_info is not None and dedup else None
     outputs.check_output_prefix(output_prefix)
     tok = load_text_tokenizer(tokenizer)
     vocab = len(tok)
@@ -243,7 +245,7 @@ def pretrain(
                 writer.add_many(flat, lengths)
                 stats.written(len(lengths), int(lengths.sum()))
             else:
-                _write_checked(writer, stats, seen, bad, digests, flat, lengths)
+                _write_checked(writer, stats, seen, bad, digests, flat, lengths, record)
             bar.update(n_items)
             secs = max(stats.elapsed(), 1e-9)
             bar.set_postfix_str(f"{stats.docs_read / secs:,.0f} docs/s, {stats.tokens / secs:,.0f} tok/s", refresh=False)
@@ -257,9 +259,15 @@ def pretrain(
         )
         if shard_info is not None:
             result["shard"] = shard_info
+        if record is not None:
+            files.append((out_prefix + ".tmp" + shard_dedup.SUFFIX, out_prefix + shard_dedup.SUFFIX))
+            record.save(files[-1][0])
+            shard_info.update(dedup_sources=record.sources, strict=strict)
         outputs.commit(out_prefix, files, f"{output_prefix}_stats.json", result)
     except BaseException:
         writer.abort()
+        if record is not None:
+            outputs.discard([(out_prefix + ".tmp" + shard_dedup.SUFFIX, "")])
         raise
     finally:
         bar.close()

@@ -9,13 +9,16 @@ Per token and layer a 16-bit run stores 12h + 4k + 6f bytes (h hidden, k = query
   inputs of the QKV and FC1 projections (8h); inside it (divided by t): Q, K, V, the attention output that is also
   the output projection's input (4h + 4k), the SwiGLU input (4f) and FC2's input (2f).
 For Korthikanti's GPT block (f = 4h, k = h) this is his 34 sbh less the two dropout masks. FP8 (Transformer Engine)
-stores the four projection inputs in 1 byte. Flash-style attention (te, triton: what `auto` picks on a GPU) stores
-no s x s scores; sdpa/local store the softmax (2 a s^2 per sequence, Korthikanti's 5as/h term without dropout).
-Recompute: selective (core attention) drops the score term; full stores each layer's input and one layer's working
-set. Pipeline: the first stage holds min(pp, micro-batches) micro-batches in flight (1F1B), times
-1 + (pp - 1) / (pp vp) when interleaved. Time: megafin's FLOPs count (megafin/train/flops.py, the one its logged MFU
-uses) at a stated efficiency, plus recompute's extra forward work and the pipeline bubble (pp - 1) / (vp m).
-Communication is not modelled."""
+stores the four projection inputs in 1 byte. Fused attention kernels (te, triton, and PyTorch SDPA's flash /
+memory-efficient kernels, CPU's included: measured) keep no s x s scores, only an fp32 logsumexp per token and head;
+megatron's local DotProductAttention keeps the softmax (2 a s^2 per sequence, Korthikanti's 5as/h term without
+dropout) and K, V repeated to every head. The layer's input is the first norm's input (counted in the layer), so the
+embedding adds nothing of its own. Recompute: selective (core attention) keeps Q, K, V (stored anyway) and drops the
+scores or the logsumexp; full stores each layer's input and one layer's working set. Pipeline: the first stage holds
+min(pp, micro-batches) micro-batches in flight (1F1B), times 1 + (pp - 1) / (pp vp) when interleaved. Time:
+megafin's FLOPs count (megafin/train/flops.py, the one its logged MFU uses) at a stated efficiency, plus recompute's
+extra forward work and the pipeline bubble (pp - 1) / (vp m). Communication is not modelled. What a CPU run keeps
+beyond this GPU model (unfused RMSNorm and SwiGLU): tests/unit/test_plan_activations.py."""
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
@@ -26,7 +29,9 @@ from megafin.models.layout import padded_vocab_size
 from megafin.plan.gpus import GIB, GPU
 
 RECOMPUTE = ("none", "selective", "full")
-FLASH_ATTENTION = ("auto", "te", "triton")  # on a GPU `auto` is te or triton: neither stores s x s scores
+# Megatron's unfused core attention materializes the softmax; every other backend (on a GPU `auto` is te or triton,
+# on a CPU sdpa) runs a fused kernel that keeps only the logsumexp.
+SCORE_STORING_ATTENTION = ("local",)
 
 
 @dataclass(frozen=True)
@@ -133,18 +138,41 @@ def activation_bytes_per_layer(w: Workload, lay: Layout, recompute: str) -> floa
     tokens = w.seq_length * lay.mbs / lay.cp
     outside = (2 * h * e + 2 * h * lin) / (t if lay.sequence_parallel else 1)  # norm inputs; QKV and FC1 inputs
     inside = (h * e + 2 * kv * e + h * e + (h * lin if w.fp8 else 0) + 2 * f * e + f * lin) / t
-    stats = 4.0 * a / t  # fp32 softmax statistics per token and head
-    scores = 0.0
-    if m.attention_backend not in FLASH_ATTENTION and recompute == "none":
-        # the stored softmax of each attention call: packed micro-batches are one sequence of mbs packs
+    stats = scores = 0.0  # what core attention keeps beyond Q, K, V (selective recompute drops it)
+    if recompute == "none" and m.attention_backend in SCORE_STORING_ATTENTION:
+        # the stored softmax of each attention call (packed micro-batches are one sequence of mbs packs), and K, V
+        # repeated from the query groups to every head
         packed = w.cfg.data.format == "packed"
         seq = w.seq_length * (lay.mbs if packed else 1) / lay.cp
         sequences = 1 if packed else lay.mbs
         scores = sequences * (a / t) * seq * seq * e
+        inside += 2 * (h - kv) * e / t
+    elif recompute == "none":
+        stats = 4.0 * a / t  # the fp32 logsumexp per token and head
     full_layer = tokens * (outside + inside + stats) + scores
     if recompute == "full":
         return tokens * h * e / (t if lay.sequence_parallel else 1)  # the layer's input only
     return full_layer
+
+
+def head_activation_bytes(w: Workload, lay: Layout) -> float:
+    """Bytes the last stage's head keeps for backward for one micro-batch: the final norm's and the output layer's
+    inputs."""
+    tokens = w.seq_length * lay.mbs / lay.cp
+    return 2 * tokens * w.cfg.model.hidden_size * w.activation_bytes / (lay.tp if lay.sequence_parallel else 1)
+
+
+def logits_bytes(w: Workload, lay: Layout) -> float:
+    """The logits of one micro-batch at their peak. Megatron's vocab-parallel cross entropy keeps an fp32 softmax for
+    backward; a 16-bit run's logits are alive beside it while it is computed (freed at the end of the forward, so
+    not kept for backward). The triton log-prob kernel (what `auto` picks on a GPU) never materializes them."""
+    m = w.cfg.model
+    if m.logprob_backend in ("auto", "triton"):
+        return 0.0
+    e = w.activation_bytes
+    tokens = w.seq_length * lay.mbs / lay.cp
+    vocab = padded_vocab_size(w.vocab_size, m.make_vocab_size_divisible_by)
+    return tokens * vocab / lay.tp * (4.0 if e == 4 else e + 4.0)
 
 
 def estimate(w: Workload, lay: Layout) -> Estimate:
@@ -152,7 +180,6 @@ def estimate(w: Workload, lay: Layout) -> Estimate:
     dp = w.gpus // lay.model_parallel()
     micro_batches = par.global_batch_size // (lay.mbs * dp)
     h, L = m.hidden_size, m.num_layers
-    e = w.activation_bytes
     vocab = padded_vocab_size(w.vocab_size, m.make_vocab_size_divisible_by)
     layers = L // lay.pp
     matmul, norms = _layer_params(m, lay.tp)
@@ -166,27 +193,19 @@ def estimate(w: Workload, lay: Layout) -> Estimate:
     per_layer = {r: activation_bytes_per_layer(w, lay, r) / GIB for r in RECOMPUTE}
     layer_act = per_layer[lay.recompute]
     working_set = per_layer["none"] if lay.recompute == "full" else 0.0  # one layer recomputed at a time
-    tokens = w.seq_length * lay.mbs / lay.cp
-    sp = lay.tp if lay.sequence_parallel else 1
     if lay.pp > 1 and lay.vp > 1:
         in_flight = lay.pp * (1 + (lay.pp - 1) / (lay.pp * lay.vp))
     else:
         in_flight = float(min(lay.pp, micro_batches))
-    logprob = m.logprob_backend
-    # megatron's vocab-parallel cross entropy: bf16 logits + the fp32 softmax it keeps; the triton log-prob kernel
-    # (what `auto` picks on a GPU) never materializes [tokens, vocab] logits.
-    logit_bytes = 0.0 if logprob in ("auto", "triton") else (4.0 if e == 4 else e + 4.0)
-    logits = tokens * vocab / lay.tp * logit_bytes / GIB
+    logits = logits_bytes(w, lay) / GIB
 
     def stage_memory(stage: str) -> dict[str, float]:
         params = first if stage in ("first", "only") else last
         flight = in_flight if stage in ("first", "only") else 1.0
         acts = flight * layers * layer_act + working_set
-        if stage in ("first", "only"):
-            acts += flight * tokens * h * e / sp / GIB  # embedding output
         stage_logits = 0.0
         if stage in ("last", "only"):
-            acts += 2 * tokens * h * e / sp / GIB  # final norm and output layer inputs
+            acts += head_activation_bytes(w, lay) / GIB
             stage_logits = logits
         weight_bytes = 4 if w.cfg.precision.dtype == "fp32" else 2
         fp8_cache = 2 * linear_params["first" if stage == "only" else stage] if w.fp8 else 0.0  # TE's FP8 copies

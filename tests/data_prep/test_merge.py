@@ -14,11 +14,15 @@ from dp_helpers import write_jsonl
 DIFFERS = {"seconds", "docs_per_s", "tokens_per_s", "workers", "merged_from"}
 
 
-def _corpus(tmp_path):
+def _rows():
     rows = [{"text": f"Q{i % 4} revenue rose {i}% on strong demand. " * (1 + i % 9)} for i in range(120)]
     rows[7], rows[30], rows[31], rows[90] = "not json", {"txt": "wrong key"}, {"text": "   "}, "{broken"
     rows[50] = {"text": "Long filing. " * 400}
-    a = write_jsonl(tmp_path / "a.jsonl", rows)
+    return rows
+
+
+def _corpus(tmp_path):
+    a = write_jsonl(tmp_path / "a.jsonl", _rows())
     b = write_jsonl(tmp_path / "b.jsonl", [{"text": f"short {i}"} for i in range(25)])
     return [str(a), str(b)]
 
@@ -54,6 +58,72 @@ def test_merge_of_shards_is_byte_identical_to_one_run(sample_tok, tmp_path, n, w
     from data_prep.outputs import check_complete
 
     assert check_complete(str(tmp_path / "merged" / "cpt_text_document")) is None
+
+
+def _repeating_corpus(tmp_path):
+    """_corpus with repeats: inside a.jsonl (near and far, so within one shard and across shards), and b.jsonl
+    repeating a.jsonl."""
+    rows = _rows()
+    rows[60], rows[61], rows[110] = rows[59], rows[3], rows[1]
+    a = write_jsonl(tmp_path / "a.jsonl", rows)
+    b = write_jsonl(tmp_path / "b.jsonl", [{"text": f"short {i % 20}"} for i in range(25)] + rows[10:14])
+    return [str(a), str(b)]
+
+
+@pytest.mark.parametrize("n", [3, 8])
+def test_dedup_shards_merge_to_one_dedup_run(sample_tok, tmp_path, n):
+    """--dedup with --shard: each shard drops its own repeats, the merge those across shards; the result is one
+    --dedup run's bytes and stats (the first duplicate's line included), and --strict stops where one run stops."""
+    from data_prep.merge import merge
+    from data_prep.pretrain import pretrain
+    from data_prep.stats import BadInputError
+
+    paths = _repeating_corpus(tmp_path)
+    one = pretrain(paths, sample_tok, str(tmp_path / "one" / "cpt"), dedup=True, quiet=True)
+    assert one.stats["skipped"]["duplicate"] == 12
+    shards = _shards(paths, sample_tok, tmp_path / "sh" / "cpt", n, dedup=True)
+    own = sum(s.stats["skipped"].get("duplicate", 0) for s in shards)
+    assert 0 < own < 12  # repeats inside a shard and across shards
+    merge(str(tmp_path / "sh" / "cpt"), str(tmp_path / "merged" / "cpt"), quiet=True)
+    _same_output(tmp_path / "one" / "cpt", tmp_path / "merged" / "cpt")
+
+    # No malformed rows, repeats 20 lines apart only: --strict stops at the first repeat, which is across shards.
+    clean = [str(write_jsonl(tmp_path / "c.jsonl", [{"text": f"short {i % 20}"} for i in range(25)]))]
+    with pytest.raises(BadInputError) as stopped:
+        pretrain(clean, sample_tok, str(tmp_path / "one" / "strict"), dedup=True, strict=True, quiet=True)
+    _shards(clean, sample_tok, tmp_path / "st" / "cpt", 2, dedup=True, strict=True)
+    with pytest.raises(BadInputError) as merged:
+        merge(str(tmp_path / "st" / "cpt"), str(tmp_path / "st" / "merged"), quiet=True)
+    assert str(merged.value) == str(stopped.value) and "c.jsonl:21: exact duplicate" in str(merged.value)
+    assert not (tmp_path / "st" / "merged_text_document.bin").exists()
+
+
+def test_dedup_shard_digests_are_checked(sample_tok, tmp_path, capsys):
+    from data_prep.cli import main
+
+    paths = _repeating_corpus(tmp_path)
+    _shards(paths, sample_tok, tmp_path / "cpt", 2, dedup=True)
+    digests = tmp_path / "cpt_shard1-of-2_text_document_digests.npy"
+    rows = np.load(str(digests))
+    args = ["merge", "--inputs", str(tmp_path / "cpt"), "--output-prefix", str(tmp_path / "out" / "cpt")]
+
+    def replaced(new, manifest_too):
+        np.save(str(digests), new, allow_pickle=True)
+        if manifest_too:  # as if the shard had been written so: only the content check can tell
+            stats_path = tmp_path / "cpt_shard1-of-2_stats.json"
+            stats = json.loads(stats_path.read_text())
+            stats["file_bytes"][digests.name] = digests.stat().st_size
+            stats_path.write_text(json.dumps(stats))
+        assert main(args) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and err.startswith("data_prep merge: error: ") and digests.name in err, err
+        return err
+
+    assert "bytes but" in replaced(rows[:-1], manifest_too=False)  # the shard's manifest has its size
+    assert "does not match its shard's stats" in replaced(rows[:-1], manifest_too=True)  # a row short
+    assert "does not match" in replaced(rows["line"], manifest_too=True)  # not rows
+    assert "unreadable" in replaced(np.zeros(3, dtype=object), manifest_too=True)  # a pickle is never loaded
+    assert not (tmp_path / "out").exists() or not list((tmp_path / "out").iterdir())
 
 
 def test_merged_output_loads_in_megatron_core(sample_tok, tmp_path):

@@ -59,12 +59,11 @@ def test_bad_shard_value_is_one_line(bad):
         parse_shard(bad)
 
 
-def test_shard_refuses_dedup_and_hub_inputs(sample_tok, tmp_path):
+def test_shard_refuses_hub_inputs(sample_tok, tmp_path):
+    """(--shard with --dedup: tests/data_prep/test_merge.py.)"""
     from data_prep.cli import main
 
-    src = write_jsonl(tmp_path / "a.jsonl", [{"text": "a"}])
     base = ["pretrain", "--tokenizer", sample_tok, "--output-prefix", str(tmp_path / "o"), "--shard", "0/2"]
-    assert main([*base, "--input", str(src), "--dedup"]) == 2
     assert main([*base, "--input", "hub:some/dataset"]) == 2
     assert not list(tmp_path.glob("o_*"))
 

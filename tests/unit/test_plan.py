@@ -62,24 +62,30 @@ def _workload(overrides=(), gpus=8, efficiency=0.4):
 def test_activations_follow_the_derivation():
     """12h + 4k + 6f bytes per token and layer in bf16 (Korthikanti's 34 sbh for a Llama block without dropout):
     sequence parallelism divides all of it by t, TP alone only the 4h + 4k + 6f inside the TP region; full recompute
-    keeps the layer's input (2h); fp8 stores the four projection inputs in one byte."""
+    keeps the layer's input (2h); fp8 stores the four projection inputs in one byte. Fused attention (te, triton,
+    sdpa) adds an fp32 logsumexp per head, megatron's local attention the softmax and K, V repeated to every head;
+    selective recompute drops either. (What megafin keeps on CPU: tests/unit/test_plan_activations.py.)"""
     from megafin.plan import Layout
     from megafin.plan.estimate import activation_bytes_per_layer
 
     w = _workload()
     s, h, k, f = 8000, 4096, 1024, 14336
-    stats = 4 * 32  # fp32 softmax statistics per token and head
+    stats = 4 * 32  # fp32 logsumexp per token and head
     assert activation_bytes_per_layer(w, Layout(), "none") == s * (12 * h + 4 * k + 6 * f + stats)
     assert activation_bytes_per_layer(w, Layout(tp=4, sequence_parallel=True), "none") == \
         s * (12 * h + 4 * k + 6 * f + stats) / 4
     assert activation_bytes_per_layer(w, Layout(tp=4), "none") == s * (8 * h + (4 * h + 4 * k + 6 * f + stats) / 4)
+    assert activation_bytes_per_layer(w, Layout(), "selective") == s * (12 * h + 4 * k + 6 * f)
     assert activation_bytes_per_layer(w, Layout(), "full") == s * 2 * h
     fp8 = _workload(["precision.dtype=fp8"])
     assert activation_bytes_per_layer(fp8, Layout(), "none") == s * (11 * h + 4 * k + 5 * f + stats)
-    sdpa = _workload(["model.attention_backend=sdpa"])  # stores the softmax: 2 a s^2 bytes
-    assert activation_bytes_per_layer(sdpa, Layout(), "none") - activation_bytes_per_layer(w, Layout(), "none") == \
-        2 * 32 * s * s
-    assert activation_bytes_per_layer(sdpa, Layout(), "selective") == activation_bytes_per_layer(w, Layout(), "none")
+    sdpa = _workload(["model.attention_backend=sdpa"])  # PyTorch's fused kernels: no s x s scores either
+    assert activation_bytes_per_layer(sdpa, Layout(), "none") == activation_bytes_per_layer(w, Layout(), "none")
+    local = _workload(["model.attention_backend=local"])  # stores the softmax: 2 a s^2 bytes; K, V on 32 heads
+    assert activation_bytes_per_layer(local, Layout(), "none") == \
+        s * (12 * h + 4 * k + 6 * f + 4 * (h - k)) + 2 * 32 * s * s
+    assert activation_bytes_per_layer(local, Layout(), "selective") == \
+        activation_bytes_per_layer(w, Layout(), "selective")
 
 
 def test_optimizer_and_pipeline_terms():

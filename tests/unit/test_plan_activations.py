@@ -1,0 +1,169 @@
+"""`megafin plan`'s activation memory against what a megafin model keeps for backward on CPU, for the tiny model
+(fp32, seq 128) and a mid-size one (4 layers, hidden 1024, GQA 16/4, ffn 2816, bf16, seq 512), with recompute none,
+selective and full, on bshd and packed (THD) micro-batches.
+
+Measured with torch.autograd.graph.saved_tensors_hooks during one training forward: every tensor autograd keeps,
+each storage counted once at its full size (a view keeps its whole storage alive), parameters left out, and each
+storage charged to the module that first saved it (embedding, a decoder layer, the head). Why not the allocator:
+torch exposes no CPU allocator statistics (torch.cuda.memory_allocated is CUDA's), and a process-RSS delta mixes in
+temporaries that are freed before backward and allocator caching; the hooks see exactly what backward will need.
+
+The planner models a GPU layer (Transformer Engine or fused kernels: fused RMSNorm, fused SwiGLU); per layer it
+matches megafin on CPU once these CPU-only costs are added (`cpu_extra_per_token`):
+  - torch's RMSNorm (no fused kernel on CPU) keeps an fp32 copy of its input, the fp32 normalized input and the fp32
+    rstd instead of the input alone: 8h + 4 - e h bytes per norm;
+  - megatron's unfused SwiGLU keeps silu(gate) besides its input: f e;
+  - bshd: V reaches SDPA as a view of the fused QKV projection's output, which keeps all of it alive: (h + k) e
+    (so does selective recompute's checkpoint of core attention, bshd or packed); packed without recompute: the
+    attention output is kept twice, padded for SDPA's backward and unpadded for the output projection: h e.
+Where the planner was wrong for GPUs too it is fixed (megafin/plan/estimate.py): SDPA keeps no s x s scores (its
+fused kernels, CPU's included, keep an fp32 logsumexp: measured), selective recompute drops that logsumexp, and the
+embedding's output is the first layer's input (counted there once). The head: the planner's logits term is the
+16-bit logits plus the fp32 softmax at their peak; kept for backward is the fp32 softmax alone (4 bytes x vocab).
+
+Measured (MiB, one micro-batch, per layer = the last layer, which holds nothing shared; planned for a GPU layer):
+  tiny fp32 seq 128  bshd    none 2.692 (planned 1.910) / selective 2.688 (1.906) / full 0.125 (0.125); head 0.877
+                     packed  none 2.630 (1.910) / selective 2.688 (1.906) / full 0.125 (0.125)
+  mid  bf16 seq 512  bshd    none 24.785 (14.781) / selective 24.754 (14.750) / full 1.000 (1.000); head 7.006
+                     packed  none 24.535 (14.781) / selective 24.754 (14.750) / full 1.000 (1.000)
+With the CPU terms added every per-layer figure is equal to the byte (selective recompute's checkpoint adds one 4-byte
+tensor). Shared by all layers, kept by the first: RoPE's cos/sin, the THD plan's indices. Full recompute's working
+set (one layer rerun during backward: the planner adds one layer at `none`) is not in a forward's figures.
+"""
+from __future__ import annotations
+
+import collections
+
+import pytest
+import torch
+
+pytestmark = pytest.mark.usefixtures("megatron_world")
+
+VOCAB = 1000  # padded to 1024
+TINY = (["model.num_layers=4", "model.hidden_size=256", "model.num_attention_heads=8", "model.num_query_groups=4",
+         "model.ffn_hidden_size=704", "precision.dtype=fp32"], 128)
+MID = (["model.num_layers=4", "model.hidden_size=1024", "model.num_attention_heads=16", "model.num_query_groups=4",
+        "model.ffn_hidden_size=2816", "precision.dtype=bf16"], 512)
+DOCUMENTS = 4  # a packed micro-batch: equal documents
+
+
+def saved_bytes_by_module(model, wrapped, tokens, positions, packed_seq_params=None) -> dict[str, int]:
+    """Bytes autograd keeps for backward during one forward, by the module that first saved each storage:
+    'embedding', 'layer0'..'layerN', 'head' (final norm, output layer, loss)."""
+    params = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    where = ["embedding"]
+    kept: dict[int, tuple[str, int]] = {}
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        storage = t.untyped_storage()
+        ptr = storage.data_ptr()
+        if ptr not in params and ptr not in kept:
+            kept[ptr] = (where[0], storage.nbytes())
+        return t
+
+    def entering(name: str):
+        return lambda module, args: where.__setitem__(0, name)
+
+    hooks = [layer.register_forward_pre_hook(entering(f"layer{i}")) for i, layer in enumerate(model.decoder.layers)]
+    hooks.append(model.decoder.final_layernorm.register_forward_pre_hook(entering("head")))
+    try:
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            wrapped(tokens, positions, None, labels=tokens, loss_mask=torch.ones_like(tokens, dtype=torch.float),
+                    packed_seq_params=packed_seq_params)
+    finally:
+        for h in hooks:
+            h.remove()
+    out: dict[str, int] = collections.Counter()
+    for name, nbytes in kept.values():
+        out[name] += nbytes
+    return dict(out)
+
+
+def measure(overrides: list[str], seq: int, packed: bool, backend: str = "sdpa") -> tuple[dict[str, int], object]:
+    """(bytes by module, the config) for one micro-batch of `seq` tokens."""
+    from megatron.core.packed_seq_params import PackedSeqParams
+    from megatron.core.transformer.module import Float16Module
+
+    from megafin.config import load_config
+    from megafin.models.gpt import build_model
+
+    cfg = load_config(None, [*overrides, f"model.attention_backend={backend}", "model.logprob_backend=megatron",
+                             f"model.max_position_embeddings={seq}", f"data.seq_length={seq}",
+                             f"data.format={'packed' if packed else 'pretrain'}", "parallel.micro_batch_size=1"])
+    model = build_model(cfg, vocab_size=VOCAB, initialize=False)  # values do not change what is kept
+    wrapped = Float16Module(model.config, model) if model.config.bf16 else model  # as megafin trains under bf16
+    tokens = torch.randint(0, VOCAB, (1, seq), generator=torch.Generator().manual_seed(0))
+    params = None
+    if packed:
+        n = seq // DOCUMENTS
+        cu = torch.arange(0, seq + 1, n, dtype=torch.int32)
+        params = PackedSeqParams(qkv_format="thd", cu_seqlens_q=cu, cu_seqlens_kv=cu, max_seqlen_q=n, max_seqlen_kv=n)
+        positions = torch.arange(n).repeat(DOCUMENTS).unsqueeze(0)
+    else:
+        positions = torch.arange(seq).unsqueeze(0)
+    return saved_bytes_by_module(model, wrapped, tokens, positions, params), cfg
+
+
+def cpu_extra_per_token(cfg, packed: bool, recompute: str) -> float:
+    """What megafin's CPU layer keeps per token beyond the planner's GPU layer (the module docstring's list)."""
+    m = cfg.model
+    if recompute == "full":
+        return 0.0
+    h, f = m.hidden_size, m.ffn_hidden_size
+    k = m.num_query_groups * (h // m.num_attention_heads)
+    e = 4 if cfg.precision.dtype == "fp32" else 2
+    norms = 2 * (8 * h + 4 - e * h)
+    swiglu = f * e
+    attention = h * e if packed and recompute == "none" else (h + k) * e
+    return norms + swiglu + attention
+
+
+def planned(cfg, recompute: str):
+    from megafin.plan import GPUS, Layout, Workload
+    from megafin.plan.estimate import activation_bytes_per_layer, head_activation_bytes, logits_bytes
+
+    w = Workload(cfg=cfg, vocab_size=VOCAB, gpus=1, gpu=GPUS["h100"], efficiency=0.4)
+    lay = Layout(recompute=recompute)
+    e = w.activation_bytes
+    kept_logits = logits_bytes(w, lay) * 4 / (4 if e == 4 else e + 4)  # the fp32 softmax
+    return activation_bytes_per_layer(w, lay, recompute), head_activation_bytes(w, lay), kept_logits
+
+
+@pytest.mark.parametrize("packed", [False, True], ids=["bshd", "packed"])
+@pytest.mark.parametrize("model", [TINY, MID], ids=["tiny-fp32", "mid-bf16"])
+def test_planned_activations_match_what_megafin_keeps_on_cpu(model, packed):
+    overrides, seq = model
+    for recompute in ("none", "selective", "full"):
+        measured, cfg = measure([*overrides, f"model.recompute={recompute}"], seq, packed)
+        layer, head, logits = planned(cfg, recompute)
+        last = measured[f"layer{cfg.model.num_layers - 1}"]
+        want = layer + seq * cpu_extra_per_token(cfg, packed, recompute)
+        mib = f"{recompute}: measured {last / 2**20:.3f} MiB per layer, planned {layer / 2**20:.3f} (GPU) " \
+              f"+ {(want - layer) / 2**20:.3f} (CPU)"
+        assert last == pytest.approx(want, rel=0.005), mib
+        # shared by every layer, saved by the first: RoPE's frequencies (at most fp32 [seq, head dim]) and the THD
+        # plan's three int64 indices per token
+        head_dim = cfg.model.hidden_size // cfg.model.num_attention_heads
+        assert 0 <= measured["layer0"] - last <= seq * (4 * head_dim + 3 * 8), measured
+        # the embedding keeps only the token ids: its output is the first layer's input
+        assert measured.get("embedding", 0) <= 8 * seq
+        head_cpu = seq * (8 * cfg.model.hidden_size + 4 - (4 if cfg.precision.dtype == "fp32" else 2)
+                          * cfg.model.hidden_size)  # torch's RMSNorm, as in the layers
+        assert measured["head"] == pytest.approx(head + logits + head_cpu, rel=0.01), (measured["head"], head, logits)
+
+
+def test_local_attention_keeps_the_softmax_and_per_head_k_v(megatron_world):
+    """megatron's local core attention (tiny, bf16, seq 128): the planner's softmax (2 a s^2) and K, V repeated to
+    every head are what it keeps; on CPU (no fused masked-softmax kernel) also the fp32 softmax (4 a s^2) and an
+    s x s causal mask per layer. Measured 2.329 MiB per layer (planned 1.266 for a GPU)."""
+    tiny_bf16 = [o for o in TINY[0] if not o.startswith("precision")] + ["precision.dtype=bf16"]
+    a, seq = 8, 128
+    for recompute in ("none", "selective"):
+        measured, cfg = measure([*tiny_bf16, f"model.recompute={recompute}"], seq, False, backend="local")
+        layer = planned(cfg, recompute)[0]
+        h, f, k = cfg.model.hidden_size, cfg.model.ffn_hidden_size, cfg.model.num_query_groups * 32
+        cpu = seq * (2 * (8 * h + 4 - 2 * h) + 2 * f)  # RMSNorm and SwiGLU as above
+        # selective: the checkpoint keeps V as a view of the QKV output, as SDPA's bshd path does
+        cpu += 4 * a * seq * seq + seq * seq if recompute == "none" else seq * (h + k) * 2
+        last = measured[f"layer{cfg.model.num_layers - 1}"]
+        assert last == pytest.approx(layer + cpu, rel=0.005), (recompute, last / 2**20, layer / 2**20)
