@@ -93,6 +93,18 @@ def test_thd_split_pads_each_document_and_splits_it_as_transformer_engine_does()
         assert torch.equal(part["position_ids"][0], part["cp_layout"].q_pos)
 
 
+def test_thd_indices_are_transformer_engines():
+    """GPU only: the per-document split equals TE's own partitioning kernel, which its THD CP attention assumes."""
+    if not torch.cuda.is_available():
+        pytest.skip("needs CUDA and Transformer Engine (TE's thd_get_partitioned_indices is a CUDA kernel)")
+    tex = pytest.importorskip("transformer_engine_torch")
+    for cp, cu_pad in ((2, [0, 4, 12, 16, 24]), (4, [0, 8, 40, 48])):
+        cu = torch.tensor(cu_pad, dtype=torch.int32, device="cuda")
+        for rank in range(cp):
+            theirs = tex.thd_get_partitioned_indices(cu, cu_pad[-1], cp, rank).cpu().tolist()
+            assert theirs == thd_indices(cu_pad, cp, rank).tolist(), (cp, rank)
+
+
 def test_mask_is_causal_in_global_positions_within_documents():
     cp, s = 2, 8
     for rank in range(cp):
