@@ -1,4 +1,5 @@
-"""Every tiny recipe trains under 2 gloo processes at TP=2, PP=2, DP=2 (and CPT, SFT at CP=2) to the single-process losses (2e-6).
+"""Every tiny recipe trains under 2 gloo processes at TP=2, PP=2 and DP=2 (CPT and SFT also at CP=2) to the
+single-process losses (2e-6).
 
 CPT on the indexed corpora; SFT, CPT+IT and DPO on data_prep's packed outputs (THD batches, per-document
 attention; DPO with its reference log-prob pass run under the same layout, and with shared prompts; reward
