@@ -184,9 +184,11 @@ def _validate_context_parallel(c: Checks, cfg: Config, pp_ok: bool) -> bool:
     if par.cp == 1:
         return True
     ok = True
-    if pp_ok:
-        ok = c.require(par.pp == 1, "parallel.cp", f"1 with parallel.pp={par.pp} (context parallelism runs without "
-                       f"pipeline stages here; use tp, cp and dp)", par.cp)
+    if pp_ok and cfg.data.format == "packed":
+        # pipeline stages exchange fixed-size activations; padding each document to a multiple of 2*cp does not keep
+        # a pack's size
+        ok = c.require(par.pp == 1, "parallel.cp", f"1 with parallel.pp={par.pp} on packed data (pipeline stages "
+                       f"exchange fixed-size activations, and CP pads each document; use tp, cp and dp)", par.cp)
     if cfg.stage in stage_names() and not stage_class(cfg.stage).supports_context_parallel:
         ok = c.require(False, "parallel.cp", f"1 for stage {cfg.stage} (its loss sums whole documents, which context "
                        f"parallelism splits over ranks)", par.cp) and ok

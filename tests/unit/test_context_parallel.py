@@ -153,7 +153,6 @@ CP_BAD = [
     (["parallel.cp=0"], 1, "parallel.cp: expected a positive integer"),
     (["parallel.cp=2"], 3, "parallel.tp: expected tp*pp*cp=2 to divide the world size 3"),
     (["parallel.cp=2", "data.seq_length=126"], 2, "data.seq_length: expected a multiple of 2*parallel.cp=4"),
-    (["parallel.cp=2", "parallel.pp=2"], 4, "parallel.cp: expected 1 with parallel.pp=2"),
     (["parallel.cp=2", "model.attention_backend=local"], 2,
      "model.attention_backend: expected one of te, sdpa with parallel.cp=2"),
     (["parallel.cp=2", "parallel.cp_comm_type=a2a"], 2, "parallel.cp_comm_type: expected p2p (the default) with "
@@ -171,6 +170,15 @@ def test_context_parallel_config_errors_are_one_line(overrides, world, message, 
         validate(_cfg(tiny_data, *overrides), world_size=world)
     text = str(err.value)
     assert "\n" not in text and text.startswith(message), text
+
+
+def test_pipeline_stages_take_context_parallel_on_indexed_corpora_only(tiny_data):
+    validate(_cfg(tiny_data, "parallel.cp=2", "parallel.pp=2"), world_size=4)  # fixed [b, s/cp] activations
+    cfg = _cfg(tiny_data, "parallel.cp=2", "parallel.pp=2", f"data.blend=[{{path: {tiny_data / 'sft'}, weight: 1}}]",
+               recipe=REPO / "recipes/tiny/sft.yaml")
+    with pytest.raises(ConfigError) as err:
+        validate(cfg, world_size=4)
+    assert str(err.value).startswith("parallel.cp: expected 1 with parallel.pp=2 on packed data"), str(err.value)
 
 
 def test_preference_stages_refuse_context_parallel(tiny_data):
