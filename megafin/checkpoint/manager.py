@@ -120,6 +120,7 @@ def read_meta(ckpt_dir: str | Path) -> dict[str, Any]:
 
 
 def _layout() -> dict[str, int]:
+    # parallel.cp shards no weight or state (the config snapshot records it)
     return {
         "tp": parallel_state.get_tensor_model_parallel_world_size(),
         "pp": parallel_state.get_pipeline_model_parallel_world_size(),
@@ -138,7 +139,8 @@ def _rng_object() -> ShardedObject:
     pp_rank = parallel_state.get_pipeline_model_parallel_rank()
     tp_rank = parallel_state.get_tensor_model_parallel_rank()
     return ShardedObject("rng_state", state, (_layout()["pp"], _layout()["tp"]), (pp_rank, tp_rank),
-                         replica_id=parallel_state.get_data_parallel_rank())
+                         # one copy per TP/PP rank: the data and context parallel ranks hold replicas (Megatron-LM's)
+                         replica_id=parallel_state.get_data_parallel_rank(with_context_parallel=True))
 
 
 def _restore_rng(state: dict[str, Any]) -> None:

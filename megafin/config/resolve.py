@@ -10,7 +10,7 @@ def resolve(cfg: Config) -> Config:
     from megafin.models.backends import resolve_backends
     from megafin.models.fusions import resolve_fusions
 
-    cfg.model.attention_backend, cfg.model.logprob_backend = resolve_backends(cfg.model)
+    cfg.model.attention_backend, cfg.model.logprob_backend = resolve_backends(cfg.model, cfg.parallel.cp)
     fusions = cfg.model.fusions
     for key, value in resolve_fusions(fusions).items():
         setattr(fusions, key, value)

@@ -91,6 +91,13 @@ class ParallelConfig:
     # forward pre-hooks); parameters are gathered in full before a checkpoint is saved or validation runs.
     overlap_param_gather: bool = False
     sequence_parallel: bool = False
+    # Context parallelism (megatron-core's context_parallel_size): each sequence is split over cp ranks, 2*cp chunks
+    # load balanced for causal attention (rank r holds chunks r and 2*cp-1-r; packed documents are each padded to a
+    # multiple of 2*cp and split alike). Attention: Transformer Engine's on GPUs with TE (cp_comm_type), else
+    # megafin's all-gather of K/V (megafin/models/cp_attention.py). world = tp * pp * cp * dp.
+    cp: int = 1
+    # Transformer Engine's CP exchange (model.attention_backend=te): p2p (ring) | a2a (Ulysses) | all_gather | a2a+p2p.
+    cp_comm_type: str = "p2p"
 
 
 @dataclass

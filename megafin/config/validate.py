@@ -10,7 +10,8 @@ from typing import Any, Optional
 from data_prep.outputs import check_complete, file_creation_error
 from megafin.config.errors import ConfigError
 from megafin.config.schema import Config
-from megafin.models.backends import ATTENTION_BACKENDS, LOGPROB_BACKENDS, cuda_available, te_available
+from megafin.models.backends import (ATTENTION_BACKENDS, CONTEXT_PARALLEL_BACKENDS, LOGPROB_BACKENDS,
+                                     cuda_available, te_available)
 from megafin.models.fusions import fusion_problems
 from megafin.models.layout import layout_problems
 from megafin.models.registry import FAMILIES
@@ -21,6 +22,8 @@ DECAYS = ("cosine", "linear", "constant")
 DATA_FORMATS = ("pretrain", "packed")
 RECOMPUTE = ("none", "selective", "full")
 RECOMPUTE_METHODS = ("uniform", "block")
+# megatron-core's cp_comm_type values (Transformer Engine's context-parallel exchanges)
+CP_COMM_TYPES = ("p2p", "a2a", "all_gather", "a2a+p2p")
 # megatron-core's recompute_modules that a dense (non-MoE, non-MLA) decoder layer has
 RECOMPUTE_MODULES = ("core_attn", "mlp", "layernorm")
 # megatron-core indexed_dataset._INDEX_HEADER: the first bytes of every .idx file.
@@ -148,11 +151,14 @@ def _validate_parallel(c: Checks, cfg: Config, world_size: int) -> None:
         c.require(par.distributed_optimizer, "parallel.overlap_param_gather",
                   "false unless parallel.distributed_optimizer=true (it overlaps the optimizer's all-gather)", True)
     vpp_ok = _validate_virtual_pp(c, cfg, pp_ok)
-    if not (tp_ok and pp_ok):
+    cp_ok = _validate_context_parallel(c, cfg, pp_ok)
+    if not (tp_ok and pp_ok and cp_ok):
         return
-    model_parallel = par.tp * par.pp
+    model_parallel = par.tp * par.pp * par.cp
+    axes = "tp*pp*cp" if par.cp > 1 else "tp*pp"
     if c.require(world_size % model_parallel == 0, "parallel.tp",
-                 f"tp*pp={model_parallel} to divide the world size {world_size} (world = tp*pp*dp)", par.tp) and mbs_ok:
+                 f"{axes}={model_parallel} to divide the world size {world_size} (world = {axes}*dp)", par.tp) \
+            and mbs_ok:
         dp = world_size // model_parallel
         if c.require(par.global_batch_size > 0 and par.global_batch_size % (par.micro_batch_size * dp) == 0,
                      "parallel.global_batch_size", f"a multiple of micro_batch_size*dp={par.micro_batch_size}*{dp}",
@@ -163,6 +169,46 @@ def _validate_parallel(c: Checks, cfg: Config, world_size: int) -> None:
                       f"a multiple of micro_batch_size*dp*pp={par.micro_batch_size}*{dp}*{par.pp} with "
                       f"parallel.virtual_pp={par.virtual_pp} (micro-batches per step divisible by pp)",
                       par.global_batch_size)
+
+
+def _validate_context_parallel(c: Checks, cfg: Config, pp_ok: bool) -> bool:
+    """parallel.cp / cp_comm_type: what this megafin runs under context parallelism, refused otherwise."""
+    from megafin.stages import stage_class, stage_names
+
+    m, par = cfg.model, cfg.parallel
+    if not c.require(isinstance(par.cp, int) and not isinstance(par.cp, bool) and par.cp >= 1, "parallel.cp",
+                     "a positive integer", par.cp):
+        return False
+    c.require(par.cp_comm_type in CP_COMM_TYPES, "parallel.cp_comm_type", f"one of {', '.join(CP_COMM_TYPES)}",
+              par.cp_comm_type)
+    if par.cp == 1:
+        return True
+    ok = True
+    if pp_ok and cfg.data.format == "packed":
+        # pipeline stages exchange fixed-size activations; padding each document to a multiple of 2*cp does not keep
+        # a pack's size
+        ok = c.require(par.pp == 1, "parallel.cp", f"1 with parallel.pp={par.pp} on packed data (pipeline stages "
+                       f"exchange fixed-size activations, and CP pads each document; use tp, cp and dp)", par.cp)
+    if cfg.stage in stage_names() and not stage_class(cfg.stage).supports_context_parallel:
+        ok = c.require(False, "parallel.cp", f"1 for stage {cfg.stage} (its loss sums whole documents, which context "
+                       f"parallelism splits over ranks)", par.cp) and ok
+    if m.attention_backend != "auto":  # resolved before validation: auto only where a recipe is checked elsewhere
+        ok = c.require(m.attention_backend in CONTEXT_PARALLEL_BACKENDS, "model.attention_backend",
+                       f"one of {', '.join(CONTEXT_PARALLEL_BACKENDS)} with parallel.cp={par.cp} (te: Transformer "
+                       f"Engine's CP; sdpa: all-gather of K/V)", m.attention_backend) and ok
+        if m.attention_backend != "te":
+            c.require(par.cp_comm_type == "p2p", "parallel.cp_comm_type",
+                      f"p2p (the default) with model.attention_backend={m.attention_backend} (cp_comm_type chooses "
+                      f"Transformer Engine's exchange; sdpa all-gathers K/V)", par.cp_comm_type)
+    if m.attention_backend == "te" and "a2a" in par.cp_comm_type and m.num_attention_heads > 0:
+        heads = m.num_attention_heads // max(par.tp, 1)
+        c.require(heads % par.cp == 0, "parallel.cp", f"a divisor of the {heads} attention heads per TP rank with "
+                  f"parallel.cp_comm_type={par.cp_comm_type} (a2a splits heads over CP ranks)", par.cp)
+    if cfg.data.format == "pretrain" and cfg.data.seq_length >= 2:
+        ok = c.require(cfg.data.seq_length % (2 * par.cp) == 0, "data.seq_length",
+                       f"a multiple of 2*parallel.cp={2 * par.cp} (each CP rank holds 2 of 2*cp equal chunks)",
+                       cfg.data.seq_length) and ok
+    return ok
 
 
 def _validate_virtual_pp(c: Checks, cfg: Config, pp_ok: bool) -> bool:

@@ -33,6 +33,9 @@ def check(cfg: Any) -> list[str]:
         problems.append(f"train.eval_tasks: expected parallel.tp=1 and parallel.pp=1 (the live model is evaluated "
                         f"on rank 0), got tp={cfg.parallel.tp} pp={cfg.parallel.pp}; evaluate saved checkpoints "
                         f"with `megafin eval run` instead")
+    elif cfg.parallel.cp != 1:
+        problems.append(f"train.eval_tasks: expected parallel.cp=1 (the live model is evaluated on rank 0 alone), got "
+                        f"cp={cfg.parallel.cp}; evaluate saved checkpoints with `megafin eval run` instead")
     data_dir = Path(t.eval_data_dir) if t.eval_data_dir else None
     if data_dir is None or not data_dir.is_dir():
         problems.append(f"train.eval_data_dir: expected the directory of the task files (layout of "

@@ -6,6 +6,9 @@ from typing import Any
 
 # model.attention_backend values. auto: te with CUDA + Transformer Engine, triton with CUDA, sdpa on CPU.
 ATTENTION_BACKENDS = ("auto", "te", "triton", "sdpa", "local")
+# The backends that attend across context-parallel ranks (parallel.cp > 1): Transformer Engine's own CP exchange, and
+# sdpa's all-gather form (megafin/models/cp_attention.py).
+CONTEXT_PARALLEL_BACKENDS = ("te", "sdpa")
 # model.logprob_backend values. auto: triton (the packed log-prob kernel) with CUDA, megatron's cross entropy on CPU.
 LOGPROB_BACKENDS = ("auto", "megatron", "triton")
 
@@ -20,11 +23,13 @@ def te_available() -> bool:
     return importlib.util.find_spec("transformer_engine") is not None
 
 
-def _attention(requested: str) -> str:
+def _attention(requested: str, cp: int = 1) -> str:
     if requested != "auto":
         return requested
-    if cuda_available():
-        return "te" if te_available() else "triton"
+    if cuda_available() and te_available():
+        return "te"
+    if cuda_available() and cp == 1:
+        return "triton"
     return "sdpa"
 
 
@@ -34,6 +39,7 @@ def _logprob(requested: str) -> str:
     return "triton" if cuda_available() else "megatron"
 
 
-def resolve_backends(m: Any) -> tuple[str, str]:
-    """(attention backend, log-prob backend) of a ModelConfig, `auto` replaced by what this machine runs."""
-    return _attention(m.attention_backend), _logprob(m.logprob_backend)
+def resolve_backends(m: Any, cp: int = 1) -> tuple[str, str]:
+    """(attention backend, log-prob backend) of a ModelConfig, `auto` replaced by what this machine runs; under
+    context parallelism (cp > 1) auto picks one of CONTEXT_PARALLEL_BACKENDS."""
+    return _attention(m.attention_backend, cp), _logprob(m.logprob_backend)

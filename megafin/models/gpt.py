@@ -47,6 +47,8 @@ def transformer_config(cfg: Config, initialize: bool = True) -> TransformerConfi
         tensor_model_parallel_size=par.tp,
         pipeline_model_parallel_size=par.pp,
         sequence_parallel=par.sequence_parallel,
+        context_parallel_size=par.cp,
+        cp_comm_type=par.cp_comm_type if par.cp > 1 else None,  # Transformer Engine's exchange (te backend only)
         params_dtype=dtype,
         pipeline_dtype=dtype,
         bf16=cfg.precision.dtype in ("bf16", "fp8"),
@@ -112,8 +114,8 @@ def build_model(cfg: Config, vocab_size: int, pre_process: bool | None = None,
     if post_process is None:
         post_process = parallel_state.is_pipeline_last_stage(ignore_virtual=vp_stage is None, vp_stage=vp_stage)
     scaling = m.rope_scaling
-    attention, logprob = resolve_backends(m)
-    spec = decoder_layer_spec(attention, m.attention_backend)
+    attention, logprob = resolve_backends(m, cfg.parallel.cp)
+    spec = decoder_layer_spec(attention, m.attention_backend, cfg.parallel.cp)
     spec.module = _layout_independent_layer(spec.module, cfg.train.seed)
     config = transformer_config(cfg, initialize)
     # The spec's activation module (SwiGLU), unless megatron's fused SwiGLU is on (model.fusions.bias_activation).

@@ -8,8 +8,10 @@ of that, with a hand-written backward (the inverse rotation), from cos/sin table
 forward. The products and sums are the ones megatron computes, in the same order: bit-identical outputs and
 gradients (tests/unit/test_rope.py).
 
-Only the plain training/scoring path takes it (no KV cache, no context parallelism, non-interleaved, full-width
-rotary, no YaRN scale); anything else is megatron-core's own path, unchanged.
+Only the plain training/scoring path takes it (no KV cache, non-interleaved, full-width rotary, no YaRN scale);
+anything else is megatron-core's own path, unchanged. Under context parallelism a [b, s] batch's table is already
+this rank's rows (RotaryEmbedding's get_pos_emb_on_this_cp_rank), and a packed batch's tokens take the positions its
+CPLayout gives (megafin/data/context_parallel.py).
 """
 from __future__ import annotations
 
@@ -84,6 +86,13 @@ def _thd_rows(params: Any, freqs_len: int, tokens: int) -> Optional[torch.Tensor
     positions).
     Cached on the PackedSeqParams (every layer of a forward shares it). None: not a layout handled here."""
     rows = params.__dict__.get("_megafin_rope_rows")
+    layout = getattr(params, "cp_layout", None)
+    if rows is None and layout is not None:
+        # parallel.cp > 1: this rank's tokens are chunks of padded documents; each takes its position in its document
+        rows = layout.q_pos.to(params.cu_seqlens_q.device)
+        if rows.numel() != tokens or (tokens and int(rows.max()) >= freqs_len):
+            return None
+        params.__dict__["_megafin_rope_rows"] = rows
     if rows is None:
         cu = params.cu_seqlens_q
         if params.cu_seqlens_q_padded is not None or not torch.equal(cu, params.cu_seqlens_kv) \
@@ -151,7 +160,7 @@ class CachedRopeSelfAttention(SelfAttention):
         if (args or freqs is None or not isinstance(freqs, torch.Tensor) or kwargs.get("inference_context")
                 is not None or kwargs.get("inference_params") is not None or kwargs.get("rotary_pos_cos") is not None
                 or c.apply_rope_fusion or c.rotary_interleaved or c.multi_latent_attention or c.no_rope_freq
-                or c.attention_output_gate or c.fused_single_qkv_rope or c.context_parallel_size != 1
+                or c.attention_output_gate or c.fused_single_qkv_rope
                 or hasattr(c, "yarn_rotary_scaling_factor") or self.attention_type != "self"
                 or freqs.dim() != 4 or freqs.size(-1) != self.hidden_size_per_attention_head):
             return None
@@ -163,6 +172,6 @@ class CachedRopeSelfAttention(SelfAttention):
         params = kwargs.get("packed_seq_params")
         if params is not None and params.qkv_format == "thd":
             return _thd_tables(params, tables, seq, hidden_states.dtype)
-        if params is not None or freqs.size(0) != seq:
+        if params is not None or freqs.size(0) != seq:  # (cp > 1: GPTModel gave this rank's rows of the table)
             return None
         return tables.cast(hidden_states.dtype)

@@ -10,9 +10,10 @@ from megatron.core.transformer.spec_utils import ModuleSpec
 logger = logging.getLogger(__name__)
 
 
-def decoder_layer_spec(backend: str, requested: str) -> ModuleSpec:
+def decoder_layer_spec(backend: str, requested: str, cp: int = 1) -> ModuleSpec:
     """The decoder block (RMSNorm, SwiGLU, RoPE, GQA) with the core attention of `backend`, a concrete name
-    (megafin.models.backends.resolve_backends settled `auto`); `requested` is only logged."""
+    (megafin.models.backends.resolve_backends settled `auto`); `requested` is only logged. cp > 1 (context
+    parallelism): TE's attention does it itself; sdpa becomes its all-gather form (validated: no other backend)."""
     if backend == "te":
         from megatron.core.models.gpt.gpt_layer_specs import get_gpt_layer_with_transformer_engine_spec
 
@@ -28,7 +29,11 @@ def decoder_layer_spec(backend: str, requested: str) -> ModuleSpec:
 
         spec.submodules.mlp.submodules.activation_func = SwiGLU
         attention = spec.submodules.self_attention.submodules
-        if backend == "sdpa":
+        if backend == "sdpa" and cp > 1:
+            from megafin.models.cp_attention import ContextParallelSDPAAttention
+
+            attention.core_attention = ContextParallelSDPAAttention
+        elif backend == "sdpa":
             from megafin.models.sdpa_attention import SDPACoreAttention
 
             attention.core_attention = SDPACoreAttention
@@ -38,6 +43,9 @@ def decoder_layer_spec(backend: str, requested: str) -> ModuleSpec:
             attention.core_attention = TritonCoreAttention
         elif backend != "local":
             raise ValueError(f"model.attention_backend: unknown backend {backend!r}")
+        if cp > 1 and backend != "sdpa":
+            raise ValueError(f"model.attention_backend: {backend} cannot attend across parallel.cp={cp} ranks "
+                             f"(use te or sdpa)")
     logger.info("attention backend: %s (requested %s)", backend, requested)
     return spec
 

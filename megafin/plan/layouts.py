@@ -19,10 +19,10 @@ def schema_has(section: type, key: str) -> bool:
 
 
 def recipe_layout(cfg: Config) -> Layout:
-    """The layout the recipe asks for. Keys this megafin's schema may not have yet (context parallelism,
-    recompute, virtual pipeline stages) count as off."""
+    """The layout the recipe asks for (parallel.cp is megatron-core's context_parallel_size). Keys this megafin's
+    schema may not have yet (recompute, virtual pipeline stages) count as off."""
     par, m = cfg.parallel, cfg.model
-    return Layout(tp=par.tp, pp=par.pp, cp=int(getattr(par, "cp", 1)), vp=int(getattr(par, "virtual_pp", 1) or 1),
+    return Layout(tp=par.tp, pp=par.pp, cp=par.cp, vp=int(getattr(par, "virtual_pp", 1) or 1),
                   mbs=par.micro_batch_size, recompute=str(getattr(m, "recompute", "none")),
                   distributed_optimizer=par.distributed_optimizer, sequence_parallel=par.sequence_parallel)
 

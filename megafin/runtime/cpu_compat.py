@@ -281,6 +281,10 @@ def apply() -> bool:
 
     LanguageModule.setup_embeddings_and_output_layer = _with_cpu_tensor_methods(  # tied embeddings at pp>1: .cuda()
         LanguageModule.setup_embeddings_and_output_layer)
+    from megatron.core.models.common.embeddings.rotary_pos_embedding import RotaryEmbedding
+
+    RotaryEmbedding.forward = _with_cpu_tensor_methods(  # parallel.cp > 1: get_pos_emb_on_this_cp_rank's .cuda()
+        RotaryEmbedding.forward)
     for module in (optimizer, distrib_optimizer):  # they imported the function by name
         if hasattr(module, "clip_grad_by_total_norm_fp32"):
             module.clip_grad_by_total_norm_fp32 = clip_grads.clip_grad_by_total_norm_fp32

@@ -56,7 +56,7 @@ def detect_launch_env() -> LaunchEnv:
 
 
 def init_distributed(launch: LaunchEnv, tp: int, pp: int, seed: int,
-                     collective_timeout_s: float = 1800.0, virtual_pp: int = 1) -> torch.device:
+                     collective_timeout_s: float = 1800.0, virtual_pp: int = 1, cp: int = 1) -> torch.device:
     """Start the default process group (NCCL on GPU, gloo on CPU), megatron's parallel state and RNG tracker.
 
     `collective_timeout_s` bounds every collective on every group (megatron's TP/PP/DP groups included: they take
@@ -87,6 +87,7 @@ def init_distributed(launch: LaunchEnv, tp: int, pp: int, seed: int,
             **rendezvous,
         )
     parallel_state.initialize_model_parallel(tensor_model_parallel_size=tp, pipeline_model_parallel_size=pp,
+                                             context_parallel_size=cp,
                                              virtual_pipeline_model_parallel_size=(virtual_pp if virtual_pp > 1
                                                                                    else None),
                                              distributed_timeout_minutes=collective_timeout_s / 60)

@@ -37,6 +37,14 @@ INTERNALS: tuple[Internal, ...] = (
     Internal("megatron.core.models.common.language_module.language_module:"
              "LanguageModule.setup_embeddings_and_output_layer", "megafin/runtime/cpu_compat.py",
              "wrapped: tied embeddings at pp>1 call .cuda()"),
+    Internal("megatron.core.models.common.embeddings.rotary_pos_embedding:RotaryEmbedding.forward",
+             "megafin/runtime/cpu_compat.py", "wrapped: under parallel.cp > 1 it slices the table per CP rank "
+             "(get_pos_emb_on_this_cp_rank), which calls .cuda()", ("max_seq_len", "packed_seq", "cp_group")),
+    # ---- context parallelism without Transformer Engine (megafin/models/cp_attention.py)
+    Internal("megatron.core.transformer.dot_product_attention:DotProductAttention.__init__",
+             "megafin/models/cp_attention.py", "built from a config copy with context_parallel_size=1: its only use "
+             "of it is the assert that refuses cp > 1 (the subclass attends over the gathered sequence itself)",
+             ("config", "layer_number", "attn_mask_type", "attention_type", "pg_collection")),
     # ---- torch Adam fallback state (megafin/train/optimizer_fixes.py): rebinds three DistributedOptimizer methods
     Internal("megatron.core.optimizer.distrib_optimizer:HAVE_APEX_OR_TE", "megafin/train/optimizer_fixes.py",
              "the fix applies only to the torch-Adam fallback"),

@@ -38,6 +38,7 @@ def model_build_config(cfg: Config, tp: int, pp: int) -> Config:
     out = copy.deepcopy(cfg)
     out.parallel.tp, out.parallel.pp = tp, pp
     out.parallel.virtual_pp = 1  # one model chunk per rank (checkpoints do not depend on the chunking)
+    out.parallel.cp = 1  # whole sequences (context parallelism shards no weight)
     out.parallel.sequence_parallel = False
     if out.precision.dtype == "fp8":  # fp8 trains on bf16 parameters; the weights are bf16
         out.precision.dtype = "bf16"

@@ -52,6 +52,9 @@ class TrainingStage:
     # Whether the stage trains a model of several chunks per pipeline rank (parallel.virtual_pp > 1): its
     # preparation and forward step use only what the trainer's schedule runs, no model of their own.
     runs_model_chunks: ClassVar[bool] = True
+    # Whether the stage trains under parallel.cp > 1: its loss is a sum over tokens that each CP rank computes for
+    # its own part of the sequence (per-document sums, as preference losses need, would span CP ranks).
+    supports_context_parallel: ClassVar[bool] = False
 
     def __init__(self, cfg: "Config") -> None:
         self.cfg = cfg
@@ -113,9 +116,13 @@ def packed_seq_params(batch: dict, device: torch.device) -> Any:
     from megafin.models.packed_seq_params import MegafinPackedSeqParams
 
     cu = batch["cu_seqlens"].to(device)
+    # parallel.cp > 1 (megafin.data.context_parallel.split_thd): documents padded to multiples of 2*cp
+    padded = batch["cu_seqlens_padded"].to(device) if "cu_seqlens_padded" in batch else None
     return MegafinPackedSeqParams(qkv_format="thd", cu_seqlens_q=cu, cu_seqlens_kv=cu,
+                                  cu_seqlens_q_padded=padded, cu_seqlens_kv_padded=padded,
                                   max_seqlen_q=batch["max_seqlen"], max_seqlen_kv=batch["max_seqlen"],
-                                  attn_prefix=batch.get("attn_prefix"))  # shared-prompt pairs (dpo.share_prompt)
+                                  attn_prefix=batch.get("attn_prefix"),  # shared-prompt pairs (dpo.share_prompt)
+                                  cp_layout=batch.get("cp_layout"))
 
 
 def per_token_loss(model: Any, batch: dict) -> torch.Tensor:

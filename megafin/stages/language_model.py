@@ -9,6 +9,7 @@ from megafin.stages.base import TrainingStage
 
 class LanguageModelStage(TrainingStage):
     count_name = "target_tokens"
+    supports_context_parallel = True  # a per-token sum: each CP rank's part adds up over the dp x cp group
 
     def loss(self, batch: dict, output_tensor: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, dict]:
         mask = batch["loss_mask"].reshape(-1).to(output_tensor.device).float()

@@ -65,7 +65,7 @@ def run_training(cfg: Config, launch: LaunchEnv) -> int:
     if cfg.train.threads > 0:
         torch.set_num_threads(cfg.train.threads)
     init_distributed(launch, cfg.parallel.tp, cfg.parallel.pp, cfg.train.seed, cfg.train.collective_timeout_s,
-                     cfg.parallel.virtual_pp)
+                     cfg.parallel.virtual_pp, cfg.parallel.cp)
     lock = None
     try:
         # After the process groups, so that every rank learns rank 0 did not get the lock and exits by itself.
@@ -230,13 +230,19 @@ class Trainer:
         """One global batch through megatron-core's schedule; the stage's metrics, reduced over the whole batch."""
         from megatron.core.pipeline_parallel import get_forward_backward_func
 
+        from megafin.data.context_parallel import split_for_context_parallel
+
         par = self.cfg.parallel
         computed = [0]  # tokens this rank's micro-batches hold (packed ones are trimmed at pp=1 or prompt-shared)
+        # parallel.cp > 1: the CP ranks of a data-parallel rank read the same micro-batches and each keeps its part
+        # of every sequence; the first of them counts the whole micro-batch's tokens (before any CP padding).
+        cp, cp_rank = self.ps.get_context_parallel_world_size(), self.ps.get_context_parallel_rank()
 
         def counted(micro_batches: Iterator[dict]) -> Iterator[dict]:
             for batch in micro_batches:
-                computed[0] += batch["tokens"].numel()
-                yield batch
+                if cp_rank == 0:
+                    computed[0] += batch["tokens"].numel()
+                yield split_for_context_parallel(batch, cp, cp_rank)
 
         forward_step = self.stage.forward_step()
         reports = get_forward_backward_func()(
@@ -254,9 +260,10 @@ class Trainer:
             for item in reports:
                 totals[:width] += item["report"].detach().to("cpu", torch.float64)
             totals[width] = computed[0]
-        # Sums over data-parallel replicas, then from the last pipeline stage to every rank (others hold zeros).
+        # Sums over data-parallel replicas and context-parallel parts (each holds part of every sequence's tokens),
+        # then from the last pipeline stage to every rank (others hold zeros).
         totals = totals.to(collective_device())
-        dist.all_reduce(totals, group=self.ps.get_data_parallel_group())
+        dist.all_reduce(totals, group=self.ps.get_data_parallel_group(with_context_parallel=True))
         dist.all_reduce(totals, group=self.ps.get_pipeline_model_parallel_group())
         totals = totals.cpu()
         return {**self.stage.summarize(totals[:width]), "computed_tokens": int(totals[width].item())}
@@ -306,7 +313,7 @@ class Trainer:
             Path(cfg.run_dir).mkdir(parents=True, exist_ok=True)
             (Path(cfg.run_dir) / "config.yaml").write_text(yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
         self._say(f"{self.num_params / 1e6:.2f}M parameters on this rank; world {dist.get_world_size()} = "
-                  f"tp {cfg.parallel.tp} x pp {cfg.parallel.pp} x dp {self.dp_size}; "
+                  f"tp {cfg.parallel.tp} x pp {cfg.parallel.pp} x {self._cp_part()}dp {self.dp_size}; "
                   f"attention {self.chunks.models[0].megafin_attention_backend}; fusions {self._fusions_on()}; "
                   f"{self.launch.launcher} launch")
         G = cfg.parallel.global_batch_size
@@ -366,6 +373,10 @@ class Trainer:
         finally:
             metrics.close()
             stop.uninstall()
+
+    def _cp_part(self) -> str:
+        """'cp N x ' under context parallelism (the log line reads as before without it)."""
+        return f"cp {self.cfg.parallel.cp} x " if self.cfg.parallel.cp > 1 else ""
 
     def _fusions_on(self) -> str:
         from megafin.models.fusions import FUSIONS

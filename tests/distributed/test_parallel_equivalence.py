@@ -1,4 +1,5 @@
-"""Every tiny recipe trains under 2 gloo processes at TP=2, PP=2 and DP=2 to the single-process losses (2e-6).
+"""Every tiny recipe trains under 2 gloo processes at TP=2, PP=2 and DP=2 (CPT and SFT also at CP=2) to the
+single-process losses (2e-6).
 
 CPT on the indexed corpora; SFT, CPT+IT and DPO on data_prep's packed outputs (THD batches, per-document
 attention; DPO with its reference log-prob pass run under the same layout, and with shared prompts; reward
@@ -26,9 +27,19 @@ LAYOUTS = {"tp2": ["parallel.tp=2"], "pp2": ["parallel.pp=2"], "dp2": [],
            "tp2-distill": ["parallel.tp=2"], "pp2-distill": ["parallel.pp=2"], "dp2-distill": [],
            # Not in CASES: 200 s under the Triton interpreter. Run by hand with
            # pytest ... -k sft-tp2-logprob after adding ("sft", "tp2-logprob-kernel").
-           "tp2-logprob-kernel": ["parallel.tp=2", "model.logprob_backend=triton"]}
-CASES = [("cpt", "tp2"), ("cpt", "pp2"), ("cpt", "dp2"), ("cpt", "pp2-tied"), ("cpt", "pp2-vpp2"),
-         ("sft", "tp2"), ("sft", "pp2"), ("sft", "dp2"),
+           "tp2-logprob-kernel": ["parallel.tp=2", "model.logprob_backend=triton"],
+           # Context parallelism: each rank holds 2 of 4 chunks of every sequence (packed: of every document, padded
+           # to a multiple of 4) and attends over the all-gathered K/V (megafin/models/cp_attention.py).
+           "cp2": ["parallel.cp=2"],
+           # Not in CASES: 4 processes (dp2 x cp2: gradients reduced over data x context ranks), ~50 s each on 2
+           # cores. Run by hand with -k dp2-cp2 after adding ("cpt", "dp2-cp2") and ("sft", "dp2-cp2"); both passed.
+           "dp2-cp2": ["parallel.cp=2"],
+           # Not in CASES either (4 processes, ~60 s): pipeline stages exchange [s/cp, b, h] activations; indexed
+           # corpora only (packed data is refused with pp > 1). Passed by hand with ("cpt", "pp2-cp2").
+           "pp2-cp2": ["parallel.cp=2", "parallel.pp=2"]}
+NPROC = {"dp2-cp2": 4, "pp2-cp2": 4}  # processes of a layout (2 unless listed)
+CASES = [("cpt", "tp2"), ("cpt", "pp2"), ("cpt", "dp2"), ("cpt", "pp2-tied"), ("cpt", "pp2-vpp2"), ("cpt", "cp2"),
+         ("sft", "tp2"), ("sft", "pp2"), ("sft", "dp2"), ("sft", "cp2"),
          ("cpt_it", "tp2"), ("cpt_it", "pp2"), ("dpo", "tp2"), ("dpo", "pp2"), ("dpo", "dp2"),
          ("dpo", "pp2-shared-prompt"), ("dpo", "pp2-distill"), ("dpo", "dp2-distill")]
 
@@ -56,9 +67,13 @@ def single(tiny_data, tmp_path_factory):
 @pytest.mark.parametrize("recipe,layout", CASES, ids=[f"{r}-{l}" for r, l in CASES])
 def test_two_process_layout_matches_single_process(recipe, layout, single, tiny_data, tmp_path):
     base = single(recipe, layout)
-    proc = run_train([*recipe_overrides(recipe, tiny_data, tmp_path, layout), *LAYOUTS[layout]], nproc=2,
+    nproc = NPROC.get(layout, 2)
+    proc = run_train([*recipe_overrides(recipe, tiny_data, tmp_path, layout), *LAYOUTS[layout]], nproc=nproc,
                      recipe=REPO / f"recipes/tiny/{recipe}.yaml")
     assert_ok(proc)
+    if "cp2" in layout:  # the ranks split sequences; not a data-parallel run that would match as well
+        assert f"x cp 2 x dp {nproc // 2 // (2 if 'pp2' in layout else 1)}; attention sdpa" in proc.stdout, \
+            proc.stdout[-2000:]
     want, got = losses(base), losses(tmp_path)
     assert sorted(got) == list(range(1, STEPS[recipe] + 1))
     for step in sorted(got):

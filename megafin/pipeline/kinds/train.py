@@ -55,7 +55,7 @@ class Train(StageKind):
 
     @staticmethod
     def _check_recipe(recipe: str, overrides: dict) -> Iterator[Problem]:
-        """The stage's overrides through the trainer's own checks (the recipe at its smallest world, tp x pp),
+        """The stage's overrides through the trainer's own checks (the recipe at its smallest world, tp x pp x cp),
         before anything runs. Only what the overrides set is reported: the recipe's own keys may name a cluster's
         paths or GPUs (recipes are validated by their own tests), and data, init_from and run_dir come from earlier
         stages' outputs, checked when the stage starts."""
@@ -64,7 +64,7 @@ class Train(StageKind):
         keys = [k for k in overrides if k != "<<"]
         try:
             cfg = load_config(recipe, [f"{k}={json.dumps(overrides[k])}" for k in keys])
-            validate(cfg, cfg.parallel.tp * cfg.parallel.pp)
+            validate(cfg, cfg.parallel.tp * cfg.parallel.pp * cfg.parallel.cp)
         except ConfigError as err:
             for line in err.lines:
                 key = line.split(":", 1)[0].strip()
