@@ -23,7 +23,7 @@ def reduced(tmp_path: Path, shared_data: Path) -> Path:
     st = spec["stages"]
     cpt = [str(SAMPLES / "finance_corpus.jsonl"), str(SAMPLES / "general_corpus.jsonl")]
     st["data"]["tokenizer"]["train"].update(vocab_size=512, inputs=[*cpt, "fpb", "xbrl"])
-    for name, limit in (("fpb", 150), ("fiqa_sa", 80), ("headline", 150), ("xbrl", 40)):
+    for name, limit in (("fpb", 150), ("fiqa_sa", 80), ("headline", 150), ("headline_sentiment", 150), ("xbrl", 40)):
         st["data"]["sets"][name]["limit"] = limit
     st["data"]["outputs"]["cpt_it"]["mix"]["cpt"] = cpt
     for stage in ("instruct", "cpt_it", "rpo"):
@@ -51,11 +51,16 @@ def test_tiny_pipeline_end_to_end_then_rerun_skips(tmp_path, shared_data, capsys
     for stage in ("data", "instruct", "cpt_it", "distill", "rpo_data", "rpo", "heldout_eval", "eval", "export"):
         assert (out / stage / ".pipeline" / "done.json").is_file(), stage
     held = out / "data" / "heldout"
-    assert sorted(p.name for p in held.iterdir()) == ["fiqa_sa", "fpb", "headline"]
+    assert sorted(p.name for p in held.iterdir()) == ["fiqa_sa", "fpb", "headline", "headline_sentiment"]
+    # the same headlines held out of both sets made from the headline training split
+    assert (held / "headline/test.jsonl").read_text() == (held / "headline_sentiment/test.jsonl").read_text()
     train_ids = {json.loads(x)["id"] for x in (shared_data / "fpb/train.jsonl").read_text().splitlines()[:150]}
     held_ids = {json.loads(x)["id"] for x in (held / "fpb/test.jsonl").read_text().splitlines()}
     assert held_ids and held_ids < train_ids  # held out of the training split, never the test split
-    assert len(json.loads((out / "data/summary.json").read_text())["sets"]["fpb"]) == 4
+    sets = json.loads((out / "data/summary.json").read_text())["sets"]
+    # balanced: every label repeated to the largest (150 rows less the held-out ones, 3 labels)
+    assert sets["fpb"]["records"] % 3 == 0 and sets["fpb"]["records"] > sets["fpb"]["distinct_records"]
+    assert sets["headline_sentiment"]["skipped_rows"] > 0  # headlines not about the price, counted
     stats = json.loads((out / "distill" / "stats.json").read_text())
     assert stats["prompts"] == 2 and stats["samples"] == 4, stats
     compare = (out / "eval" / "compare" / "compare.md").read_text()
