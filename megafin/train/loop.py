@@ -110,6 +110,7 @@ class Trainer:
         from megafin.models.gpt import build_model
         from megafin.train.model_chunks import ModelChunks
         from megafin.train.optimizer_fixes import fix_torch_adam_step_state
+        from megafin.train.torch_adamw import select_torch_adamw_kernel
 
         self.cfg = cfg
         self.launch = launch
@@ -137,6 +138,7 @@ class Trainer:
             self.chunks.schedule_model(),
         )
         fix_torch_adam_step_state(self.optimizer)
+        select_torch_adamw_kernel(self.optimizer, opt.torch_adamw)
         sch = cfg.scheduler
         decay_steps = sch.decay_steps or cfg.train.steps
         self.scheduler = OptimizerParamScheduler(
