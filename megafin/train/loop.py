@@ -138,7 +138,6 @@ class Trainer:
             self.chunks.schedule_model(),
         )
         fix_torch_adam_step_state(self.optimizer)
-        select_torch_adamw_kernel(self.optimizer, opt.torch_adamw)
         sch = cfg.scheduler
         decay_steps = sch.decay_steps or cfg.train.steps
         self.scheduler = OptimizerParamScheduler(
@@ -177,6 +176,8 @@ class Trainer:
             load_weights=lambda path, model: load_checkpoint(path, model, None, None),
             train_data=self.train_batches.dataset, vocab_size=self.vocab_size))
         self.progress = self._resume(resume_from)
+        # After the resume: torch's load_state_dict takes the checkpoint's param-group entries, the kernel's included.
+        select_torch_adamw_kernel(self.optimizer, opt.torch_adamw)
         # The step this run_dir already holds a checkpoint of: resuming at the last step must not rewrite it (a
         # rewrite is a new checkpoint to whatever keys on its bytes, e.g. a DPO reference cache).
         here = resume_from is not None and resume_from.resolve().parent == checkpoint_root(cfg.run_dir).resolve()
