@@ -177,7 +177,9 @@ class Trainer:
             train_data=self.train_batches.dataset, vocab_size=self.vocab_size))
         self.progress = self._resume(resume_from)
         # After the resume: torch's load_state_dict takes the checkpoint's param-group entries, the kernel's included.
-        select_torch_adamw_kernel(self.optimizer, opt.torch_adamw)
+        if not select_torch_adamw_kernel(self.optimizer, opt.torch_adamw) and opt.torch_adamw != "default":
+            self._say(f"optimizer.torch_adamw={opt.torch_adamw}: no torch AdamW in megatron-core's optimizer here "
+                      f"(TE/Apex FusedAdam runs instead); nothing set")
         # The step this run_dir already holds a checkpoint of: resuming at the last step must not rewrite it (a
         # rewrite is a new checkpoint to whatever keys on its bytes, e.g. a DPO reference cache).
         here = resume_from is not None and resume_from.resolve().parent == checkpoint_root(cfg.run_dir).resolve()
