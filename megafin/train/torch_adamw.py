@@ -2,11 +2,12 @@
 Engine or Apex, e.g. on CPU; with them megatron-core's FusedAdam runs and this changes nothing).
 
 megatron-core's OptimizerConfig has no switch for it: it builds `torch.optim.AdamW(params, lr, ...)`, which on CPU
-runs the per-tensor loop (~10 elementwise passes over every parameter; torch picks foreach only for CUDA tensors). torch reads `fused` / `foreach` from each
-param group at every step, so choosing the kernel is setting those two entries after the build (and in `defaults`,
-for groups added later). The fused kernel does the same update in one pass per tensor; it rounds differently
-(~1e-7 relative per step), so `default` (torch's own choice, untouched) stays the default: the golden loss curves'
-numerics.
+runs the per-tensor loop (~10 elementwise passes over every parameter; torch picks foreach only for CUDA tensors).
+torch reads `fused` / `foreach` from each param group at every step, so choosing the kernel is setting those two
+entries after the build (and in `defaults`, for groups added later), and again after a checkpoint load, which
+restores the saved groups' entries. The fused kernel does the same update in one pass per tensor; it rounds
+differently (~1e-7 relative per step), so `default` (torch's own choice, untouched) stays the default: the golden
+loss curves' numerics.
 """
 from __future__ import annotations
 

@@ -9,7 +9,8 @@ import pytest
 from tests.helpers import FAST, TINY_RECIPE, assert_ok, data_overrides, train_here
 
 
-@pytest.mark.parametrize("saved,resumed,groups", [("fused", "default", (None, None)), ("default", "fused", (True, False))])
+@pytest.mark.parametrize("saved,resumed,groups",
+                         [("fused", "default", (None, None)), ("default", "fused", (True, False))])
 def test_the_configured_kernel_wins_over_the_checkpoints(saved, resumed, groups, tiny_data, tmp_path):
     from megafin.config import load_config, validate
     from megafin.runtime.distributed import detect_launch_env, init_distributed, shutdown_distributed
