@@ -16,6 +16,7 @@ from megafin.models.fusions import fusion_problems
 from megafin.models.layout import layout_problems
 from megafin.models.registry import FAMILIES
 from megafin.runtime.run_dir import checkpoint_overwrite_problem
+from megafin.train.torch_adamw import TORCH_ADAMW_KERNELS
 
 DTYPES = ("fp32", "bf16", "fp8")
 DECAYS = ("cosine", "linear", "constant")
@@ -270,6 +271,8 @@ def _validate_precision(c: Checks, cfg: Config) -> None:
 def _validate_schedule(c: Checks, cfg: Config) -> None:
     opt, train = cfg.optimizer, cfg.train
     c.require(opt.name == "adamw", "optimizer.name", "adamw", opt.name)
+    c.require(opt.torch_adamw in TORCH_ADAMW_KERNELS, "optimizer.torch_adamw",
+              f"one of {', '.join(TORCH_ADAMW_KERNELS)}", opt.torch_adamw)
     if c.require(opt.lr > 0, "optimizer.lr", "a positive number", opt.lr):
         c.require(0 <= opt.min_lr <= opt.lr, "optimizer.min_lr", f"between 0 and optimizer.lr={opt.lr}", opt.min_lr)
     c.require(cfg.scheduler.decay in DECAYS, "scheduler.decay", f"one of {', '.join(DECAYS)}", cfg.scheduler.decay)

@@ -110,6 +110,7 @@ class Trainer:
         from megafin.models.gpt import build_model
         from megafin.train.model_chunks import ModelChunks
         from megafin.train.optimizer_fixes import fix_torch_adam_step_state
+        from megafin.train.torch_adamw import select_torch_adamw_kernel
 
         self.cfg = cfg
         self.launch = launch
@@ -175,6 +176,10 @@ class Trainer:
             load_weights=lambda path, model: load_checkpoint(path, model, None, None),
             train_data=self.train_batches.dataset, vocab_size=self.vocab_size))
         self.progress = self._resume(resume_from)
+        # After the resume: torch's load_state_dict takes the checkpoint's param-group entries, the kernel's included.
+        if not select_torch_adamw_kernel(self.optimizer, opt.torch_adamw) and opt.torch_adamw != "default":
+            self._say(f"optimizer.torch_adamw={opt.torch_adamw}: no torch AdamW in megatron-core's optimizer here "
+                      f"(TE/Apex FusedAdam runs instead); nothing set")
         # The step this run_dir already holds a checkpoint of: resuming at the last step must not rewrite it (a
         # rewrite is a new checkpoint to whatever keys on its bytes, e.g. a DPO reference cache).
         here = resume_from is not None and resume_from.resolve().parent == checkpoint_root(cfg.run_dir).resolve()
@@ -316,35 +321,11 @@ class Trainer:
                   f"tp {cfg.parallel.tp} x pp {cfg.parallel.pp} x {self._cp_part()}dp {self.dp_size}; "
                   f"attention {self.chunks.models[0].megafin_attention_backend}; fusions {self._fusions_on()}; "
                   f"{self.launch.launcher} launch")
-        G = cfg.parallel.global_batch_size
         saved_at = self.saved_step
         try:
             while self.progress.step < cfg.train.steps:
-                step = self.progress.step + 1
-                t0 = time.perf_counter()
-                self.chunks.zero_grad_buffer()
-                self.optimizer.zero_grad()
-                stats = self._forward_backward(self.train_batches, self.progress.consumed_samples,
-                                               forward_only=False, nan=step in nan_steps)
-                computed_tokens = stats.pop("computed_tokens")
-                loss = stats["loss"]
-                record: dict[str, Any] = {"step": step, **stats}
-                if bad.observe(loss):
-                    _, grad_norm, _ = self.optimizer.step()
-                    record["grad_norm"] = float(grad_norm) if grad_norm is not None else None
-                else:
-                    record.update(skipped=True, grad_norm=None)
-                self.scheduler.step(increment=1)
-                elapsed = time.perf_counter() - t0
-                self.progress.step = step
-                self.progress.consumed_samples += G
-                self.progress.consumed_tokens += computed_tokens  # tokens, not G * S slots (packs are trimmed)
-                tokens_per_s = computed_tokens / elapsed  # real tokens: trimmed packs hold fewer than G * S
-                record.update(
-                    lr=self.optimizer.param_groups[0]["lr"], tokens_per_s=tokens_per_s, step_time_s=elapsed,
-                    consumed_samples=self.progress.consumed_samples,
-                    mfu=self.peak.mfu(tokens_per_s * self.flops_per_token, dist.get_world_size()),
-                )
+                record = self.train_step(bad, nan=self.progress.step + 1 in nan_steps)
+                step = record["step"]
                 if cfg.train.eval_interval and step % cfg.train.eval_interval == 0 and self.valid_batches:
                     with self._params_gathered():
                         record.update(self.evaluate())
@@ -377,6 +358,35 @@ class Trainer:
     def _cp_part(self) -> str:
         """'cp N x ' under context parallelism (the log line reads as before without it)."""
         return f"cp {self.cfg.parallel.cp} x " if self.cfg.parallel.cp > 1 else ""
+
+    def train_step(self, bad: BadStepTracker, nan: bool = False) -> dict[str, Any]:
+        """One optimizer step on the next global batch (skipped when `bad` finds the loss non-finite; `nan`: the
+        fault injection's NaN output); advances self.progress and returns the step's metrics record."""
+        step = self.progress.step + 1
+        t0 = time.perf_counter()
+        self.chunks.zero_grad_buffer()
+        self.optimizer.zero_grad()
+        stats = self._forward_backward(self.train_batches, self.progress.consumed_samples, forward_only=False,
+                                       nan=nan)
+        computed_tokens = stats.pop("computed_tokens")
+        record: dict[str, Any] = {"step": step, **stats}
+        if bad.observe(stats["loss"]):
+            _, grad_norm, _ = self.optimizer.step()
+            record["grad_norm"] = float(grad_norm) if grad_norm is not None else None
+        else:
+            record.update(skipped=True, grad_norm=None)
+        self.scheduler.step(increment=1)
+        elapsed = time.perf_counter() - t0
+        self.progress.step = step
+        self.progress.consumed_samples += self.cfg.parallel.global_batch_size
+        self.progress.consumed_tokens += computed_tokens  # tokens, not G * S slots (packs are trimmed)
+        tokens_per_s = computed_tokens / elapsed  # real tokens: trimmed packs hold fewer than G * S
+        record.update(
+            lr=self.optimizer.param_groups[0]["lr"], tokens_per_s=tokens_per_s, step_time_s=elapsed,
+            consumed_samples=self.progress.consumed_samples,
+            mfu=self.peak.mfu(tokens_per_s * self.flops_per_token, dist.get_world_size()),
+        )
+        return record
 
     def _fusions_on(self) -> str:
         from megafin.models.fusions import FUSIONS
