@@ -2,7 +2,7 @@
 
 Same input, same HF tokenizer, same worker count, one run each, on two corpora built from ../shared/data as in
 ../shared/notes/stack-on-cpu.md: long documents (cpt/* repeated 4x) and short ones (FPB, headlines, TFNS,
-FiQA-SA, NER sentences repeated 8x). Every tool runs as its own process, like a user would run it. Start-up
+FiQA-SA, NER sentences repeated 64x, `--short-repeat`). Every tool runs as its own process, like a user would run it. Start-up
 (imports) is measured separately with a one-document input and reported apart; throughput = docs / (wall time
 - start-up). Token ids: our .bin is compared with Megatron's .bin byte for byte and a sample with the HF
 tokenizer's own `encode`. The last line is the ratio to Megatron-LM's tool (the slower corpus decides).
@@ -43,7 +43,7 @@ print("TOKENS", sum(len(x) for x in out["input_ids"]))
 """
 
 
-def build_corpora(tmp: Path) -> dict[str, Path]:
+def build_corpora(tmp: Path, short_repeat: int) -> dict[str, Path]:
     long_p, short_p = tmp / "long.jsonl", tmp / "short.jsonl"
     cpt = [json.loads(l)["text"] for n in sorted((SHARED / "cpt").glob("*.jsonl")) for l in open(n)]
     with open(long_p, "w") as f:
@@ -57,7 +57,7 @@ def build_corpora(tmp: Path) -> dict[str, Path]:
     for rel in ("ner/train.jsonl", "ner/test.jsonl"):
         short += [" ".join(json.loads(l)["tokens"]) for l in open(SHARED / rel)]
     with open(short_p, "w") as f:
-        for _ in range(8):
+        for _ in range(short_repeat):
             for t in short:
                 f.write(json.dumps({"text": t}) + "\n")
     return {"long": long_p, "short": short_p}
@@ -104,6 +104,9 @@ def main() -> int:
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--tokenizer", default=None, help="HF tokenizer dir (default: train vocab 8000 on Reuters)")
     ap.add_argument("--corpus", choices=["long", "short", "both"], default="both")
+    # 8 (the notes' corpus) leaves Megatron-LM's tool under a second of work after ~14 s of start-up on an idle
+    # machine, so start-up minus a separate start-up run is noise; 64 copies (~1M sentences) make the work dominate.
+    ap.add_argument("--short-repeat", type=int, default=64, help="copies of the short sentences (default 64)")
     args = ap.parse_args()
     sys.path.insert(0, str(REPO))
     with tempfile.TemporaryDirectory(prefix="tokbench_") as d:
@@ -116,7 +119,7 @@ def main() -> int:
         why_not = megatron_usable(args.megatron)
         if why_not:
             print(f"Megatron-LM peer not run: {why_not}; comparing with datasets.map only")
-        corpora = build_corpora(tmp)
+        corpora = build_corpora(tmp, args.short_repeat)
         one = tmp / "one.jsonl"
         one.write_text(json.dumps({"text": "Revenue rose."}) + "\n")
         peers = tools(None if why_not else args.megatron, tokdir, args.workers, tmp)
