@@ -56,3 +56,12 @@ class StageRun:
 
     def fail(self, text: str) -> PipelineError:
         return PipelineError(f"stage {self.name} ({self.spec.path}:{self.stage.line}): {text}")
+
+    def megafin(self, args: list[str], what: str, after: str = "", keep_code: bool = False) -> None:
+        """`megafin ARGS` in this process, as a user runs it; a non-zero exit fails the stage with "WHAT exited N" +
+        `after` (exit 2, or the command's own code with `keep_code`: a training stage's 75 asks for a requeue)."""
+        from megafin.cli import main as megafin_main
+
+        code = megafin_main(args)
+        if code != 0:
+            raise PipelineError(f"stage {self.name}: {what} exited {code}{after}", **({"code": code} if keep_code else {}))

@@ -188,3 +188,23 @@ def test_shipped_pipelines_pass_their_checks(name, monkeypatch):
     monkeypatch.chdir(REPO)
     spec = load_spec(REPO / "recipes/pipeline" / f"{name}.yaml")
     assert spec.names()[-1] in ("export", "eval")
+
+
+def test_a_failed_megafin_command_fails_its_stage_in_one_line_with_its_code_where_asked(tmp_path, monkeypatch):
+    import megafin.cli
+    from megafin.pipeline.errors import PipelineError
+    from megafin.pipeline.spec import load_spec
+    from megafin.pipeline.stage import StageRun
+
+    spec = load_spec(write(tmp_path, "  a: {kind: stub, value: 1}\n"))
+    stage = StageRun.open(spec, "a", record={})
+    calls = []
+    monkeypatch.setattr(megafin.cli, "main", lambda args: calls.append(args) or (0 if args == ["ok"] else 75))
+    stage.megafin(["ok"], "megafin ok")
+    with pytest.raises(PipelineError) as plain:
+        stage.megafin(["train", "x"], "megafin train", " (a rerun resumes)")
+    assert str(plain.value) == "stage a: megafin train exited 75 (a rerun resumes)" and plain.value.code == 2
+    with pytest.raises(PipelineError) as kept:
+        stage.megafin(["train", "x"], "megafin train", keep_code=True)
+    assert kept.value.code == 75  # a training stage's checkpoint-and-requeue exit reaches Slurm
+    assert calls == [["ok"], ["train", "x"], ["train", "x"]]

@@ -103,7 +103,6 @@ class Distill(StageKind):
                 yield ("args", key), "a flag the stage does not set itself", key
 
     def run(self, stage: Any) -> None:
-        from megafin.cli import main as megafin_main
         from megafin.pipeline.errors import PipelineError
 
         s = stage.settings
@@ -122,8 +121,6 @@ class Distill(StageKind):
                 url, model = judge["base_url"], judge["model"]
             args = [*base, "--judge-base-url", url, "--judge-model", model]
             stage.log("megafin " + " ".join(args))
-            code = megafin_main(args)
-        if code != 0:
-            raise PipelineError(f"stage {stage.name}: megafin distill exited {code} (a rerun resumes)")
+            stage.megafin(args, "megafin distill", " (a rerun resumes)")  # the judge server stops either way
         if not (stage.directory / "pairs.jsonl").is_file():
             raise PipelineError(f"stage {stage.name}: megafin distill wrote no pairs.jsonl")

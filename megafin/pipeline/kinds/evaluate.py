@@ -49,9 +49,6 @@ class Evaluate(StageKind):
         return stage_dir / COMPARE
 
     def run(self, stage: Any) -> None:
-        from megafin.cli import main as megafin_main
-        from megafin.pipeline.errors import PipelineError
-
         s = stage.settings
         outs, labels = [], []
         for k, (label, model) in enumerate(s["models"].items()):
@@ -66,10 +63,6 @@ class Evaluate(StageKind):
             if s.get("limit"):
                 args += ["--limit", str(s["limit"])]
             stage.log(f"{label}: megafin " + " ".join(args))
-            code = megafin_main(args)
-            if code != 0:
-                raise PipelineError(f"stage {stage.name}: megafin eval run of {label} ({model}) exited {code}")
-        code = megafin_main(["eval", "compare", *map(str, outs), "--labels", ",".join(labels),
-                             "--out", str(stage.directory / COMPARE)])
-        if code != 0:
-            raise PipelineError(f"stage {stage.name}: megafin eval compare exited {code}")
+            stage.megafin(args, f"megafin eval run of {label} ({model})")
+        stage.megafin(["eval", "compare", *map(str, outs), "--labels", ",".join(labels),
+                       "--out", str(stage.directory / COMPARE)], "megafin eval compare")

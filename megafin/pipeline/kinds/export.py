@@ -28,14 +28,9 @@ class Export(StageKind):
         return stage_dir / HF
 
     def run(self, stage: Any) -> None:
-        from megafin.cli import main as megafin_main
-        from megafin.pipeline.errors import PipelineError
-
         out = stage.directory / HF
         args = ["convert", "to-hf", "--ckpt", stage.settings["model"], "--out", str(out), "--force",
                 *flags(stage.settings.get("args") or {})]
         stage.log("megafin " + " ".join(args))
-        code = megafin_main(args)
-        if code != 0:
-            raise PipelineError(f"stage {stage.name}: megafin convert to-hf exited {code}")
+        stage.megafin(args, "megafin convert to-hf")
         stage.log(f"HF model in {out}")

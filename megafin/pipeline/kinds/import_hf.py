@@ -28,12 +28,7 @@ class FromHF(StageKind):
         return stage_dir / CKPT
 
     def run(self, stage: Any) -> None:
-        from megafin.cli import main as megafin_main
-        from megafin.pipeline.errors import PipelineError
-
         args = ["convert", "from-hf", "--hf", stage.settings["hf"], "--out", str(stage.directory / CKPT), "--force",
                 *flags(stage.settings.get("args") or {})]
         stage.log("megafin " + " ".join(args))
-        code = megafin_main(args)
-        if code != 0:
-            raise PipelineError(f"stage {stage.name}: megafin convert from-hf exited {code}")
+        stage.megafin(args, "megafin convert from-hf")

@@ -97,15 +97,12 @@ class Train(StageKind):
         return out
 
     def run(self, stage: Any) -> None:
-        from megafin.cli import main as megafin_main
         from megafin.pipeline.errors import PipelineError
 
         args = ["train", stage.settings["recipe"], *self.overrides(stage)]
         stage.log("megafin " + " ".join(args))
-        code = megafin_main(args)
-        if code != 0:
-            raise PipelineError(f"stage {stage.name}: megafin train exited {code} (its log is above; a rerun "
-                                f"resumes from {stage.directory / RUN}/checkpoints)", code=code)
+        stage.megafin(args, "megafin train", f" (its log is above; a rerun resumes from {stage.directory / RUN}"
+                                             f"/checkpoints)", keep_code=True)
         if not (stage.directory / RUN / "checkpoints" / "latest").is_file():
             raise PipelineError(f"stage {stage.name}: megafin train wrote no checkpoint (checkpoint.save_at_end "
                                 f"must stay true in a pipeline)")
