@@ -1,5 +1,5 @@
-"""Training records the pipeline's data stage writes from labelled task files: instruction records
-(`prompt`/`response`, the prompts the evaluation asks: megafin/eval/tasks/sft_records.py), labelled preference pairs
+"""What the pipeline's data stage makes of labelled task files beside their instruction records (those are
+megafin/eval/tasks/sft_records.py's, the prompts the evaluation asks): label-balanced sets, labelled preference pairs
 (chosen = the gold answer, rejected = a wrong one), and the held-out part of a TRAINING split, written in the layout
 `megafin eval run --data-dir` reads (`<task>/test.jsonl`), so every choice is made on training data, never on a test
 split."""
@@ -33,22 +33,6 @@ def split_rows(rows: Sequence[dict], fraction: float, seed: int) -> tuple[list[d
     for k, row in enumerate(rows):
         (held if fraction > 0 and held_out(str(row.get("id", k)), fraction, seed) else train).append(row)
     return train, held
-
-
-def instruction_records(task: str, rows: Iterable[dict]) -> tuple[list[dict], int]:
-    """(the rows as prompt/response records, rows without a record of this kind): the evaluation's prompts for
-    evaluation tasks, XBRL as given; a headline not about the price has no `headline_sentiment` record."""
-    from megafin.eval.tasks.sft_records import SETS
-
-    record = SETS[task]
-    out, skipped = [], 0
-    for k, row in enumerate(rows):
-        rec = record(row, k)
-        if rec is None:
-            skipped += 1
-        else:
-            out.append(rec)
-    return out, skipped
 
 
 def balance_labels(recs: Sequence[dict], seed: int) -> list[dict]:

@@ -64,4 +64,4 @@ class StageRun:
 
         code = megafin_main(args)
         if code != 0:
-            raise PipelineError(f"stage {self.name}: {what} exited {code}{after}", **({"code": code} if keep_code else {}))
+            raise PipelineError(f"stage {self.name}: {what} exited {code}{after}", code=code if keep_code else 2)

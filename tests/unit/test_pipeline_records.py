@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+from megafin.eval.tasks import sft_records
 from megafin.pipeline import records
 
 
@@ -28,11 +29,11 @@ def test_labelled_pairs_reject_a_wrong_answer_of_the_same_question():
     assert all(p["chosen"] != p["rejected"] for p in pairs)
 
 
-def test_instruction_records_ask_what_the_evaluation_asks(shared_data):
+def test_task_records_ask_what_the_evaluation_asks(shared_data):
     from megafin.eval.tasks.registry import get_eval_task
 
     row = json.loads((shared_data / "fpb/train.jsonl").read_text().splitlines()[0])
-    (rec,), skipped = records.instruction_records("fpb", [row])
+    (rec,), skipped = sft_records.records("fpb", [row])
     example = get_eval_task("fpb").examples([row])[0]
     assert example.messages[-1]["content"] == rec["prompt"] and rec["response"] == row["label"] and skipped == 0
 
@@ -41,7 +42,7 @@ def test_headline_sentiment_asks_the_sentiment_question_and_counts_headlines_not
     from megafin.eval.tasks.registry import get_eval_task
 
     rows = [json.loads(line) for line in (shared_data / "headline/train.jsonl").read_text().splitlines()[:200]]
-    recs, skipped = records.instruction_records("headline_sentiment", rows)
+    recs, skipped = sft_records.records("headline_sentiment", rows)
     nones = sum(r["price_sentiment"] == "none" for r in rows)
     assert nones > 0 and skipped == nones and len(recs) == len(rows) - nones
     kept = [r for r in rows if r["price_sentiment"] != "none"]

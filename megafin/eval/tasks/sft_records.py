@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import sys
-from typing import Callable, Iterator, Optional
+from typing import Callable, Iterable, Iterator, Optional
 
 from megafin.eval.tasks.registry import TASKS
 from megafin.eval.tasks.sentiment import LABELS as SENTIMENT, QUESTION as SENTIMENT_QUESTION
@@ -47,17 +47,27 @@ def convert(task: str, path: str) -> Iterator[Optional[dict]]:
             yield record(json.loads(line), k)
 
 
+def records(task: str, rows: Iterable[dict]) -> tuple[list[dict], int]:
+    """(the rows as the task's prompt/response records, rows without a record of this kind)."""
+    record = SETS[task]
+    out, skipped = [], 0
+    for k, row in enumerate(rows):
+        rec = record(row, k)
+        if rec is None:
+            skipped += 1
+        else:
+            out.append(rec)
+    return out, skipped
+
+
 def write(task: str, src: str, dst: str) -> tuple[int, int]:
     """`src` converted into `dst`; returns (records written, rows without a record of this kind)."""
-    n = skipped = 0
+    with open(src, encoding="utf-8") as f:
+        recs, skipped = records(task, (json.loads(line) for line in f))
     with open(dst, "w", encoding="utf-8") as out:
-        for rec in convert(task, src):
-            if rec is None:
-                skipped += 1
-                continue
+        for rec in recs:
             out.write(json.dumps(rec, ensure_ascii=False) + "\n")
-            n += 1
-    return n, skipped
+    return len(recs), skipped
 
 
 if __name__ == "__main__":

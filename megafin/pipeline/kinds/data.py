@@ -141,6 +141,7 @@ class DataPrep(StageKind):
     def _run(self, stage: Any) -> None:
         from data_prep.packed_writer import mix, preference, sft
         from data_prep.pretrain import pretrain
+        from megafin.eval.tasks import sft_records
         from megafin.pipeline import records
 
         s, out = stage.settings, stage.directory
@@ -153,7 +154,7 @@ class DataPrep(StageKind):
                 raise stage.fail(f"sets.{name}.path: {path} does not exist")
             rows = records.read_rows(path)[: body.get("limit")]
             train, held = records.split_rows(rows, float(body.get("holdout", 0)), seed)
-            recs, skipped = records.instruction_records(task, train)
+            recs, skipped = sft_records.records(task, train)
             distinct = len(recs)
             if body.get("balance"):
                 recs = records.balance_labels(recs, seed)
