@@ -1,10 +1,12 @@
 """The GPU check's parts, run by bench/gpu_check.sh; prints ONE table (check | result | detail) at the end.
 
-  python bench/gpu_check.py [--parts env,kernels,nccl,te,width8b] [--work DIR]
+  python bench/gpu_check.py [--parts env,configs,kernels,nccl,te,width8b] [--work DIR]
 
 Parts (each under its own time limit; a failing part is a FAIL row, the next part still runs):
   env      torch / CUDA / Triton, which of megatron-core, Transformer Engine, apex, flash-attn import, and the
            fusions `model.fusions: auto` resolves to here;
+  configs  every `megafin train` run below, its config validated (runs on a CPU too: a bad override shows up in the
+           dry run, not after a GPU machine was started);
   kernels  megafin's Triton varlen attention and packed log-prob kernels against a float32 reference (max error
            relative to the reference's scale) and against flash-attn / TE / PyTorch SDPA where importable (TFLOP/s);
   nccl     `megafin train` under torchrun with one process: a 1-process NCCL group, TP=1, bf16, the distributed
@@ -13,7 +15,7 @@ Parts (each under its own time limit; a failing part is a FAIL row, the next par
            Without TE: says so, and the non-TE path (Triton attention, bf16) is what nccl and width8b checked;
   width8b  tokens/s/GPU and MFU of a Llama-3-8B-width model (hidden 4096, 32 heads / 8 KV groups, FFN 14336,
            vocab 128256) with 2 layers at seq 8192, bf16, fusions auto vs all off.
-Without CUDA (or with GPU_CHECK_DRY_RUN=1) only what runs on a CPU runs: env, and nccl as a 3-step gloo run of the
+Without CUDA (or with GPU_CHECK_DRY_RUN=1) only what runs on a CPU runs: env, configs, and nccl as a 3-step gloo run of the
 tiny model (the plumbing: data, launcher, metrics, table); the rest are `skipped` rows.
 """
 from __future__ import annotations
@@ -33,8 +35,8 @@ sys.path.insert(0, str(REPO))
 from bench.cuda_timing import time_cuda  # noqa: E402  (the repository's bench package, after the path is set)
 
 PY = sys.executable
-ALL_PARTS = ("env", "kernels", "nccl", "te", "width8b")
-LIMITS_S = {"env": 60, "kernels": 150, "nccl": 120, "te": 150, "width8b": 240}
+ALL_PARTS = ("env", "configs", "kernels", "nccl", "te", "width8b")
+LIMITS_S = {"env": 60, "configs": 30, "kernels": 150, "nccl": 120, "te": 150, "width8b": 240}
 
 ROWS: list[tuple[str, str, str]] = []
 
@@ -205,22 +207,78 @@ def tiny_data(work: Path) -> Path:
     return out
 
 
+RECIPE = REPO / "recipes/tiny/cpt.yaml"
+
+
+def base_overrides(data: Path, run_dir: Path) -> list[str]:
+    return [f"run_dir={run_dir}", f"data.tokenizer={data / 'tokenizer'}",
+            f"data.blend=[{{path: {data / 'finance_text_document'}, weight: 0.7}}, "
+            f"{{path: {data / 'general_text_document'}, weight: 0.3}}]",
+            "logging.wandb=false", "logging.interval=1", "train.eval_interval=0", "checkpoint.interval=0",
+            "checkpoint.save_at_end=false", "train.resume=none", "scheduler.warmup_steps=2"]
+
+
+def nccl_overrides(gpu: bool) -> list[str]:
+    steps = 12 if gpu else 3
+    return [f"train.steps={steps}", *(["precision.dtype=bf16", "parallel.distributed_optimizer=true",
+                                         "parallel.overlap_grad_reduce=true", "parallel.overlap_param_gather=true"]
+                                        if gpu else ["train.threads=2"])]
+
+
+def te_overrides(dtype: str) -> list[str]:
+    return ["model.hidden_size=1024", "model.num_attention_heads=16", "model.num_query_groups=8",
+            "model.ffn_hidden_size=2816", "data.seq_length=512", "model.max_position_embeddings=512",
+            "model.attention_backend=te", "train.steps=20", f"precision.dtype={dtype}"]
+
+
+def width8b_overrides(seq_length: int, layers: int, fusions_off: bool) -> list[str]:
+    S = seq_length
+    return ["model.hidden_size=4096", "model.num_attention_heads=32", "model.num_query_groups=8",
+            "model.ffn_hidden_size=14336", "model.vocab_size=128256", f"model.num_layers={layers}",
+            f"data.seq_length={S}", f"model.max_position_embeddings={S}", "precision.dtype=bf16",
+            "parallel.micro_batch_size=1", "parallel.global_batch_size=4", "train.steps=8",
+            # the tiny recipe's min_lr (2e-4) is above this lr: the schedule must stay inside [min_lr, lr]
+            "optimizer.lr=1e-4", "optimizer.min_lr=1e-5", "parallel.distributed_optimizer=true",
+            *(["model.fusions.all=off"] if fusions_off else [])]
+
+
+def all_runs(args) -> dict[str, list[str]]:
+    """Every `megafin train` run the parts make on a GPU, by name: the `configs` part validates each on any machine,
+    so a bad override shows up in the dry run rather than after a GPU machine was started."""
+    return {"nccl": nccl_overrides(True), "nccl_dry": nccl_overrides(False),
+            **{f"te_{d}": te_overrides(d) for d in ("bf16", "fp8")},
+            **{f"w8b_{'off' if off else 'auto'}": width8b_overrides(args.seq_length, args.layers, off)
+               for off in (False, True)}}
+
+
+def child_error(output: str) -> str:
+    """The failed run's own last words, not torchrun's summary after them: megafin's one-line errors if any, else
+    the last lines before torchrun's report."""
+    lines = [line for line in output.splitlines() if line.strip()]
+    mine = [line for line in lines if line.startswith("megafin:")]
+    if mine:
+        return " | ".join(mine[-3:])
+    cut = next((i for i, line in enumerate(lines) if "failed (exitcode:" in line or "ChildFailedError" in line),
+               len(lines))
+    return " | ".join(lines[max(0, cut - 3):cut])
+
+
 def train(work: Path, name: str, overrides: list[str], limit_s: float) -> tuple[list[dict], str]:
     """`megafin train` under torchrun with one process (NCCL on a GPU, gloo on a CPU); (train records, output)."""
     data = tiny_data(work)
     run_dir = work / "runs" / name
     cmd = [PY, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "1", "-m", "megafin.train",
-           str(REPO / "recipes/tiny/cpt.yaml"), f"run_dir={run_dir}", f"data.tokenizer={data / 'tokenizer'}",
-           f"data.blend=[{{path: {data / 'finance_text_document'}, weight: 0.7}}, "
-           f"{{path: {data / 'general_text_document'}, weight: 0.3}}]",
-           "logging.wandb=false", "logging.interval=1", "train.eval_interval=0", "checkpoint.interval=0",
-           "checkpoint.save_at_end=false", "train.resume=none", "scheduler.warmup_steps=2", *overrides]
+           str(RECIPE), *base_overrides(data, run_dir), *overrides]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])])}
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=limit_s)
     out = proc.stdout + proc.stderr
     if proc.returncode != 0:
-        tail = [line for line in out.splitlines() if line.strip()][-3:]
-        raise RuntimeError(f"exit {proc.returncode}: {' | '.join(tail)[-300:]}")
+        # the whole log beside the run, the child's own error in the row
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "output.log").write_text(out)
+        print(f"[gpu_check] {name} failed; its last output lines:\n" + "\n".join(proc.stderr.splitlines()[-40:]),
+              flush=True)
+        raise RuntimeError(f"exit {proc.returncode}: {child_error(proc.stderr)[-300:]}")
     metrics = run_dir / "metrics.jsonl"
     records = [json.loads(line) for line in metrics.read_text().splitlines()]
     return [r for r in records if "loss" in r and "tokens_per_s" in r], out
@@ -233,12 +291,27 @@ def fusions_line(output: str) -> str:
     return "?"
 
 
+def part_configs(args) -> None:
+    """Each run's config, validated as `megafin train` would before it starts (files and devices left to the run)."""
+    from megafin.config.errors import ConfigError
+    from megafin.config.load import load_config
+    from megafin.config.validate import validate
+
+    bad = []
+    runs = all_runs(args)
+    for name, overrides in runs.items():
+        try:
+            cfg = load_config(RECIPE, [*base_overrides(args.work / "data", args.work / "runs" / name), *overrides])
+            validate(cfg, world_size=1, on_this_machine=False)
+        except ConfigError as e:
+            bad.append(f"{name}: {str(e).splitlines()[0]}")
+    row("run configs", "FAIL" if bad else "ok", "; ".join(bad) if bad else f"{len(runs)} valid: {', '.join(runs)}")
+
+
 def part_nccl(args) -> None:
     gpu = on_gpu()
     steps = 12 if gpu else 3
-    over = ["precision.dtype=bf16", "parallel.distributed_optimizer=true", "parallel.overlap_grad_reduce=true",
-            "parallel.overlap_param_gather=true"] if gpu else ["train.threads=2"]
-    recs, out = train(args.work, "nccl", [f"train.steps={steps}", *over], LIMITS_S["nccl"])
+    recs, out = train(args.work, "nccl", nccl_overrides(gpu), LIMITS_S["nccl"])
     first, last = recs[0]["loss"], recs[-1]["loss"]
     name = "NCCL TP=1 train step" if gpu else "gloo train step (dry run)"
     detail = (f"{steps} steps {'bf16 distopt+overlap' if gpu else 'fp32 CPU'}: loss {first:.3f} -> {last:.3f}; "
@@ -254,12 +327,9 @@ def part_te(args) -> None:
         row("TE spec: fp8 vs bf16", "skipped", "Transformer Engine not installed: the non-TE path (Triton attention, "
             "bf16, NCCL) is what the other rows check")
         return
-    shape = ["model.hidden_size=1024", "model.num_attention_heads=16", "model.num_query_groups=8",
-             "model.ffn_hidden_size=2816", "data.seq_length=512", "model.max_position_embeddings=512",
-             "model.attention_backend=te", "train.steps=20"]
     curves = {}
     for dtype in ("bf16", "fp8"):
-        recs, _ = train(args.work, f"te_{dtype}", [*shape, f"precision.dtype={dtype}"], LIMITS_S["te"] / 2)
+        recs, _ = train(args.work, f"te_{dtype}", te_overrides(dtype), LIMITS_S["te"] / 2)
         curves[dtype] = [r["loss"] for r in recs]
     worst = max(abs(a - b) / abs(a) for a, b in zip(curves["bf16"], curves["fp8"]))
     row("TE spec: fp8 vs bf16", "ok" if worst < 0.05 and curves["fp8"][-1] < curves["fp8"][0] else "FAIL",
@@ -272,14 +342,10 @@ def part_width8b(args) -> None:
         row("Llama-3-8B width", "skipped", "no CUDA")
         return
     S = args.seq_length
-    shape = ["model.hidden_size=4096", "model.num_attention_heads=32", "model.num_query_groups=8",
-             "model.ffn_hidden_size=14336", "model.vocab_size=128256", f"model.num_layers={args.layers}",
-             f"data.seq_length={S}", f"model.max_position_embeddings={S}", "precision.dtype=bf16",
-             "parallel.micro_batch_size=1", "parallel.global_batch_size=4", "train.steps=8", "optimizer.lr=1e-4",
-             "parallel.distributed_optimizer=true"]
-    for label, extra in (("fusions auto", []), ("fusions off", ["model.fusions.all=off"])):
+    for label, off in (("fusions auto", False), ("fusions off", True)):
         try:
-            recs, out = train(args.work, f"w8b_{label.split()[-1]}", [*shape, *extra], LIMITS_S["width8b"] / 2)
+            recs, out = train(args.work, f"w8b_{label.split()[-1]}", width8b_overrides(S, args.layers, off),
+                              LIMITS_S["width8b"] / 2)
             steady = recs[3:] or recs
             tps = statistics.median(r["tokens_per_s"] for r in steady)
             mfu = statistics.median(r["mfu"] for r in steady) if steady[0].get("mfu") is not None else None
@@ -291,7 +357,7 @@ def part_width8b(args) -> None:
             row(f"8B width, {args.layers} layers, {label}", "FAIL", f"{type(e).__name__}: {str(e)[:200]}")
 
 
-PARTS = {"env": part_env, "kernels": part_kernels, "nccl": part_nccl, "te": part_te, "width8b": part_width8b}
+PARTS = {"env": part_env, "configs": part_configs, "kernels": part_kernels, "nccl": part_nccl, "te": part_te, "width8b": part_width8b}
 
 
 def main(argv=None) -> int:
