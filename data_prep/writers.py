@@ -12,8 +12,6 @@ from pathlib import Path
 
 import numpy as np
 
-from data_prep.outputs import write_json  # noqa: F401  (the JSON side files' writer, re-exported)
-
 
 def import_builder() -> type:
     """megatron-core's builder (the reference the tests hold `SequenceWriter` to); its package import warns about

@@ -14,6 +14,13 @@ def interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET") == "1"
 
 
+def autotuning() -> bool:
+    """False when ``MEGAFIN_KERNELS_AUTOTUNE=0``: each kernel keeps one GPU config instead of autotuning over several.
+    Autotuning compiles and times every config for every new key (~30 s per dtype/shape on an H200), which makes
+    the kernels' CUDA tests compile-bound; they set it to 0 (bench/gpu_check.py's kernels part autotunes)."""
+    return os.environ.get("MEGAFIN_KERNELS_AUTOTUNE", "1") != "0"
+
+
 def require_triton():
     """Import triton or raise an error that says what to do. Returns ``(triton, triton.language)``."""
     try:

@@ -21,7 +21,7 @@ from __future__ import annotations
 import torch
 import torch.distributed as dist
 
-from kernels._common import check_device, empty, interpreting, require_triton
+from kernels._common import autotuning, check_device, empty, interpreting, require_triton
 
 triton, tl = require_triton()
 
@@ -31,13 +31,12 @@ IGNORE_INDEX = -100
 def _configs():
     if interpreting():
         return [triton.Config({"BLOCK_T": 16, "BLOCK_V": 32, "BLOCK_K": 32}, num_warps=1, num_stages=1)]
-    return [
-        triton.Config({"BLOCK_T": bt, "BLOCK_V": bv, "BLOCK_K": bk}, num_warps=w, num_stages=s)
-        for bt, bv, bk, w, s in [
-            (64, 128, 64, 4, 3), (128, 128, 64, 8, 3), (128, 64, 64, 4, 3),
-            (64, 64, 64, 4, 4), (32, 128, 64, 4, 3), (64, 256, 32, 8, 3),
-        ]
-    ]
+    shapes = [(64, 128, 64, 4, 3), (128, 128, 64, 8, 3), (128, 64, 64, 4, 3),
+              (64, 64, 64, 4, 4), (32, 128, 64, 4, 3), (64, 256, 32, 8, 3)]
+    if not autotuning():
+        shapes = shapes[:1]
+    return [triton.Config({"BLOCK_T": bt, "BLOCK_V": bv, "BLOCK_K": bk}, num_warps=w, num_stages=s)
+            for bt, bv, bk, w, s in shapes]
 
 
 _KEY = ["HID", "HAS_WEIGHT", "NATIVE_DOT"]

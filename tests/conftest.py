@@ -14,6 +14,10 @@ except ImportError:  # pragma: no cover
     _HAS_CUDA = False
 if not _HAS_CUDA:
     os.environ.setdefault("TRITON_INTERPRET", "1")
+else:
+    # One config per kernel: autotuning compiles every config for every dtype/shape (~30 s a test on an H200);
+    # bench/gpu_check.py's kernels part autotunes on the real shapes.
+    os.environ.setdefault("MEGAFIN_KERNELS_AUTOTUNE", "0")
 # Tests never talk to wandb's servers.
 os.environ.setdefault("WANDB_MODE", "offline")
 

@@ -158,6 +158,21 @@ def test_one_autotune_config_under_interpreter():
     assert logprobs.num_autotune_configs() == 1
 
 
+def test_gpu_configs_autotune_unless_switched_off(monkeypatch):
+    """On a GPU (no interpreter) every config is autotuned; MEGAFIN_KERNELS_AUTOTUNE=0 keeps one that every head_dim's
+    pruning keeps (the CUDA tests run with it)."""
+    from kernels import attention, logprobs
+
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    monkeypatch.delenv("MEGAFIN_KERNELS_AUTOTUNE", raising=False)
+    assert len(attention._configs()) == 8 and len(logprobs._configs()) == 6
+    monkeypatch.setenv("MEGAFIN_KERNELS_AUTOTUNE", "0")
+    (one,) = attention._configs()
+    assert len(logprobs._configs()) == 1
+    for d in (32, 64, 128, 256):
+        assert attention._prune_for_head_dim([one], {"BLOCK_D": d}) == [one]
+
+
 def test_import_without_triton():
     """``import kernels`` works without triton; calling a kernel raises a clear ImportError."""
     code = (
