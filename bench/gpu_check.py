@@ -1,6 +1,6 @@
 """The GPU check's parts, run by bench/gpu_check.sh; prints ONE table (check | result | detail) at the end.
 
-  python bench/gpu_check.py [--parts env,configs,kernels,kernel_tests,nccl,te,width8b] [--work DIR]
+  python bench/gpu_check.py [--parts env,configs,kernels,kernel_tests,nccl,stages,te,width8b] [--work DIR]
 
 Parts (each under its own time limit; a failing part is a FAIL row, the next part still runs):
   env      torch / CUDA / Triton, which of megatron-core, Transformer Engine, apex, flash-attn import, and the
@@ -12,10 +12,13 @@ Parts (each under its own time limit; a failing part is a FAIL row, the next par
            relative to the reference's scale) and against flash-attn / TE / PyTorch SDPA where importable (TFLOP/s);
   nccl     `megafin train` under torchrun with one process: a 1-process NCCL group, TP=1, bf16, the distributed
            optimizer with overlapped grad reduce and param gather, 12 steps of a small model: the loss goes down;
+  stages   packed SFT with the Triton varlen attention vs SDPA and RPO with the Triton packed log-probs vs megatron's
+           cross entropy (fp32, same data and init): the loss curves agree within 1e-3 relative;
   te       Transformer Engine's layer spec, bf16 vs FP8 (delayed scaling), same data and init: losses close.
            Without TE: says so, and the non-TE path (Triton attention, bf16) is what nccl and width8b checked;
-  width8b  tokens/s/GPU and MFU of a Llama-3-8B-width model (hidden 4096, 32 heads / 8 KV groups, FFN 14336,
-           vocab 128256) with 2 layers at seq 8192, bf16, fusions auto vs all off.
+  width8b  tokens/s/GPU, MFU and peak allocated memory (against `megafin plan`'s estimate) of a Llama-3-8B-width
+           model (hidden 4096, 32 heads / 8 KV groups, FFN 14336, vocab 128256) with 2 layers at seq 8192, bf16,
+           fusions auto vs all off.
 Without CUDA (or with GPU_CHECK_DRY_RUN=1) only what runs on a CPU runs: env, configs, and nccl as a 3-step gloo run
 of the tiny model (the plumbing: data, launcher, metrics, table); the rest are `skipped` rows.
 
@@ -26,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import statistics
 import subprocess
@@ -39,8 +43,9 @@ sys.path.insert(0, str(REPO))
 from bench.cuda_timing import time_cuda  # noqa: E402  (the repository's bench package, after the path is set)
 
 PY = sys.executable
-ALL_PARTS = ("env", "configs", "kernels", "kernel_tests", "nccl", "te", "width8b")
-LIMITS_S = {"env": 60, "configs": 30, "kernels": 150, "kernel_tests": 150, "nccl": 120, "te": 150, "width8b": 240}
+ALL_PARTS = ("env", "configs", "kernels", "kernel_tests", "nccl", "stages", "te", "width8b")
+LIMITS_S = {"env": 60, "configs": 30, "kernels": 150, "kernel_tests": 150, "nccl": 120, "stages": 160, "te": 150,
+            "width8b": 240}
 
 ROWS: list[tuple[str, str, str]] = []
 
@@ -210,30 +215,24 @@ def part_kernel_tests(args) -> None:
 
 # ---------------------------------------------------------------------------------------------------- training
 def tiny_data(work: Path) -> Path:
-    """A tokenizer and the two sample corpora as Megatron indexed datasets (data_prep, as `make demo` does)."""
-    from data_prep.pretrain import pretrain
-    from data_prep.tokenizer import iter_training_texts, train_tokenizer
-    from megafin.demo import SAMPLES
+    """`make demo`'s data: a tokenizer, the two sample corpora as indexed datasets, packed SFT and preference sets."""
+    from megafin.demo import prepare_data
 
     out = work / "data"
-    if (out / "general_text_document.idx").is_file():
+    if (out / "preference_stats.json").is_file():
         return out
-    out.mkdir(parents=True, exist_ok=True)
-    corpora = {"finance": SAMPLES / "finance_corpus.jsonl", "general": SAMPLES / "general_corpus.jsonl"}
-    texts = [t for path in corpora.values() for t in iter_training_texts(path)]
-    tokenizer = train_tokenizer(texts, vocab_size=1000, out_dir=out / "tokenizer")
-    for name, path in corpora.items():
-        pretrain([str(path)], str(tokenizer), str(out / name), quiet=True)
-    return out
+    return prepare_data(out)
 
 
-RECIPE = REPO / "recipes/tiny/cpt.yaml"
+RECIPES = {stage: REPO / f"recipes/tiny/{stage}.yaml" for stage in ("cpt", "sft", "dpo")}
 
 
-def base_overrides(data: Path, run_dir: Path) -> list[str]:
-    return [f"run_dir={run_dir}", f"data.tokenizer={data / 'tokenizer'}",
-            f"data.blend=[{{path: {data / 'finance_text_document'}, weight: 0.7}}, "
-            f"{{path: {data / 'general_text_document'}, weight: 0.3}}]",
+def base_overrides(recipe: str, data: Path, run_dir: Path) -> list[str]:
+    blend = {"cpt": f"[{{path: {data / 'finance_text_document'}, weight: 0.7}}, "
+                    f"{{path: {data / 'general_text_document'}, weight: 0.3}}]",
+             "sft": f"[{{path: {data / 'sft'}, weight: 1.0}}]",
+             "dpo": f"[{{path: {data / 'preference'}, weight: 1.0}}]"}[recipe]
+    return [f"run_dir={run_dir}", f"data.tokenizer={data / 'tokenizer'}", f"data.blend={blend}",
             "logging.wandb=false", "logging.interval=1", "train.eval_interval=0", "checkpoint.interval=0",
             "checkpoint.save_at_end=false", "train.resume=none", "scheduler.warmup_steps=2"]
 
@@ -262,13 +261,46 @@ def width8b_overrides(seq_length: int, layers: int, fusions_off: bool) -> list[s
             *(["model.fusions.all=off"] if fusions_off else [])]
 
 
-def all_runs(args) -> dict[str, list[str]]:
-    """Every `megafin train` run the parts make on a GPU, by name: the `configs` part validates each on any machine,
-    so a bad override shows up in the dry run rather than after a GPU machine was started."""
-    return {"nccl": nccl_overrides(True), "nccl_dry": nccl_overrides(False),
-            **{f"te_{d}": te_overrides(d) for d in ("bf16", "fp8")},
-            **{f"w8b_{'off' if off else 'auto'}": width8b_overrides(args.seq_length, args.layers, off)
-               for off in (False, True)}}
+# The stages part: the same packed run with the Triton path and with its peer, fp32 (IEEE dots in the kernels, no
+# TF32 in torch's matmuls), so the two loss curves must agree closely.
+STAGE_PAIRS = {"sft": ("model.attention_backend", ("triton", "sdpa"), 10),
+               "dpo": ("model.logprob_backend", ("triton", "megatron"), 8)}
+
+
+def stage_overrides(recipe: str, backend: str) -> list[str]:
+    key, _, steps = STAGE_PAIRS[recipe]
+    return ["precision.dtype=fp32", f"{key}={backend}", f"train.steps={steps}"]
+
+
+def all_runs(args) -> dict[str, tuple[str, list[str]]]:
+    """Every `megafin train` run the parts make on a GPU, by name -> (recipe, overrides): the `configs` part validates
+    each on any machine, so a bad override shows up in the dry run rather than after a GPU machine was started."""
+    return {"nccl": ("cpt", nccl_overrides(True)), "nccl_dry": ("cpt", nccl_overrides(False)),
+            **{f"te_{d}": ("cpt", te_overrides(d)) for d in ("bf16", "fp8")},
+            **{f"w8b_{'off' if off else 'auto'}": ("cpt", width8b_overrides(args.seq_length, args.layers, off))
+               for off in (False, True)},
+            **{f"{recipe}_{b}": (recipe, stage_overrides(recipe, b))
+               for recipe, (_, backends, _) in STAGE_PAIRS.items() for b in backends}}
+
+
+def gpu_kind() -> str:
+    """megafin plan's --gpu for this machine's GPU (h100 where there is none: the dry run)."""
+    import torch
+
+    name = torch.cuda.get_device_name().lower() if on_gpu() else ""
+    return next((k for k in ("h200", "h100", "a100") if k in name), "h100")
+
+
+def planned(args, name: str) -> dict:
+    """`megafin plan`'s estimate for run `name`'s own layout on one GPU of this kind, without TE (as here)."""
+    recipe, overrides = all_runs(args)[name]
+    cmd = [PY, "-m", "megafin", "plan", str(RECIPES[recipe]),
+           *base_overrides(recipe, args.work / "data", args.work / "runs" / name), *overrides,
+           "--gpus", "1", "--gpu", gpu_kind(), "--no-te", "--json"]
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=60)
+    if proc.returncode != 0:
+        raise RuntimeError(f"megafin plan exit {proc.returncode}: {proc.stderr.strip()[-200:]}")
+    return json.loads(proc.stdout)["recipe_layout"]
 
 
 def child_error(output: str) -> str:
@@ -283,12 +315,15 @@ def child_error(output: str) -> str:
     return " | ".join(lines[max(0, cut - 3):cut])
 
 
-def train(work: Path, name: str, overrides: list[str], limit_s: float) -> tuple[list[dict], str]:
-    """`megafin train` under torchrun with one process (NCCL on a GPU, gloo on a CPU); (train records, output)."""
+def train(work: Path, name: str, overrides: list[str], limit_s: float, recipe: str = "cpt",
+          torchrun: bool = True) -> tuple[list[dict], str]:
+    """`megafin train` under torchrun with one process (NCCL on a GPU, gloo on a CPU), or as one plain process
+    (what `megafin train` does without a launcher, a few seconds less); (train records, output)."""
     data = tiny_data(work)
     run_dir = work / "runs" / name
-    cmd = [PY, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "1", "-m", "megafin.train",
-           str(RECIPE), *base_overrides(data, run_dir), *overrides]
+    launcher = ["-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "1"] if torchrun else []
+    cmd = [PY, *launcher, "-m", "megafin.train", str(RECIPES[recipe]), *base_overrides(recipe, data, run_dir),
+           *overrides]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])])}
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=limit_s)
     out = proc.stdout + proc.stderr
@@ -319,13 +354,23 @@ def part_configs(args) -> None:
 
     bad = []
     runs = all_runs(args)
-    for name, overrides in runs.items():
+    for name, (recipe, overrides) in runs.items():
         try:
-            cfg = load_config(RECIPE, [*base_overrides(args.work / "data", args.work / "runs" / name), *overrides])
+            cfg = load_config(RECIPES[recipe], [*base_overrides(recipe, args.work / "data", args.work / "runs" / name),
+                                                *overrides])
             validate(cfg, world_size=1, on_this_machine=False)
         except ConfigError as e:
             bad.append(f"{name}: {str(e).splitlines()[0]}")
     row("run configs", "FAIL" if bad else "ok", "; ".join(bad) if bad else f"{len(runs)} valid: {', '.join(runs)}")
+    try:
+        est = planned(args, "w8b_auto")
+    except Exception as e:  # noqa: BLE001 - the plan is a row of its own; the configs row above stands
+        row(f"plan: 8B width, {args.layers} layers", "FAIL", f"{type(e).__name__}: {str(e)[:200]}")
+        return
+    row(f"plan: 8B width, {args.layers} layers", "info",
+        f"megafin plan, 1 {gpu_kind()}, no TE: {est['total_gib']:.1f} GiB per GPU (weights {est['weights_gib']:.1f}, "
+        f"grads {est['gradients_gib']:.1f}, optimizer {est['optimizer_gib']:.1f}, activations "
+        f"{est['activations_gib']:.1f}, logits {est['logits_gib']:.1f}); the width8b rows measure the peak")
 
 
 def part_nccl(args) -> None:
@@ -337,6 +382,29 @@ def part_nccl(args) -> None:
     detail = (f"{steps} steps {'bf16 distopt+overlap' if gpu else 'fp32 CPU'}: loss {first:.3f} -> {last:.3f}; "
               f"fusions {fusions_line(out)}")
     row(name, "ok" if last < first else "FAIL", detail)
+
+
+def part_stages(args) -> None:
+    """Packed SFT with the Triton varlen attention vs SDPA, and RPO with the Triton packed log-probs vs megatron's:
+    the kernels as the layer spec and the loss wire them into training, same data and init, fp32."""
+    if not on_gpu():
+        row("stages: triton vs peer", "skipped", "no CUDA (the configs part validated these runs)")
+        return
+    for recipe, (key, backends, steps) in STAGE_PAIRS.items():
+        label = f"{'packed SFT' if recipe == 'sft' else 'RPO'}: {key.split('.')[1]} {' vs '.join(backends)}"
+        try:
+            curves = {}
+            for b in backends:
+                recs, _ = train(args.work, f"{recipe}_{b}", stage_overrides(recipe, b), LIMITS_S["stages"] / 4,
+                                recipe, torchrun=False)
+                curves[b] = [r["loss"] for r in recs]
+            a, b = (curves[x] for x in backends)
+            worst = max(abs(x - y) / max(abs(y), 1e-6) for x, y in zip(a, b))
+            ok = len(a) == len(b) == steps and worst < 1e-3 and all(map(math.isfinite, a))
+            row(label, "ok" if ok else "FAIL", f"{steps} steps fp32: {backends[0]} {a[0]:.4f} -> {a[-1]:.4f}, "
+                f"{backends[1]} {b[0]:.4f} -> {b[-1]:.4f}; max rel diff {worst:.1e} (limit 1e-3)")
+        except Exception as e:  # noqa: BLE001
+            row(label, "FAIL", f"{type(e).__name__}: {str(e)[:200]}")
 
 
 def part_te(args) -> None:
@@ -369,16 +437,18 @@ def part_width8b(args) -> None:
             steady = recs[3:] or recs
             tps = statistics.median(r["tokens_per_s"] for r in steady)
             mfu = statistics.median(r["mfu"] for r in steady) if steady[0].get("mfu") is not None else None
+            peak = max((r.get("mem_max_alloc_gib") or 0.0) for r in recs)
+            est = planned(args, f"w8b_{label.split()[-1]}")
             row(f"8B width, {args.layers} layers, {label}", "ok",
                 f"seq {S}, 4x{S} tokens/step: {tps:,.0f} tokens/s/GPU, MFU "
-                f"{f'{100 * mfu:.1f}%' if mfu is not None else '?'} (median of steps 4-8); "
-                f"fusions {fusions_line(out)}")
+                f"{f'{100 * mfu:.1f}%' if mfu is not None else '?'} (median of steps 4-8); peak allocated "
+                f"{peak:.1f} GiB, megafin plan {est['total_gib']:.1f} GiB; fusions {fusions_line(out)}")
         except Exception as e:  # noqa: BLE001
             row(f"8B width, {args.layers} layers, {label}", "FAIL", f"{type(e).__name__}: {str(e)[:200]}")
 
 
 PARTS = {"env": part_env, "configs": part_configs, "kernels": part_kernels, "kernel_tests": part_kernel_tests,
-         "nccl": part_nccl, "te": part_te, "width8b": part_width8b}
+         "nccl": part_nccl, "stages": part_stages, "te": part_te, "width8b": part_width8b}
 
 
 def main(argv=None) -> int:

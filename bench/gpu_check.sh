@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# The GPU check: what megafin can only check on a CUDA machine, as one short script (~6 min on one H200) that
+# The GPU check: what megafin can only check on a CUDA machine, as one short script (~7 min on one H200) that
 # prints ONE table (check | result | detail). From the repo root:
 #
-#   bash bench/gpu_check.sh [--parts env,configs,kernels,kernel_tests,nccl,te,width8b] [--seq-length 8192] [--layers 2]
+#   bash bench/gpu_check.sh [--parts env,configs,kernels,kernel_tests,nccl,stages,te,width8b] [--seq-length 8192] [--layers 2]
 #   GPU_CHECK_DRY_RUN=1 bash bench/gpu_check.sh   # on a CPU: the parts that run there (env, a gloo train step)
 #
 # The parts are bench/gpu_check.py's (its docstring says what each checks). The exit status counts FAIL rows.
@@ -40,4 +40,4 @@ EOF
   fi
 fi
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
-exec timeout "${GPU_CHECK_LIMIT_S:-470}" $PY bench/gpu_check.py "$@"
+exec timeout "${GPU_CHECK_LIMIT_S:-540}" $PY bench/gpu_check.py "$@"

@@ -357,6 +357,10 @@ def _validate_packed(c: Checks, cfg: Config, want: Optional[str]) -> None:
     from megafin.data.build import packed_prefix_files
 
     data = cfg.data
+    # megatron's DotProductAttention asserts packed_seq_params is None: found by bench/gpu_check.py's stages part
+    c.require(cfg.model.attention_backend != "local", "model.attention_backend",
+              "auto, te, triton or sdpa with data.format=packed (megatron's local attention has no packed sequences)",
+              "local")
     if not c.require(len(data.blend) == 1, "data.blend", "exactly one packed dataset prefix for data.format=packed",
                      f"{len(data.blend)} entries") or not c.on_this_machine:
         return

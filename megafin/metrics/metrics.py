@@ -92,7 +92,7 @@ def _start_wandb(cfg: Config, run_dir: Path) -> Any:
 
 # What the training loop itself adds to every step's record, as printed.
 LOOP_PRINTED = (("grad_norm", "{:.3f}"), ("lr", "{:.3e}"), ("tokens_per_s", "{:.0f}"), ("step_time_s", "{:.3f}"),
-                ("mfu", "{:.1%}"))
+                ("mfu", "{:.1%}"), ("mem_max_alloc_gib", "{:.2f}"))
 
 
 def _format(m: dict[str, Any], printed: Sequence[tuple[str, str]]) -> str:

@@ -386,6 +386,11 @@ class Trainer:
             consumed_samples=self.progress.consumed_samples,
             mfu=self.peak.mfu(tokens_per_s * self.flops_per_token, dist.get_world_size()),
         )
+        if torch.cuda.is_available() and torch.cuda.is_initialized():
+            # Megatron-LM's report_memory: this rank's allocator now and its peak since the start (what a planner's
+            # per-GPU estimate is checked against); absent on CPU.
+            record.update(mem_alloc_gib=torch.cuda.memory_allocated() / 2**30,
+                          mem_max_alloc_gib=torch.cuda.max_memory_allocated() / 2**30)
         return record
 
     def _fusions_on(self) -> str:

@@ -110,3 +110,15 @@ def test_blend_entry_naming_an_interrupted_data_prep_output(tiny_data, tmp_path)
     finally:
         Path(f"{tiny_data / 'preference'}.incomplete").unlink()
     assert len(lines) == 1 and "incomplete data_prep output" in lines[0]
+
+
+def test_local_attention_on_packed_data_is_refused_before_the_run():
+    """megatron's local DotProductAttention asserts that no packed-sequence parameters reach it: a traceback in the
+    first forward (gpu_check's stages part found it), now one line before any process group."""
+    with pytest.raises(ConfigError) as err:
+        validate(load_config(REPO / "recipes/tiny/sft.yaml", ["model.attention_backend=local"]), world_size=1,
+                 on_this_machine=False)
+    assert err.value.lines == ["model.attention_backend: expected auto, te, triton or sdpa with data.format=packed "
+                               "(megatron's local attention has no packed sequences), got 'local'"]
+    validate(load_config(REPO / "recipes/tiny/sft.yaml", ["model.attention_backend=sdpa"]), world_size=1,
+             on_this_machine=False)
