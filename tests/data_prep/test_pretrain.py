@@ -109,3 +109,29 @@ def test_add_many_writes_what_add_document_writes(tmp_path):
     b.finalize(str(tmp_path / "ref.idx"))
     for e in (".bin", ".idx"):
         assert (tmp_path / f"fast{e}").read_bytes() == (tmp_path / f"ref{e}").read_bytes()
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_fast_encoder_that_differs_on_the_first_documents_is_not_used(sample_tok, tmp_path, monkeypatch, workers):
+    """The tiktoken mirror is used only after its ids equal HF's on the first documents. When they differ (here on
+    one document, not on the calibration text), auto uses HF (the output is HF's, byte for byte) and --encoder
+    tiktoken fails in one line, writing nothing."""
+    from data_prep import encoder as enc_mod
+    from data_prep.pretrain import pretrain
+
+    fast = enc_mod.TiktokenEncoder.encode_batch
+
+    def drifting(self, texts):  # a fast encoder that differs from HF on one document (not the calibration text)
+        return [ids + [0] if "MARKER" in t else ids for t, ids in zip(texts, fast(self, texts))]
+
+    rows = [{"text": f"Revenue rose {i}% in Q{i % 4 + 1}."} for i in range(40)] + [{"text": "MARKER gold fell."}]
+    src = write_jsonl(tmp_path / "d.jsonl", rows)
+    want = pretrain(str(src), sample_tok, str(tmp_path / "hf"), encoder="hf", quiet=True)
+    monkeypatch.setattr(enc_mod.TiktokenEncoder, "encode_batch", drifting)
+    got = pretrain(str(src), sample_tok, str(tmp_path / "auto"), workers=workers, quiet=True)
+    assert got.stats["encoder"] == "hf" and got.stats["docs_written"] == want.stats["docs_written"] == 41
+    for ext in (".bin", ".idx"):
+        assert (tmp_path / f"auto_text_document{ext}").read_bytes() == (tmp_path / f"hf_text_document{ext}").read_bytes()
+    with pytest.raises(ValueError, match="tiktoken fast path unavailable for .*differ from the HF tokenizer's"):
+        pretrain(str(src), sample_tok, str(tmp_path / "tk"), encoder="tiktoken", workers=workers, quiet=True)
+    assert not list(tmp_path.glob("tk*"))
