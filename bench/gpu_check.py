@@ -1,6 +1,6 @@
 """The GPU check's parts, run by bench/gpu_check.sh; prints ONE table (check | result | detail) at the end.
 
-  python bench/gpu_check.py [--parts env,configs,kernels,kernel_tests,nccl,stages,te,width8b] [--work DIR]
+  python bench/gpu_check.py [--parts env,configs,kernels,kernel_tests,nccl,stages,te,width8b,peer] [--work DIR]
 
 Parts (each under its own time limit; a failing part is a FAIL row, the next part still runs):
   env      torch / CUDA / Triton, which of megatron-core, Transformer Engine, apex, flash-attn import, and the
@@ -18,7 +18,9 @@ Parts (each under its own time limit; a failing part is a FAIL row, the next par
            Without TE: says so, and the non-TE path (Triton attention, bf16) is what nccl and width8b checked;
   width8b  tokens/s/GPU, MFU and peak allocated memory (against `megafin plan`'s estimate) of a Llama-3-8B-width
            model (hidden 4096, 32 heads / 8 KV groups, FFN 14336, vocab 128256) with 2 layers at seq 8192, bf16,
-           fusions auto vs all off.
+           fusions auto (and all off with --fusions-off);
+  peer     Megatron-LM's pretrain_gpt.py (a checkout in .megatron-lm/, see MEGATRON_LM below) on the same shape,
+           batch and optimizer, mock data: its tokens/s/GPU and megafin's width8b number over it.
 Without CUDA (or with GPU_CHECK_DRY_RUN=1) only what runs on a CPU runs: env, configs, and nccl as a 3-step gloo run
 of the tiny model (the plumbing: data, launcher, metrics, table); the rest are `skipped` rows.
 
@@ -31,6 +33,7 @@ import argparse
 import json
 import math
 import os
+import re
 import statistics
 import subprocess
 import sys
@@ -43,9 +46,9 @@ sys.path.insert(0, str(REPO))
 from bench.cuda_timing import time_cuda  # noqa: E402  (the repository's bench package, after the path is set)
 
 PY = sys.executable
-ALL_PARTS = ("env", "configs", "kernels", "kernel_tests", "nccl", "stages", "te", "width8b")
+ALL_PARTS = ("env", "configs", "kernels", "kernel_tests", "nccl", "stages", "te", "width8b", "peer")
 LIMITS_S = {"env": 60, "configs": 30, "kernels": 150, "kernel_tests": 150, "nccl": 120, "stages": 160, "te": 150,
-            "width8b": 240}
+            "width8b": 240, "peer": 150}
 
 ROWS: list[tuple[str, str, str]] = []
 
@@ -362,6 +365,7 @@ def part_configs(args) -> None:
         except ConfigError as e:
             bad.append(f"{name}: {str(e).splitlines()[0]}")
     row("run configs", "FAIL" if bad else "ok", "; ".join(bad) if bad else f"{len(runs)} valid: {', '.join(runs)}")
+    check_megatron_lm_args(args)
     try:
         est = planned(args, "w8b_auto")
     except Exception as e:  # noqa: BLE001 - the plan is a row of its own; the configs row above stands
@@ -425,12 +429,16 @@ def part_te(args) -> None:
         f"{curves['fp8'][-1]:.3f}; max rel diff {worst:.3f}")
 
 
+MEASURED: dict[str, float] = {}  # megafin's 8B-width tokens/s/GPU (fusions auto), for the peer part's ratio
+
+
 def part_width8b(args) -> None:
     if not on_gpu():
         row("Llama-3-8B width", "skipped", "no CUDA")
         return
     S = args.seq_length
-    for label, off in (("fusions auto", False), ("fusions off", True)):
+    runs = (("fusions auto", False), ("fusions off", True)) if args.fusions_off else (("fusions auto", False),)
+    for label, off in runs:
         try:
             recs, out = train(args.work, f"w8b_{label.split()[-1]}", width8b_overrides(S, args.layers, off),
                               LIMITS_S["width8b"] / 2)
@@ -439,6 +447,8 @@ def part_width8b(args) -> None:
             mfu = statistics.median(r["mfu"] for r in steady) if steady[0].get("mfu") is not None else None
             peak = max((r.get("mem_max_alloc_gib") or 0.0) for r in recs)
             est = planned(args, f"w8b_{label.split()[-1]}")
+            if not off:
+                MEASURED["w8b"] = tps
             row(f"8B width, {args.layers} layers, {label}", "ok",
                 f"seq {S}, 4x{S} tokens/step: {tps:,.0f} tokens/s/GPU, MFU "
                 f"{f'{100 * mfu:.1f}%' if mfu is not None else '?'} (median of steps 4-8); peak allocated "
@@ -447,8 +457,90 @@ def part_width8b(args) -> None:
             row(f"8B width, {args.layers} layers, {label}", "FAIL", f"{type(e).__name__}: {str(e)[:200]}")
 
 
+# ------------------------------------------------------------------------------------------------------- peer
+# Megatron-LM's own trainer on the width8b shape: the files of the tag matching the megatron-core wheel that the
+# wheel lacks (pretrain_gpt.py, gpt_builders.py, model_provider.py, megatron/ but megatron/core: 1.8 MB), in an
+# ignored folder that travels with the checkout; megatron.core (with its compiled dataset helpers) comes from the
+# wheel, both halves being one namespace package. Fill it from a Megatron-LM clone:
+#   mkdir .megatron-lm && git -C MEGATRON_LM archive core_v0.16.1 pretrain_gpt.py gpt_builders.py \
+#       model_provider.py megatron | tar -x -C .megatron-lm && rm -r .megatron-lm/megatron/core
+MEGATRON_LM = Path(os.environ.get("GPU_CHECK_MEGATRON_LM", REPO / ".megatron-lm"))
+
+
+def megatron_lm_args(seq_length: int, layers: int) -> list[str]:
+    """pretrain_gpt.py's flags for width8b's model and schedule: no TE, so `--transformer-impl local` and the
+    fusions that need TE, apex or Megatron's compiled kernels off; mock data of the same length."""
+    S = seq_length
+    return ("--num-layers {L} --hidden-size 4096 --num-attention-heads 32 --group-query-attention "
+            "--num-query-groups 8 --ffn-hidden-size 14336 --seq-length {S} --max-position-embeddings {S} "
+            "--position-embedding-type rope --rotary-base 500000 --swiglu --normalization RMSNorm "
+            "--untie-embeddings-and-output-weights --disable-bias-linear --attention-dropout 0.0 --hidden-dropout 0.0 "
+            "--micro-batch-size 1 --global-batch-size 4 --train-iters 8 --lr 1e-4 --min-lr 1e-5 "
+            "--lr-decay-style cosine --lr-warmup-iters 2 --weight-decay 0.1 --clip-grad 1.0 --adam-beta1 0.9 "
+            "--adam-beta2 0.95 --bf16 --use-distributed-optimizer --transformer-impl local "
+            "--no-gradient-accumulation-fusion --no-masked-softmax-fusion --no-rope-fusion --no-persist-layer-norm "
+            "--mock-data --tokenizer-type NullTokenizer --vocab-size 128256 --split 100,0,0 --log-interval 1 "
+            "--log-throughput --eval-iters 0 --eval-interval 1000 --seed 1234").format(L=layers, S=S).split()
+
+
+def megatron_lm_env() -> dict:
+    # megatron.training from the checkout, megatron.core from the installed wheel (one namespace package)
+    path = [str(MEGATRON_LM), *filter(None, [os.environ.get("PYTHONPATH")])]
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(path), "CUDA_DEVICE_MAX_CONNECTIONS": "1"}
+
+
+def iteration_ms(log: str) -> list[float]:
+    """Megatron-LM's `elapsed time per iteration (ms): X` per logged iteration."""
+    return [float(m) for m in re.findall(r"elapsed time per iteration \(ms\): ([\d.]+)", log)]
+
+
+def check_megatron_lm_args(args) -> None:
+    """The peer's flags through Megatron-LM's own parse_args + validate_args (no GPU needed): a row of the configs
+    part, so a flag this Megatron-LM refuses shows up in the dry run."""
+    label = "peer flags (Megatron-LM)"
+    if not (MEGATRON_LM / "pretrain_gpt.py").is_file():
+        row(label, "skipped", f"no Megatron-LM checkout at {MEGATRON_LM}")
+        return
+    code = ("import warnings; warnings.simplefilter('ignore'); "
+            "from megatron.training.arguments import parse_args, validate_args; "
+            "validate_args(parse_args(), {'tokenizer_type': 'GPT2BPETokenizer'})")
+    env = {**megatron_lm_env(), "WORLD_SIZE": "1", "RANK": "0", "LOCAL_RANK": "0"}
+    proc = subprocess.run([PY, "-c", code, *megatron_lm_args(args.seq_length, args.layers)], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=120)
+    if proc.returncode != 0:
+        lines = [line for line in proc.stderr.splitlines() if line.strip()]
+        row(label, "FAIL", " | ".join(lines[-2:])[-300:])
+    else:
+        row(label, "ok", "pretrain_gpt.py's flags parse and validate (core_v0.16.1, world size 1)")
+
+
+def part_peer(args) -> None:
+    label = f"peer: Megatron-LM, 8B width, {args.layers} layers"
+    if not on_gpu():
+        row(label, "skipped", "no CUDA")
+        return
+    if not (MEGATRON_LM / "pretrain_gpt.py").is_file():
+        row(label, "skipped", f"no Megatron-LM checkout at {MEGATRON_LM} (bench/gpu_check.py says how to fill it)")
+        return
+    cmd = [PY, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "1",
+           str(MEGATRON_LM / "pretrain_gpt.py"), *megatron_lm_args(args.seq_length, args.layers)]
+    proc = subprocess.run(cmd, cwd=args.work, env=megatron_lm_env(), capture_output=True, text=True,
+                          timeout=LIMITS_S["peer"])
+    times = iteration_ms(proc.stdout + proc.stderr)
+    if proc.returncode != 0 or len(times) < 4:
+        (args.work / "megatron_lm.log").write_text(proc.stdout + proc.stderr)
+        raise RuntimeError(f"exit {proc.returncode}, {len(times)} iterations logged: "
+                           f"{child_error(proc.stderr)[-250:]} (log: {args.work / 'megatron_lm.log'})")
+    tps = 4 * args.seq_length / (statistics.median(times[3:]) / 1e3)
+    ours = MEASURED.get("w8b")
+    ratio = f"; megafin / Megatron-LM = {ours / tps:.2f}x" if ours else " (megafin's width8b row did not run)"
+    row(label, "ok", f"pretrain_gpt.py core_v0.16.1, --transformer-impl local (no TE), bf16, distributed optimizer, "
+        f"same shape and batch: {tps:,.0f} tokens/s/GPU (median of iterations 4-8){ratio}")
+
+
 PARTS = {"env": part_env, "configs": part_configs, "kernels": part_kernels, "kernel_tests": part_kernel_tests,
-         "nccl": part_nccl, "stages": part_stages, "te": part_te, "width8b": part_width8b}
+         "nccl": part_nccl, "stages": part_stages, "te": part_te, "width8b": part_width8b,
+         "peer": part_peer}
 
 
 def main(argv=None) -> int:
@@ -457,6 +549,7 @@ def main(argv=None) -> int:
     ap.add_argument("--work", type=Path, default=None, help="scratch directory (default: a new temporary one)")
     ap.add_argument("--seq-length", type=int, default=8192)
     ap.add_argument("--layers", type=int, default=2)
+    ap.add_argument("--fusions-off", action="store_true", help="width8b also runs with model.fusions.all=off")
     args = ap.parse_args(argv)
     args.work = args.work or Path(tempfile.mkdtemp(prefix="gpu_check_"))
     t0 = time.perf_counter()

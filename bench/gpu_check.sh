@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
-# The GPU check: what megafin can only check on a CUDA machine, as one short script (~7 min on one H200) that
+# The GPU check: what megafin can only check on a CUDA machine, as one short script (~8 min on one H200) that
 # prints ONE table (check | result | detail). From the repo root:
 #
-#   bash bench/gpu_check.sh [--parts env,configs,kernels,kernel_tests,nccl,stages,te,width8b] [--seq-length 8192] [--layers 2]
-#   GPU_CHECK_DRY_RUN=1 bash bench/gpu_check.sh   # on a CPU: the parts that run there (env, a gloo train step)
+#   bash bench/gpu_check.sh [--parts env,configs,kernels,kernel_tests,nccl,stages,te,width8b,peer]
+#                           [--seq-length 8192] [--layers 2] [--fusions-off]
+#   GPU_CHECK_DRY_RUN=1 bash bench/gpu_check.sh   # on a CPU: the parts that run there (env, configs, a gloo step)
 #
 # The parts are bench/gpu_check.py's (its docstring says what each checks). The exit status counts FAIL rows.
 #
@@ -13,6 +14,8 @@
 # directory put first on PYTHONPATH, so nothing the image has is shadowed. Refill it on a machine with a registry:
 #   pip download megatron-core==0.16.1 psutil --python-version 3.12 --only-binary=:all: --no-deps \
 #       --platform manylinux_2_28_x86_64 -d .whl
+# The peer part also needs Megatron-LM's trainer in .megatron-lm/ (1.8 MB, ignored; bench/gpu_check.py says how to
+# fill it). Both folders travel with the checkout to a GPU machine that cannot fetch them.
 set -u
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
@@ -40,4 +43,4 @@ EOF
   fi
 fi
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
-exec timeout "${GPU_CHECK_LIMIT_S:-540}" $PY bench/gpu_check.py "$@"
+exec timeout "${GPU_CHECK_LIMIT_S:-560}" $PY bench/gpu_check.py "$@"
