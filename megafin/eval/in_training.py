@@ -1,12 +1,13 @@
 """Task scores during training: `train.eval_tasks` / `train.eval_every` / `train.eval_limit` / `train.eval_data_dir`.
 
-Every eval_every steps, rank 0 answers the first eval_limit examples of each task with the LIVE model (no checkpoint
-round trip): the megafin engine's plain-torch decoder (megafin/generate/lean_decode.py) reads the training model's
-own parameters, greedy, every task's examples batched. The scores go into that step's metrics record as
-`eval/<task>/<metric>` (metrics.jsonl, wandb, tensorboard). Bounded in time by eval_limit; the other ranks wait at
-the next collective. The live model is usable at TP=1, PP=1 with a Llama/Qwen2-shaped model (what lean_decode
-covers); `check` refuses anything else before any process group starts, as it refuses unknown or judged tasks and
-missing data files."""
+Every eval_every steps, the first data-parallel replica answers the first eval_limit examples of each task with the
+LIVE model (no checkpoint round trip): the megafin engine's plain-torch decoder (megafin/generate/lean_decode.py)
+reads the training model's own parameters, greedy, every task's examples batched; at TP>1 the replica's TP ranks
+decode in lockstep on their shards (the recipes for 8B models train at TP=2). The scores go into that step's metrics
+record as `eval/<task>/<metric>` (metrics.jsonl, wandb, tensorboard), written by rank 0. Bounded in time by
+eval_limit; the other replicas wait at the next collective. The live model is usable at PP=1 and cp=1 with a
+Llama/Qwen2-shaped model (what lean_decode covers); `check` refuses anything else before any process group starts,
+as it refuses unknown or judged tasks and missing data files."""
 from __future__ import annotations
 
 import time
@@ -29,13 +30,13 @@ def check(cfg: Any) -> list[str]:
                         f"got {t.eval_every!r}")
     if t.eval_limit < 1:
         problems.append(f"train.eval_limit: expected a positive integer, got {t.eval_limit!r}")
-    if cfg.parallel.tp != 1 or cfg.parallel.pp != 1:
-        problems.append(f"train.eval_tasks: expected parallel.tp=1 and parallel.pp=1 (the live model is evaluated "
-                        f"on rank 0), got tp={cfg.parallel.tp} pp={cfg.parallel.pp}; evaluate saved checkpoints "
-                        f"with `megafin eval run` instead")
+    if cfg.parallel.pp != 1:
+        problems.append(f"train.eval_tasks: expected parallel.pp=1 (the live model is decoded by one whole model "
+                        f"replica), got pp={cfg.parallel.pp}; evaluate saved checkpoints with `megafin eval run` "
+                        f"instead")
     elif cfg.parallel.cp != 1:
-        problems.append(f"train.eval_tasks: expected parallel.cp=1 (the live model is evaluated on rank 0 alone), got "
-                        f"cp={cfg.parallel.cp}; evaluate saved checkpoints with `megafin eval run` instead")
+        problems.append(f"train.eval_tasks: expected parallel.cp=1 (the live model is decoded with whole sequences), "
+                        f"got cp={cfg.parallel.cp}; evaluate saved checkpoints with `megafin eval run` instead")
     data_dir = Path(t.eval_data_dir) if t.eval_data_dir else None
     if data_dir is None or not data_dir.is_dir():
         problems.append(f"train.eval_data_dir: expected the directory of the task files (layout of "

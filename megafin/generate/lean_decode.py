@@ -1,5 +1,5 @@
-"""Prefill and decode steps of a megatron-core GPTModel (TP=1, Llama/Qwen2 shape) in plain torch ops on the model's
-own parameters, with a KV cache, without megatron's per-layer module machinery.
+"""Prefill and decode steps of a megatron-core GPTModel (Llama/Qwen2 shape, TP=1 or tensor-parallel) in plain torch ops
+on the model's own parameters, with a KV cache, without megatron's per-layer module machinery.
 
 Why: on CPU a decode step of a small model is a few [batch, hidden] matmuls per layer, and megatron's layer stack
 (module calls, autograd-function wrappers of the parallel linears, process-group lookups, the inference context's
@@ -16,12 +16,21 @@ megafin/generate/rotated_key_cache.py caches them on the megatron path); SDPA wi
 softmax scale; output projection and residual; RMSNorm; the SwiGLU MLP (fc1's first half is the gate); residual; the
 final RMSNorm and the output layer. `unsupported` names what this does not cover
 (the engine falls back to megatron's path for such models).
+
+Tensor parallel (the trainer's live model at TP>1, megafin/eval/in_training.py): every rank of the TP group runs the
+same steps in lockstep on its own shards, as megatron's parallel layers split them: the vocab-parallel embedding is
+looked up where a rank holds the id and summed over the group; the QKV and fc1 (column-parallel) give each rank its
+query groups and its halves of gate and up; the output projection and fc2 (row-parallel) are summed over the group,
+their bias added after; the logits (column-parallel over the vocabulary) are gathered. Every rank then holds the same
+logits and picks the same tokens. Sequence parallelism only lays out training activations: the weights, and so these
+steps, are the same.
 """
 from __future__ import annotations
 
 from typing import Any, Optional
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 
 
@@ -32,13 +41,13 @@ def unsupported(model: torch.nn.Module) -> Optional[str]:
     from megatron.core.transformer.identity_op import IdentityOp
 
     c = model.config
-    if c.tensor_model_parallel_size != 1 or getattr(c, "context_parallel_size", 1) != 1:
-        return "tensor or context parallel"
+    if getattr(c, "context_parallel_size", 1) != 1:
+        return "context parallel"
     if getattr(model, "position_embedding_type", None) != "rope" or type(model.rotary_pos_emb) is not RotaryEmbedding:
         return "not plain RoPE"
     flags = ("rotary_interleaved", "qk_layernorm", "multi_latent_attention", "layernorm_zero_centered_gamma",
              "apply_residual_connection_post_layernorm", "fp32_residual_connection", "attention_output_gate",
-             "num_moe_experts", "sequence_parallel")
+             "num_moe_experts")
     on = [f for f in flags if getattr(c, f, None)]
     if on:
         return f"config {', '.join(on)}"
@@ -60,8 +69,9 @@ def unsupported(model: torch.nn.Module) -> Optional[str]:
 
 
 class _Layer:
-    def __init__(self, layer: Any) -> None:
+    def __init__(self, layer: Any, tp: "_TensorParallel") -> None:
         att = layer.self_attention
+        self.tp = tp
         self.number = att.layer_number
         self.norm1, self.norm2 = layer.input_layernorm, layer.pre_mlp_layernorm
         self.qkv_w, self.qkv_b = att.linear_qkv.weight, _bias(att.linear_qkv)
@@ -72,6 +82,27 @@ class _Layer:
         self.heads = att.num_attention_heads_per_partition
         self.dim = att.hidden_size_per_attention_head
         self.scale = att.core_attention.softmax_scale
+
+
+class _TensorParallel:
+    """The TP group's two collectives; at TP=1 neither runs (and the ops are the ones TP=1 always used)."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.group = None
+        if size > 1:
+            from megatron.core import parallel_state
+
+            self.group = parallel_state.get_tensor_model_parallel_group()
+
+    def sum(self, x: torch.Tensor) -> torch.Tensor:
+        dist.all_reduce(x, group=self.group)
+        return x
+
+    def gather_last(self, x: torch.Tensor) -> torch.Tensor:
+        parts = [torch.empty_like(x) for _ in range(self.size)]
+        dist.all_gather(parts, x.contiguous(), group=self.group)
+        return torch.cat(parts, dim=-1)
 
 
 def _bias(linear: Any) -> Optional[torch.Tensor]:
@@ -86,7 +117,10 @@ class LeanDecoder:
     """The model's parameters as the lean steps read them; `prefill` starts one batch."""
 
     def __init__(self, model: torch.nn.Module) -> None:
-        self.layers = [_Layer(layer) for layer in model.decoder.layers]
+        self.tp = _TensorParallel(model.config.tensor_model_parallel_size)
+        words = model.embedding.word_embeddings
+        self.vocab_start = int(getattr(words, "vocab_start_index", 0))  # this rank's rows of the vocabulary
+        self.layers = [_Layer(layer, self.tp) for layer in model.decoder.layers]
         self.final_norm = model.decoder.final_layernorm
         self.embedding = model.embedding.word_embeddings.weight
         self.output = (model.shared_embedding_or_output_weight() if model.share_embeddings_and_output_weights
@@ -104,7 +138,7 @@ class LeanDecoder:
         # cache slots (pad .. longest - 1), as megatron's static cache gives them.
         for row, prompt in enumerate(prompts):
             pad = longest - len(prompt)
-            x = F.embedding(torch.tensor(prompt, device=self.embedding.device), self.embedding)  # [n, h]
+            x = self.embed(torch.tensor(prompt, device=self.embedding.device))  # [n, h]
             cos, sin = batch.cos[pad:longest, None, None], batch.sin[pad:longest, None, None]
             for lay, (kc, vc) in zip(self.layers, batch.cache):
                 q, k, v = _qkv(lay, x, cos, sin)  # [n, g, r, d], [n, g, d], [n, g, d]
@@ -117,8 +151,17 @@ class LeanDecoder:
             last.append(x[-1:])
         return batch, self.logits(torch.cat(last))
 
+    def embed(self, ids: torch.Tensor) -> torch.Tensor:
+        if self.tp.size == 1:
+            return F.embedding(ids, self.embedding)
+        local = ids - self.vocab_start
+        elsewhere = (local < 0) | (local >= self.embedding.size(0))  # another rank's rows: zeros here, summed
+        x = F.embedding(local.masked_fill(elsewhere, 0), self.embedding).masked_fill(elsewhere.unsqueeze(-1), 0)
+        return self.tp.sum(x)
+
     def logits(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(_rms(x, self.final_norm), self.output, self.output_b)
+        out = F.linear(_rms(x, self.final_norm), self.output, self.output_b)
+        return out if self.tp.size == 1 else self.tp.gather_last(out)
 
 
 def _qkv(lay: _Layer, x: torch.Tensor, cos: torch.Tensor,
@@ -133,9 +176,16 @@ def _qkv(lay: _Layer, x: torch.Tensor, cos: torch.Tensor,
 
 def _after_attention(lay: _Layer, x: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
     """Output projection and residual, then the SwiGLU MLP and residual."""
-    x = x + F.linear(a, lay.proj_w, lay.proj_b)
-    gate, up = F.linear(_rms(x, lay.norm2), lay.fc1_w, lay.fc1_b).chunk(2, dim=-1)
-    return x + F.linear(F.silu(gate) * up, lay.fc2_w, lay.fc2_b)
+    x = x + _row_parallel(lay.tp, a, lay.proj_w, lay.proj_b)
+    gate, up = F.linear(_rms(x, lay.norm2), lay.fc1_w, lay.fc1_b).chunk(2, dim=-1)  # this rank's gate | up halves
+    return x + _row_parallel(lay.tp, F.silu(gate) * up, lay.fc2_w, lay.fc2_b)
+
+
+def _row_parallel(tp: _TensorParallel, x: torch.Tensor, w: torch.Tensor, b: Optional[torch.Tensor]) -> torch.Tensor:
+    if tp.size == 1:
+        return F.linear(x, w, b)
+    y = tp.sum(F.linear(x, w))  # partial products over this rank's input columns
+    return y if b is None else y + b
 
 
 class LeanBatch:
@@ -166,7 +216,7 @@ class LeanBatch:
     def step(self, tokens: torch.Tensor, t: int) -> torch.Tensor:
         """Logits [batch, padded vocab] after `tokens` [batch] written at cache slot `t` (RoPE position t)."""
         dec = self.dec
-        x = F.embedding(tokens, dec.embedding)  # [b, h]
+        x = dec.embed(tokens)  # [b, h]
         b = x.size(0)
         cos, sin = self.cos[t], self.sin[t]
         mask = self.visible[..., :t + 1] if self.visible is not None else None

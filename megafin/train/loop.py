@@ -187,12 +187,16 @@ class Trainer:
         self.flops_per_token = flops_per_token(cfg.model, self.vocab_size, S)
         self.peak = PeakFlops.for_this_device(cfg.logging.peak_tflops)
         self.num_params = self.chunks.num_params()
-        # train.eval_tasks: examples read on every rank (a bad file fails all alike); only rank 0 evaluates.
-        self.task_eval = None
+        # train.eval_tasks: examples read on every rank (a bad file fails all alike); the first data-parallel replica
+        # (rank 0's TP group: pp and cp are 1 there) evaluates.
+        self.task_eval, self.task_eval_here = None, False
         if cfg.train.eval_tasks:
+            from megatron.core import parallel_state
+
             from megafin.eval.in_training import TrainingEval
 
             self.task_eval = TrainingEval(cfg, self.vocab_size)
+            self.task_eval_here = parallel_state.get_data_parallel_rank(with_context_parallel=True) == 0
 
     # ---------------------------------------------------------------- resume
     def _checkpoint_to_resume(self) -> Optional[Path]:
@@ -331,8 +335,10 @@ class Trainer:
                         record.update(self.evaluate())
                 if self.task_eval is not None and self.task_eval.due(step):
                     with self._params_gathered():
-                        if self.is_logger:
-                            record.update(self._task_scores())
+                        if self.task_eval_here:  # the first replica's TP ranks decode together; rank 0 records
+                            scores = self._task_scores()
+                            if self.is_logger:
+                                record.update(scores)
                 metrics.log(record)
                 bad.check(step)
                 stop_now = self._agree(stop.requested)

@@ -50,3 +50,28 @@ def test_lean_path_equals_megatrons_path_and_hf(hf_and_engine):
                               max_new_tokens=10, do_sample=False, eos_token_id=stops, pad_token_id=0)
         assert seq.tokens == out[0, len(prompt):].tolist(), prompt
     assert len({tuple(s.tokens) for s in lean_seqs}) >= 2  # the prompts matter (tiny random models repeat tokens)
+
+
+def test_tensor_parallel_lean_decode_equals_one_process(tiny_data: Path, tmp_path: Path):
+    """Two gloo ranks at TP=2 decode the tiny Llama together on their shards (the trainer's live model under
+    train.eval_tasks): the same greedy tokens as one process with the same full weights (layout-independent init)."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from tests.helpers import REPO, free_port
+
+    worker = REPO / "tests/generate/tp_lean_worker.py"
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    tok = str(tiny_data / "tokenizer")
+    one = subprocess.run([sys.executable, str(worker), tok, str(tmp_path / "tp1.json"), "1"], env=env,
+                         capture_output=True, text=True, timeout=300)
+    assert one.returncode == 0, one.stdout[-2000:] + one.stderr[-3000:]
+    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port",
+                          str(free_port()), str(worker), tok, str(tmp_path / "tp2.json"), "2"], env=env,
+                         capture_output=True, text=True, timeout=300)
+    assert two.returncode == 0, two.stdout[-2000:] + two.stderr[-3000:]
+    want, got = (json.loads((tmp_path / f"{n}.json").read_text()) for n in ("tp1", "tp2"))
+    assert got == want
+    assert len({tuple(t) for t in want}) >= 2 and all(len(t) > 1 for t in want)  # the prompts matter

@@ -96,7 +96,8 @@ class MegafinEngine(GenerationEngine):
     @classmethod
     def on_live_model(cls, net: torch.nn.Module, tokenizer: str, vocab_size: int, max_positions: int,
                       max_batch_size: int = 32) -> "MegafinEngine":
-        """An engine on a model already built in this process (the trainer's, at TP=1: megafin/eval/in_training.py).
+        """An engine on a model already built in this process (the trainer's: megafin/eval/in_training.py; at TP>1
+        every rank of the TP group calls this and decodes in lockstep, lean_decode.py).
         Decoded by the lean path only, which reads the parameters and patches nothing (megatron's path would need
         the rotated-key cache installed on the model); GenerationError when the model is not lean-decodable."""
         reason = unsupported(net)

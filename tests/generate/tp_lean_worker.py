@@ -1,0 +1,43 @@
+"""One rank of the lean decoder's TP test (launched by torchrun from test_lean_decode.py, or run alone at TP=1).
+
+argv: tokenizer_dir out.json tp. Builds the tiny Llama with megafin's layout-independent init (the same full weights
+at any TP), decodes fixed prompts greedily through MegafinEngine.on_live_model, and rank 0 writes the tokens."""
+from __future__ import annotations
+
+import json
+import sys
+
+import torch
+
+
+def main() -> None:
+    tokenizer, out, tp = sys.argv[1], sys.argv[2], int(sys.argv[3])
+    from megafin.config import load_config
+    from megafin.generate.api import GenerationRequest, SamplingParams
+    from megafin.generate.engines.megafin_engine import MegafinEngine
+    from megafin.models.gpt import build_model
+    from megafin.runtime.distributed import detect_launch_env, init_distributed, shutdown_distributed
+    from tests.helpers import TINY_MODEL, TINY_RECIPE
+
+    torch.set_num_threads(1)
+    cfg = load_config(TINY_RECIPE, [*TINY_MODEL, "model.max_position_embeddings=128", f"parallel.tp={tp}"])
+    init_distributed(detect_launch_env(), tp, 1, cfg.train.seed)
+    try:
+        from transformers import AutoTokenizer
+
+        vocab = len(AutoTokenizer.from_pretrained(tokenizer))
+        model = build_model(cfg, vocab).eval()
+        engine = MegafinEngine.on_live_model(model, tokenizer, vocab, cfg.model.max_position_embeddings)
+        texts = ["Revenue", "The bank said net interest income", "Analysts expect the company to report higher",
+                 "Shares of the"]
+        prompts = [engine.prompt_ids(GenerationRequest(prompt=t)) for t in texts]
+        seqs = engine.generate_ids(prompts, [SamplingParams(max_new_tokens=12)] * len(prompts))
+        if torch.distributed.get_rank() == 0:
+            with open(out, "w") as f:
+                json.dump([s.tokens for s in seqs], f)
+    finally:
+        shutdown_distributed()
+
+
+if __name__ == "__main__":
+    main()
