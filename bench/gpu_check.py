@@ -24,8 +24,9 @@ Parts (each under its own time limit; a failing part is a FAIL row, the next par
 Without CUDA (or with GPU_CHECK_DRY_RUN=1) only what runs on a CPU runs: env, configs, and nccl as a 3-step gloo run
 of the tiny model (the plumbing: data, launcher, metrics, table); the rest are `skipped` rows.
 
-First run, on an H200 (2026-11-27): every row ok but TE's (not installed there); 8B width, 2 layers, seq 8192, bf16:
-63,916 tokens/s/GPU, MFU 42.5% with fusions auto, 62,473 and 41.5% with all off.
+First run, on an H200 (2026-11-27; README "The GPU check" has the table): every row ok once the 8B rows' config
+was fixed, but TE's (not installed there); 8B width, 2 layers, seq 8192, bf16: 63,916 tokens/s/GPU, MFU 42.5% with
+fusions auto, 62,473 and 41.5% with all off. The configs, kernel_tests, stages and peer parts came after it.
 """
 from __future__ import annotations
 
