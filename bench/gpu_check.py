@@ -85,6 +85,12 @@ def on_gpu() -> bool:
     return torch.cuda.is_available() and os.environ.get("GPU_CHECK_DRY_RUN") != "1"
 
 
+def path_first(folder: Path, **extra: str) -> dict:
+    """This process's environment for a child, with `folder` first on PYTHONPATH (the wheelhouse's site after it)."""
+    path = os.pathsep.join([str(folder), *filter(None, [os.environ.get("PYTHONPATH")])])
+    return {**os.environ, "PYTHONPATH": path, **extra}
+
+
 # ---------------------------------------------------------------------------------------------------------- env
 def part_env(args) -> None:
     import torch
@@ -206,8 +212,7 @@ def part_kernel_tests(args) -> None:
     if not on_gpu():
         row("kernel tests (CUDA)", "skipped", "no CUDA (they run under TRITON_INTERPRET=1 in `make test`)")
         return
-    env = {**os.environ, "MEGAFIN_KERNELS_AUTOTUNE": "0",
-           "PYTHONPATH": os.pathsep.join([str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])])}
+    env = path_first(REPO, MEGAFIN_KERNELS_AUTOTUNE="0")
     proc = subprocess.run([PY, "-m", "pytest", "tests/kernels", "-q", "-p", "no:cacheprovider"], cwd=REPO, env=env,
                           capture_output=True, text=True, timeout=LIMITS_S["kernel_tests"])
     lines = [line for line in proc.stdout.splitlines() if line.strip()]
@@ -295,8 +300,13 @@ def gpu_kind() -> str:
     return next((k for k in ("h200", "h100", "a100") if k in name), "h100")
 
 
+PLANS: dict[str, dict] = {}  # planned() per run name: the configs part and the width8b rows ask for the same one
+
+
 def planned(args, name: str) -> dict:
     """`megafin plan`'s estimate for run `name`'s own layout on one GPU of this kind, without TE (as here)."""
+    if name in PLANS:
+        return PLANS[name]
     recipe, overrides = all_runs(args)[name]
     cmd = [PY, "-m", "megafin", "plan", str(RECIPES[recipe]),
            *base_overrides(recipe, args.work / "data", args.work / "runs" / name), *overrides,
@@ -304,7 +314,8 @@ def planned(args, name: str) -> dict:
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=60)
     if proc.returncode != 0:
         raise RuntimeError(f"megafin plan exit {proc.returncode}: {proc.stderr.strip()[-200:]}")
-    return json.loads(proc.stdout)["recipe_layout"]
+    PLANS[name] = json.loads(proc.stdout)["recipe_layout"]
+    return PLANS[name]
 
 
 def child_error(output: str) -> str:
@@ -328,7 +339,7 @@ def train(work: Path, name: str, overrides: list[str], limit_s: float, recipe: s
     launcher = ["-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "1"] if torchrun else []
     cmd = [PY, *launcher, "-m", "megafin.train", str(RECIPES[recipe]), *base_overrides(recipe, data, run_dir),
            *overrides]
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])])}
+    env = path_first(REPO)
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=limit_s)
     out = proc.stdout + proc.stderr
     if proc.returncode != 0:
@@ -486,8 +497,7 @@ def megatron_lm_args(seq_length: int, layers: int) -> list[str]:
 
 def megatron_lm_env() -> dict:
     # megatron.training from the checkout, megatron.core from the installed wheel (one namespace package)
-    path = [str(MEGATRON_LM), *filter(None, [os.environ.get("PYTHONPATH")])]
-    return {**os.environ, "PYTHONPATH": os.pathsep.join(path), "CUDA_DEVICE_MAX_CONNECTIONS": "1"}
+    return path_first(MEGATRON_LM, CUDA_DEVICE_MAX_CONNECTIONS="1")
 
 
 def iteration_ms(log: str) -> list[float]:
