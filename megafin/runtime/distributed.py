@@ -91,6 +91,11 @@ def init_distributed(launch: LaunchEnv, tp: int, pp: int, seed: int,
                                              virtual_pipeline_model_parallel_size=(virtual_pp if virtual_pp > 1
                                                                                    else None),
                                              distributed_timeout_minutes=collective_timeout_s / 60)
+    # The CPU generator too, as Megatron-LM's _set_random_seed does: weights are drawn on the CPU on every device
+    # (use_cpu_initialization), and megatron's seeding touches only CUDA's generator where CUDA is real. Without
+    # this a GPU run's embedding came from whatever state the CPU generator was left in: GPU runs of one config
+    # started from different weights (found by bench/gpu_check.py's stages part) and none from the CPU's.
+    torch.manual_seed(seed)
     model_parallel_cuda_manual_seed(seed)
     return device
 
