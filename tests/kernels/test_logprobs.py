@@ -131,12 +131,11 @@ def test_tp2_vocab_parallel(tmp_path, seed):
     port = _free_port()
     env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""),
                OMP_NUM_THREADS="1")
-    # The ranks hold CPU tensors over gloo, so they run under the interpreter on a GPU machine too (without it the
-    # kernels refuse CPU tensors: the first CUDA run of this test failed so); the compiled path is the other tests'.
-    env["TRITON_INTERPRET"] = "1"
+    # On a GPU both ranks run the compiled kernels on the one device, over gloo (which reduces CUDA tensors too):
+    # the first CUDA run kept CPU tensors under the interpreter, and Triton 3.6's interpreter fails with numpy 2.4.
     procs = [
         subprocess.Popen([sys.executable, str(HERE / "tp_logprobs_worker.py"), str(r), str(world), str(port),
-                          str(tmp_path / "inputs.pt"), str(tmp_path)], env=env,
+                          str(tmp_path / "inputs.pt"), str(tmp_path), DEVICE], env=env,
                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         for r in range(world)
     ]
