@@ -13,7 +13,8 @@ Parts (each under its own time limit; a failing part is a FAIL row, the next par
   nccl     `megafin train` under torchrun with one process: a 1-process NCCL group, TP=1, bf16, the distributed
            optimizer with overlapped grad reduce and param gather, 12 steps of a small model: the loss goes down;
   stages   packed SFT with the Triton varlen attention vs SDPA and RPO with the Triton packed log-probs vs megatron's
-           cross entropy (fp32, same data and init): the loss curves agree within 1e-3 relative;
+           cross entropy (fp32, same data and init): the loss curves agree within 1e-3 relative; and the peer's
+           step-1 loss on the GPU equals the same run's on this machine's CPU (same weights: within 1e-4);
   te       Transformer Engine's layer spec, bf16 vs FP8 (delayed scaling), same data and init: losses close.
            Without TE: says so, and the non-TE path (Triton attention, bf16) is what nccl and width8b checked;
   width8b  tokens/s/GPU, MFU and peak allocated memory (against `megafin plan`'s estimate) of a Llama-3-8B-width
@@ -27,6 +28,10 @@ of the tiny model (the plumbing: data, launcher, metrics, table); the rest are `
 First run, on an H200 (2026-11-27; README "The GPU check" has the table): every row ok once the 8B rows' config
 was fixed, but TE's (not installed there); 8B width, 2 layers, seq 8192, bf16: 63,916 tokens/s/GPU, MFU 42.5% with
 fusions auto, 62,473 and 41.5% with all off. The configs, kernel_tests, stages and peer parts came after it.
+Second session (H200, same day): the peer died on two missing pieces (pydantic, now in the wheelhouse; Megatron-LM's
+`make` of the dataset helpers, now a no-op Makefile); the stages part found GPU runs starting from other weights
+than the CPU's and than each other (the CPU generator was never seeded on CUDA: megafin/runtime/distributed.py).
+Both fixes wait for the next GPU session.
 """
 from __future__ import annotations
 
@@ -48,7 +53,7 @@ from bench.cuda_timing import time_cuda  # noqa: E402  (the repository's bench p
 
 PY = sys.executable
 ALL_PARTS = ("env", "configs", "kernels", "kernel_tests", "nccl", "stages", "te", "width8b", "peer")
-LIMITS_S = {"env": 60, "configs": 30, "kernels": 150, "kernel_tests": 150, "nccl": 120, "stages": 160, "te": 150,
+LIMITS_S = {"env": 60, "configs": 30, "kernels": 150, "kernel_tests": 240, "nccl": 120, "stages": 150, "te": 150,
             "width8b": 240, "peer": 150}
 
 ROWS: list[tuple[str, str, str]] = []
@@ -207,19 +212,50 @@ def part_kernels(args) -> None:
         row("logprobs: triton packed", "FAIL", f"{type(tri).__name__}: {str(tri)[:120]}")
 
 
+BACKGROUND: dict[str, tuple] = {}  # part name -> (process, finish(process)): correctness parts run beside others
+TIMED = {"kernels", "width8b", "peer"}  # parts whose numbers are timings: nothing runs beside them
+
+
 def part_kernel_tests(args) -> None:
-    """tests/kernels on CUDA: the same cases as under the CPU interpreter, compiled (one config per kernel)."""
+    """tests/kernels on CUDA: the same cases as under the CPU interpreter, compiled (one config per kernel). Started
+    in the background (~100 s of mostly compiling on an H200), beside nccl and stages, whose rows are losses; it is
+    waited for before the next timed part."""
     if not on_gpu():
         row("kernel tests (CUDA)", "skipped", "no CUDA (they run under TRITON_INTERPRET=1 in `make test`)")
         return
     env = path_first(REPO, MEGAFIN_KERNELS_AUTOTUNE="0")
-    proc = subprocess.run([PY, "-m", "pytest", "tests/kernels", "-q", "-p", "no:cacheprovider"], cwd=REPO, env=env,
-                          capture_output=True, text=True, timeout=LIMITS_S["kernel_tests"])
-    lines = [line for line in proc.stdout.splitlines() if line.strip()]
-    failed = [line for line in lines if line.startswith(("FAILED", "ERROR"))]
-    summary = lines[-1] if lines else proc.stderr[-200:]
-    row("kernel tests (CUDA)", "ok" if proc.returncode == 0 else "FAIL",
-        f"pytest tests/kernels: {summary.strip('= ')}" + (f"; {' | '.join(failed[:3])[:300]}" if failed else ""))
+    log = (args.work / "kernel_tests.log").open("w")
+    proc = subprocess.Popen([PY, "-m", "pytest", "tests/kernels", "-q", "-p", "no:cacheprovider"], cwd=REPO, env=env,
+                            stdout=log, stderr=subprocess.STDOUT, text=True)
+
+    def finish(proc) -> None:
+        log.close()
+        out = (args.work / "kernel_tests.log").read_text()
+        lines = [line for line in out.splitlines() if line.strip()]
+        failed = [line for line in lines if line.startswith(("FAILED", "ERROR"))]
+        detail = f"pytest tests/kernels: {(lines[-1] if lines else '(no output)').strip('= ')}"
+        if proc.returncode != 0:
+            # the row has room for the first failure's own lines ("E ..."); the whole report is beside the scratch
+            first_e = [line.strip() for line in lines if line.startswith("E ")][:3]
+            detail += (f"; {' | '.join(failed[:3])[:200]}; {' | '.join(first_e)[:300]} "
+                       f"(log: {args.work / 'kernel_tests.log'})")
+        row("kernel tests (CUDA)", "ok" if proc.returncode == 0 else "FAIL", detail)
+
+    BACKGROUND["kernel_tests"] = (proc, finish, time.perf_counter())
+
+
+def join_background() -> None:
+    """Wait for the background parts (each within its own limit from its start) and write their rows."""
+    for name, (proc, finish, started) in list(BACKGROUND.items()):
+        try:
+            proc.wait(timeout=max(1.0, LIMITS_S[name] - (time.perf_counter() - started)))
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+            row(name, "FAIL", f"over its {LIMITS_S[name]} s limit (log in the scratch folder)")
+        else:
+            finish(proc)
+        del BACKGROUND[name]
 
 
 # ---------------------------------------------------------------------------------------------------- training
@@ -327,11 +363,13 @@ def child_error(output: str) -> str:
         return " | ".join(mine[-3:])
     cut = next((i for i, line in enumerate(lines) if "failed (exitcode:" in line or "ChildFailedError" in line),
                len(lines))
-    return " | ".join(lines[max(0, cut - 3):cut])
+    # a logged error or an exception line beats the warnings a dying process prints after it
+    errors = [line for line in lines[:cut] if re.match(r"(ERROR\b|\w*(Error|Exception)\b|make: \*\*\*)", line)]
+    return " | ".join(errors[-2:] if errors else lines[max(0, cut - 3):cut])
 
 
 def train(work: Path, name: str, overrides: list[str], limit_s: float, recipe: str = "cpt",
-          torchrun: bool = True) -> tuple[list[dict], str]:
+          torchrun: bool = True, env_extra: dict | None = None) -> tuple[list[dict], str]:
     """`megafin train` under torchrun with one process (NCCL on a GPU, gloo on a CPU), or as one plain process
     (what `megafin train` does without a launcher, a few seconds less); (train records, output)."""
     data = tiny_data(work)
@@ -339,8 +377,18 @@ def train(work: Path, name: str, overrides: list[str], limit_s: float, recipe: s
     launcher = ["-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "1"] if torchrun else []
     cmd = [PY, *launcher, "-m", "megafin.train", str(RECIPES[recipe]), *base_overrides(recipe, data, run_dir),
            *overrides]
-    env = path_first(REPO)
-    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=limit_s)
+    env = {**path_first(REPO), **(env_extra or {})}
+    try:
+        proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=limit_s)
+    except subprocess.TimeoutExpired as e:
+        # what it printed before the limit is the only clue to where the time went: keep it, name it in the row
+        out = "".join(x.decode(errors="replace") if isinstance(x, bytes) else (x or "") for x in (e.stdout, e.stderr))
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "output.log").write_text(out)
+        last = [ln for ln in out.splitlines() if ln.strip() and "warn" not in ln.lower()][-1:] or ["(no output)"]
+        steps = len((run_dir / "metrics.jsonl").read_text().splitlines()) if (run_dir / "metrics.jsonl").exists() else 0
+        raise RuntimeError(f"{name}: over its {limit_s:.0f} s limit after {steps} metric records; last line: "
+                           f"{last[0][-160:]} (log: {run_dir / 'output.log'})") from None
     out = proc.stdout + proc.stderr
     if proc.returncode != 0:
         # the whole log beside the run, the child's own error in the row
@@ -402,25 +450,50 @@ def part_nccl(args) -> None:
 
 def part_stages(args) -> None:
     """Packed SFT with the Triton varlen attention vs SDPA, and RPO with the Triton packed log-probs vs megatron's:
-    the kernels as the layer spec and the loss wire them into training, same data and init, fp32."""
+    the kernels as the layer spec and the loss wire them into training, same data and init, fp32. And each peer once
+    more on this machine's CPU: step 1 (before any update) is the same weights on the same data, so the GPU's first
+    loss must be the CPU's (the second GPU session found every GPU run starting from other weights than the CPU's and
+    than each other's). The six runs go at once: their rows are losses, not timings."""
+    from concurrent.futures import ThreadPoolExecutor
+
     if not on_gpu():
         row("stages: triton vs peer", "skipped", "no CUDA (the configs part validated these runs)")
         return
+    tiny_data(args.work)  # once, before the runs that share it start
+    runs = {}
+    for recipe, (_, backends, _) in STAGE_PAIRS.items():
+        for b in backends:
+            # one kernel config: this part checks numbers, not speed, and autotuning every config of every kernel in
+            # fp32 took the whole first GPU run's limit before the first step
+            runs[f"{recipe}_{b}"] = (recipe, stage_overrides(recipe, b), {"MEGAFIN_KERNELS_AUTOTUNE": "0"})
+        runs[f"{recipe}_{backends[1]}_cpu"] = (recipe, [*stage_overrides(recipe, backends[1]), "train.steps=2"],
+                                               {"CUDA_VISIBLE_DEVICES": ""})
+    with ThreadPoolExecutor(len(runs)) as pool:
+        futures = {name: pool.submit(train, args.work, name, overrides, LIMITS_S["stages"], recipe, False, env)
+                   for name, (recipe, overrides, env) in runs.items()}
+
+    def losses(name: str) -> list[float]:
+        return [r["loss"] for r in futures[name].result()[0]]
+
     for recipe, (key, backends, steps) in STAGE_PAIRS.items():
-        label = f"{'packed SFT' if recipe == 'sft' else 'RPO'}: {key.split('.')[1]} {' vs '.join(backends)}"
+        what = "packed SFT" if recipe == "sft" else "RPO"
+        label = f"{what}: {key.split('.')[1]} {' vs '.join(backends)}"
         try:
-            curves = {}
-            for b in backends:
-                recs, _ = train(args.work, f"{recipe}_{b}", stage_overrides(recipe, b), LIMITS_S["stages"] / 4,
-                                recipe, torchrun=False)
-                curves[b] = [r["loss"] for r in recs]
-            a, b = (curves[x] for x in backends)
+            a, b = (losses(f"{recipe}_{x}") for x in backends)
             worst = max(abs(x - y) / max(abs(y), 1e-6) for x, y in zip(a, b))
             ok = len(a) == len(b) == steps and worst < 1e-3 and all(map(math.isfinite, a))
             row(label, "ok" if ok else "FAIL", f"{steps} steps fp32: {backends[0]} {a[0]:.4f} -> {a[-1]:.4f}, "
                 f"{backends[1]} {b[0]:.4f} -> {b[-1]:.4f}; max rel diff {worst:.1e} (limit 1e-3)")
         except Exception as e:  # noqa: BLE001
             row(label, "FAIL", f"{type(e).__name__}: {str(e)[:200]}")
+        cpu_label = f"{what}: step 1 on GPU vs CPU"
+        try:
+            gpu, cpu = losses(f"{recipe}_{backends[1]}")[0], losses(f"{recipe}_{backends[1]}_cpu")[0]
+            diff = abs(gpu - cpu) / abs(cpu)
+            row(cpu_label, "ok" if diff < 1e-4 else "FAIL",
+                f"{backends[1]}, fp32: GPU {gpu:.6f}, CPU {cpu:.6f}; rel diff {diff:.1e} (limit 1e-4)")
+        except Exception as e:  # noqa: BLE001
+            row(cpu_label, "FAIL", f"{type(e).__name__}: {str(e)[:200]}")
 
 
 def part_te(args) -> None:
@@ -500,6 +573,23 @@ def megatron_lm_env() -> dict:
     return path_first(MEGATRON_LM, CUDA_DEVICE_MAX_CONNECTIONS="1")
 
 
+def prebuilt_helpers_makefile() -> None:
+    """Megatron-LM's start-up runs `make` in megatron/core/datasets to build the dataset index helpers, and exits
+    when that fails. The wheel ships them built (helpers_cpp*.so) but no Makefile (the first peer run died so)."""
+    proc = subprocess.run([PY, "-c", "import megatron.core.datasets as d, os; print(os.path.dirname(d.__file__))"],
+                          env=megatron_lm_env(), capture_output=True, text=True, timeout=120)
+    if proc.returncode == 0 and proc.stdout.strip():
+        noop_makefile_beside_built_helpers(Path(proc.stdout.strip().splitlines()[-1]))
+
+
+def noop_makefile_beside_built_helpers(folder: Path) -> bool:
+    """A Makefile with nothing to do, only where the built module is and no Makefile is; whether one was written."""
+    if (folder / "Makefile").exists() or not list(folder.glob("helpers_cpp*.so")):
+        return False
+    (folder / "Makefile").write_text("default:\n\t@echo helpers_cpp: built in the megatron-core wheel\n")
+    return True
+
+
 def iteration_ms(log: str) -> list[float]:
     """Megatron-LM's `elapsed time per iteration (ms): X` per logged iteration."""
     return [float(m) for m in re.findall(r"elapsed time per iteration \(ms\): ([\d.]+)", log)]
@@ -533,6 +623,7 @@ def part_peer(args) -> None:
     if not (MEGATRON_LM / "pretrain_gpt.py").is_file():
         row(label, "skipped", f"no Megatron-LM checkout at {MEGATRON_LM} (bench/gpu_check.py says how to fill it)")
         return
+    prebuilt_helpers_makefile()
     cmd = [PY, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "1",
            str(MEGATRON_LM / "pretrain_gpt.py"), *megatron_lm_args(args.seq_length, args.layers)]
     proc = subprocess.run(cmd, cwd=args.work, env=megatron_lm_env(), capture_output=True, text=True,
@@ -565,6 +656,8 @@ def main(argv=None) -> int:
     args.work = args.work or Path(tempfile.mkdtemp(prefix="gpu_check_"))
     t0 = time.perf_counter()
     for name in args.parts.split(","):
+        if name in TIMED:
+            join_background()
         start = time.perf_counter()
         try:
             PARTS[name](args)
@@ -573,6 +666,7 @@ def main(argv=None) -> int:
         except Exception as e:  # noqa: BLE001 - a failing part is a row; the next part still runs
             row(name, "FAIL", f"{type(e).__name__}: {str(e)[:300]}")
         print(f"[gpu_check] part {name}: {time.perf_counter() - start:.0f} s", flush=True)
+    join_background()
     row("total", "info", f"{time.perf_counter() - t0:.0f} s; scratch {args.work}")
     print_table()
     return sum(r[1] == "FAIL" for r in ROWS)

@@ -9,11 +9,15 @@
 # The parts are bench/gpu_check.py's (its docstring says what each checks). The exit status counts FAIL rows.
 #
 # The wheelhouse: GPU machines without a package registry get what megafin needs beyond torch, Triton and
-# transformers from .whl/ (or $GPU_CHECK_WHEELS): a cp312 megatron-core wheel and psutil (dist_checkpointing's
-# saver needs it). Only wheels whose distribution is not installed already are installed, into a --target
-# directory put first on PYTHONPATH, so nothing the image has is shadowed. Refill it on a machine with a registry:
-#   pip download megatron-core==0.16.1 psutil --python-version 3.12 --only-binary=:all: --no-deps \
-#       --platform manylinux_2_28_x86_64 -d .whl
+# transformers from .whl/ (or $GPU_CHECK_WHEELS): a cp312 megatron-core wheel, psutil (dist_checkpointing's
+# saver needs it), and for the peer part what Megatron-LM's trainer imports beyond the image (pydantic, which
+# megatron.training imports through megatron.rl, with its dependencies, at 2.11: newer ones need a newer
+# typing_extensions than an image may have, and a wheel whose distribution is installed is never upgraded; six).
+# Only wheels whose distribution is not installed already are installed, into a --target directory put first on
+# PYTHONPATH, so nothing the image has is shadowed. Refill it on a machine with a registry:
+#   pip download megatron-core==0.16.1 psutil pydantic==2.11.10 pydantic_core==2.33.2 typing_inspection==0.4.1 \
+#       annotated_types six --python-version 3.12 --only-binary=:all: --no-deps --platform manylinux_2_28_x86_64 \
+#       --platform manylinux_2_17_x86_64 -d .whl
 # The peer part also needs Megatron-LM's trainer in .megatron-lm/ (1.8 MB, ignored; bench/gpu_check.py says how to
 # fill it). Both folders travel with the checkout to a GPU machine that cannot fetch them.
 set -u

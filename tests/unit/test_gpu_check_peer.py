@@ -1,0 +1,51 @@
+"""bench/gpu_check.py's peer part, the pieces a CPU can check: what a failed Megatron-LM run's row says, and the
+Makefile that lets Megatron-LM's start-up `make` pass where the megatron-core wheel ships its helpers built. Both are
+from the second GPU session, where the peer died before its first iteration and its row showed a shutdown warning."""
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
+import gpu_check  # noqa: E402
+
+MEGATRON_LM_DIED = """\
+ > building train, validation, and test datasets ...
+ERROR:megatron.core.datasets.utils:Failed to compile the C++ dataset helper functions
+make: *** No targets specified and no makefile found.  Stop.
+[rank0]:[W1127 05:36:21.136120385 ProcessGroupNCCL.cpp:1575] Warning: WARNING: destroy_process_group() was not called
+E1127 05:36:22.726000 1704 torch/distributed/elastic/multiprocessing/api.py:986] failed (exitcode: 1) local_rank: 0
+Traceback (most recent call last):
+torch.distributed.elastic.multiprocessing.errors.ChildFailedError:
+"""
+
+
+def test_a_dead_peers_row_names_its_error_not_the_warnings_after_it():
+    said = gpu_check.child_error(MEGATRON_LM_DIED)
+    assert "Failed to compile the C++ dataset helper functions" in said and "make: ***" in said
+    assert "destroy_process_group" not in said
+
+
+def test_a_megafin_run_still_gives_its_own_one_line_error():
+    out = "megafin: config error: optimizer.min_lr: expected at most optimizer.lr\n" + MEGATRON_LM_DIED
+    assert gpu_check.child_error(out) == "megafin: config error: optimizer.min_lr: expected at most optimizer.lr"
+
+
+@pytest.mark.skipif(shutil.which("make") is None, reason="no make on this machine")
+def test_noop_makefile_only_beside_built_helpers(tmp_path):
+    empty = tmp_path / "no_helpers"
+    empty.mkdir()
+    assert not gpu_check.noop_makefile_beside_built_helpers(empty)  # nothing built: make should fail there
+    built = tmp_path / "datasets"
+    built.mkdir()
+    (built / "helpers_cpp.cpython-312-x86_64-linux-gnu.so").write_bytes(b"")
+    assert gpu_check.noop_makefile_beside_built_helpers(built)
+    proc = subprocess.run(["make", "-C", str(built)], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr  # what megatron.core.datasets.utils.compile_helpers runs
+    (built / "Makefile").write_text("default:\n\t@echo a real one\n")
+    assert not gpu_check.noop_makefile_beside_built_helpers(built)  # a Makefile that is there is never replaced
+    assert "a real one" in (built / "Makefile").read_text()
