@@ -434,7 +434,8 @@ def part_configs(args) -> None:
     row(f"plan: 8B width, {args.layers} layers", "info",
         f"megafin plan, 1 {gpu_kind()}, no TE: {est['total_gib']:.1f} GiB per GPU (weights {est['weights_gib']:.1f}, "
         f"grads {est['gradients_gib']:.1f}, optimizer {est['optimizer_gib']:.1f}, activations "
-        f"{est['activations_gib']:.1f}, logits {est['logits_gib']:.1f}); the width8b rows measure the peak")
+        f"{est['activations_gib']:.1f}, logits {est['logits_gib']:.1f}; or at the optimizer step, torch's AdamW "
+        f"temporary {est['optimizer_step_gib']:.1f}); the width8b rows measure the peak")
 
 
 def part_nccl(args) -> None:

@@ -26,7 +26,7 @@ def add_command(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--mfu", default=None, help="efficiency to assume, a fraction of the dense bf16 peak "
                                                "(default 0.40 for bf16, 0.55 for fp8)")
     p.add_argument("--no-te", action="store_true", help="the GPUs lack Transformer Engine: no sequence or context "
-                                                        "parallelism, no fp8")
+                                                        "parallelism, no fp8, and torch's AdamW instead of FusedAdam")
     p.add_argument("--top", default="10", help="how many fitting layouts to list")
     p.add_argument("--json", action="store_true", help="print JSON instead of the table")
     p.set_defaults(func=run)
@@ -75,7 +75,8 @@ def workload(args: argparse.Namespace):
             efficiency = -1.0
         if not 0 < efficiency <= 1:
             raise PlanError(f"--mfu: expected a fraction in (0, 1], got {args.mfu!r}")
-    return Workload(cfg=cfg, vocab_size=_vocab_size(cfg), gpus=gpus, gpu=gpu, efficiency=efficiency)
+    return Workload(cfg=cfg, vocab_size=_vocab_size(cfg), gpus=gpus, gpu=gpu, efficiency=efficiency,
+                    fused_adam=not args.no_te)
 
 
 def _vocab_size(cfg) -> int:

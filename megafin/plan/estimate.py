@@ -17,8 +17,13 @@ embedding adds nothing of its own. Recompute: selective (core attention) keeps Q
 scores or the logsumexp; full stores each layer's input and one layer's working set. Pipeline: the first stage holds
 min(pp, micro-batches) micro-batches in flight (1F1B), times 1 + (pp - 1) / (pp vp) when interleaved. Time:
 megafin's FLOPs count (megafin/train/flops.py, the one its logged MFU uses) at a stated efficiency, plus recompute's
-extra forward work and the pipeline bubble (pp - 1) / (vp m). Communication is not modelled. What a CPU run keeps
-beyond this GPU model (unfused RMSNorm and SwiGLU): tests/unit/test_plan_activations.py."""
+extra forward work and the pipeline bubble (pp - 1) / (vp m). Communication is not modelled. The optimizer step:
+with Transformer Engine (or apex) megatron-core runs FusedAdam, which needs nothing beyond its states; without them
+it builds torch's AdamW, whose default kernel on CUDA (foreach) allocates one fp32 temporary the size of the
+optimizer's shard at each step (torch._foreach_sqrt of the second moments), after the activations are freed: the
+peak is the larger of the two (from torch's source; an H200 run without TE, 8B width with 2 layers, peaked at 30.54
+GiB allocated against 30.47 planned so, 27.2 without the term; optimizer.torch_adamw=fused avoids it). What a CPU
+run keeps beyond this GPU model (unfused RMSNorm and SwiGLU): tests/unit/test_plan_activations.py."""
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
@@ -70,6 +75,7 @@ class Estimate:
     micro_batches_in_flight: float
     activations_gib: float  # everything the stage holds for backward, all micro-batches in flight
     logits_gib: float
+    optimizer_step_gib: float  # the optimizer step's own temporaries (activations are freed by then)
     total_gib: float
     usable_gib: float
     fits: bool
@@ -90,6 +96,12 @@ class Workload:
     gpus: int
     gpu: GPU
     efficiency: float  # fraction of the dense peak the GPU sustains on the model's FLOPs while computing
+    fused_adam: bool = True  # the GPUs have TE (or apex): megatron-core's FusedAdam, else torch's AdamW
+
+    @property
+    def adam_step_temporary(self) -> bool:
+        """torch's AdamW with its default kernel on CUDA (foreach): one fp32 temporary per optimizer element."""
+        return not self.fused_adam and self.cfg.optimizer.torch_adamw == "default"
 
     @property
     def seq_length(self) -> int:
@@ -213,10 +225,11 @@ def estimate(w: Workload, lay: Layout) -> Estimate:
         shards = dp * lay.cp  # megatron shards optimizer states over data (and context) parallel ranks
         replicated = params * state_bytes / GIB
         distributed = replicated / shards
+        owned = params / shards if lay.distributed_optimizer else params  # elements this rank's optimizer steps
         return {"params": params, "weights": (params * weight_bytes + fp8_cache) / GIB,
                 "gradients": params * 4 / GIB, "optimizer_replicated": replicated,
                 "optimizer_distributed": distributed, "activations": acts, "logits": stage_logits,
-                "in_flight": flight}
+                "step": owned * 4 / GIB if w.adam_step_temporary else 0.0, "in_flight": flight}
 
     stages = ["only"] if lay.pp == 1 else ["first", "last"]
     best: dict[str, float] = {}
@@ -225,7 +238,8 @@ def estimate(w: Workload, lay: Layout) -> Estimate:
         mem = stage_memory(stage)
         opt = mem["optimizer_distributed"] if lay.distributed_optimizer else mem["optimizer_replicated"]
         mem["optimizer"] = opt
-        mem["total"] = mem["weights"] + mem["gradients"] + opt + mem["activations"] + mem["logits"]
+        mem["total"] = (mem["weights"] + mem["gradients"] + opt
+                        + max(mem["activations"] + mem["logits"], mem["step"]))
         if not best or mem["total"] > best["total"]:
             best, stage_name = mem, stage
 
@@ -245,7 +259,8 @@ def estimate(w: Workload, lay: Layout) -> Estimate:
         optimizer_replicated_gib=best["optimizer_replicated"],
         optimizer_distributed_gib=best["optimizer_distributed"], activations_per_layer_gib=per_layer[lay.recompute],
         activations_per_layer_by_recompute_gib=per_layer, micro_batches_in_flight=best["in_flight"],
-        activations_gib=best["activations"], logits_gib=best["logits"], total_gib=best["total"],
+        activations_gib=best["activations"], logits_gib=best["logits"], optimizer_step_gib=best["step"],
+        total_gib=best["total"],
         usable_gib=w.gpu.usable_gib, fits=best["total"] <= w.gpu.usable_gib, step_time_s=step,
         tokens_per_s_per_gpu=w.tokens_per_step / step / w.gpus,
         mfu=w.tokens_per_step * fpt / step / (w.gpus * w.gpu.bf16_tflops * 1e12))

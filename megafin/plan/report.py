@@ -8,14 +8,14 @@ from megafin.plan.estimate import Estimate, Workload
 from megafin.plan.layouts import overrides
 
 COLUMNS = ("rank", "layout", "dp", "weights", "grads", "optim", "optim w/o dist", "act/layer", "in flight",
-           "activations", "logits", "total GiB", "fits", "step s", "tok/s/GPU", "MFU")
+           "activations", "logits", "optim step", "total GiB", "fits", "step s", "tok/s/GPU", "MFU")
 
 
 def _row(label: str, e: Estimate) -> list[str]:
     return [label, e.layout.describe(), str(e.dp), f"{e.weights_gib:.1f}", f"{e.gradients_gib:.1f}",
             f"{e.optimizer_gib:.1f}", f"{e.optimizer_replicated_gib:.1f}", f"{e.activations_per_layer_gib:.2f}",
             f"{e.micro_batches_in_flight:g}", f"{e.activations_gib:.1f}", f"{e.logits_gib:.1f}",
-            f"{e.total_gib:.1f}", "yes" if e.fits else "NO", f"{e.step_time_s:.2f}",
+            f"{e.optimizer_step_gib:.1f}", f"{e.total_gib:.1f}", "yes" if e.fits else "NO", f"{e.step_time_s:.2f}",
             f"{e.tokens_per_s_per_gpu:,.0f}", f"{e.mfu:.0%}"]
 
 

@@ -101,3 +101,62 @@ def test_optimizer_and_pipeline_terms():
     assert pp.step_time_s == pytest.approx(no_bubble.step_time_s * (1 + 3 / 8))  # 1F1B bubble (pp-1)/m
     full = estimate(w, Layout(tp=2, recompute="full"))
     assert full.step_time_s > dist.step_time_s * 1.25 and full.activations_gib < dist.activations_gib / 5
+
+
+def test_torch_adamw_step_temporary_without_fused_adam():
+    """Without TE (or apex) megatron-core runs torch's AdamW; its default CUDA kernel (foreach) allocates one fp32
+    temporary per element this rank's optimizer steps, after the activations are freed: the peak is the larger."""
+    from dataclasses import replace
+
+    from megafin.plan import Layout, estimate
+
+    w = _workload()
+    no_te = replace(w, fused_adam=False)
+    for lay in (Layout(tp=2), Layout(tp=2, distributed_optimizer=False)):
+        fused, foreach = estimate(w, lay), estimate(no_te, lay)
+        owned = foreach.params_per_gpu / (foreach.dp if lay.distributed_optimizer else 1)
+        assert fused.optimizer_step_gib == 0.0
+        assert foreach.optimizer_step_gib == pytest.approx(owned * 4 / 2 ** 30)
+        state = foreach.weights_gib + foreach.gradients_gib + foreach.optimizer_gib
+        assert foreach.total_gib == pytest.approx(state + max(foreach.activations_gib + foreach.logits_gib,
+                                                              foreach.optimizer_step_gib))
+    fused_kernel = replace(no_te, cfg=_workload(["optimizer.torch_adamw=fused"]).cfg)
+    assert estimate(fused_kernel, Layout(tp=2)).optimizer_step_gib == 0.0
+
+
+def test_torch_foreach_adamw_allocates_one_state_sized_temporary():
+    """What the planner's term rests on, counted on CPU (foreach forced; torch picks it by itself on CUDA): a step
+    of torch's foreach AdamW allocates one fp32 element per parameter element, the fused kernel none."""
+    import torch
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class NewElements(TorchDispatchMode):
+        """Elements of every tensor an op returns that is not one of its inputs (in-place ops return their input)."""
+
+        def __init__(self):
+            super().__init__()
+            self.count = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            seen = {id(t) for t in torch.utils._pytree.tree_leaves((args, kwargs)) if isinstance(t, torch.Tensor)}
+            self.count += sum(t.numel() for t in torch.utils._pytree.tree_leaves(out)
+                              if isinstance(t, torch.Tensor) and id(t) not in seen and t.dim() > 0)
+            return out
+
+    sizes = [(300, 70), (1000,), (64, 64, 3)]
+    numel = sum(torch.Size(s).numel() for s in sizes)
+    counted = {}
+    for kernel in ("foreach", "fused"):
+        params = [torch.nn.Parameter(torch.randn(s)) for s in sizes]
+        opt = torch.optim.AdamW(params, lr=1e-3, weight_decay=0.1, **{kernel: True})
+        for step in range(2):  # the first step also creates the moments; count the second
+            for p in params:
+                p.grad = torch.randn_like(p)
+            if step == 1:
+                with NewElements() as mode:
+                    opt.step()
+                counted[kernel] = mode.count
+            else:
+                opt.step()
+    assert counted["foreach"] == numel and counted["fused"] == 0, counted
