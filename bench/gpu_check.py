@@ -17,9 +17,9 @@ Parts (each under its own time limit; a failing part is a FAIL row, the next par
            step-1 loss on the GPU equals the same run's on this machine's CPU (same weights: within 1e-4);
   te       Transformer Engine's layer spec, bf16 vs FP8 (delayed scaling), same data and init: losses close.
            Without TE: says so, and the non-TE path (Triton attention, bf16) is what nccl and width8b checked;
-  width8b  tokens/s/GPU, MFU and peak allocated memory (against `megafin plan`'s estimate) of a Llama-3-8B-width
-           model (hidden 4096, 32 heads / 8 KV groups, FFN 14336, vocab 128256) with 2 layers at seq 8192, bf16,
-           fusions auto (and all off with --fusions-off);
+  width8b  tokens/s/GPU, MFU and peak allocated memory, the whole step's and forward/backward's (against the two
+           sides of `megafin plan`'s estimate) of a Llama-3-8B-width model (hidden 4096, 32 heads / 8 KV groups,
+           FFN 14336, vocab 128256) with 2 layers at seq 8192, bf16, fusions auto (and all off with --fusions-off);
   peer     Megatron-LM's pretrain_gpt.py (a checkout in .megatron-lm/, see MEGATRON_LM below) on the same shape,
            batch and optimizer, mock data: its tokens/s/GPU and megafin's width8b number over it.
 Without CUDA (or with GPU_CHECK_DRY_RUN=1) only what runs on a CPU runs: env, configs, and nccl as a 3-step gloo run
@@ -532,13 +532,17 @@ def part_width8b(args) -> None:
             tps = statistics.median(r["tokens_per_s"] for r in steady)
             mfu = statistics.median(r["mfu"] for r in steady) if steady[0].get("mfu") is not None else None
             peak = max((r.get("mem_max_alloc_gib") or 0.0) for r in recs)
+            fwd_bwd = max((r.get("mem_fwd_bwd_peak_gib") or 0.0) for r in recs)
             est = planned(args, f"w8b_{label.split()[-1]}")
+            est_fwd_bwd = sum(est[k] for k in ("weights_gib", "gradients_gib", "optimizer_gib", "activations_gib",
+                                               "logits_gib"))
             if not off:
                 MEASURED["w8b"] = tps
             row(f"8B width, {args.layers} layers, {label}", "ok",
                 f"seq {S}, 4x{S} tokens/step: {tps:,.0f} tokens/s/GPU, MFU "
                 f"{f'{100 * mfu:.1f}%' if mfu is not None else '?'} (median of steps 4-8); peak allocated "
-                f"{peak:.1f} GiB, megafin plan {est['total_gib']:.1f} GiB; fusions {fusions_line(out)}")
+                f"{peak:.2f} GiB (forward/backward {fwd_bwd:.2f}), megafin plan {est['total_gib']:.2f} GiB "
+                f"(forward/backward {est_fwd_bwd:.2f}); fusions {fusions_line(out)}")
         except Exception as e:  # noqa: BLE001
             row(f"8B width, {args.layers} layers, {label}", "FAIL", f"{type(e).__name__}: {str(e)[:200]}")
 

@@ -19,6 +19,7 @@ from megafin.checkpoint.manager import (Progress, checkpoint_root, checkpoint_to
 from megafin.config.load import config_to_dict
 from megafin.config.schema import Config
 from megafin.eval.errors import EvalError
+from megafin.metrics.cuda_memory import StepMemory
 from megafin.runtime.distributed import LaunchEnv, collective_device, init_distributed, shutdown_distributed
 from megafin.runtime.exit_codes import EXIT_CONFIG_ERROR, EXIT_DIVERGED, EXIT_OK, EXIT_SIGNAL_CHECKPOINTED
 from megafin.runtime.fault_injection import nan_steps as injected_nan_steps, with_nan_output
@@ -186,6 +187,7 @@ class Trainer:
         self.saved_step = self.progress.step if here else -1
         self.flops_per_token = flops_per_token(cfg.model, self.vocab_size, S)
         self.peak = PeakFlops.for_this_device(cfg.logging.peak_tflops)
+        self.memory = StepMemory()
         self.num_params = self.chunks.num_params()
         # train.eval_tasks: examples read on every rank (a bad file fails all alike); the first data-parallel replica
         # (rank 0's TP group: pp and cp are 1 there) evaluates.
@@ -370,10 +372,12 @@ class Trainer:
         fault injection's NaN output); advances self.progress and returns the step's metrics record."""
         step = self.progress.step + 1
         t0 = time.perf_counter()
+        self.memory.begin_step()
         self.chunks.zero_grad_buffer()
         self.optimizer.zero_grad()
         stats = self._forward_backward(self.train_batches, self.progress.consumed_samples, forward_only=False,
                                        nan=nan)
+        self.memory.forward_backward_done()
         computed_tokens = stats.pop("computed_tokens")
         record: dict[str, Any] = {"step": step, **stats}
         if bad.observe(stats["loss"]):
@@ -392,11 +396,7 @@ class Trainer:
             consumed_samples=self.progress.consumed_samples,
             mfu=self.peak.mfu(tokens_per_s * self.flops_per_token, dist.get_world_size()),
         )
-        if torch.cuda.is_available() and torch.cuda.is_initialized():
-            # Megatron-LM's report_memory: this rank's allocator now and its peak since the start (what a planner's
-            # per-GPU estimate is checked against); absent on CPU.
-            record.update(mem_alloc_gib=torch.cuda.memory_allocated() / 2**30,
-                          mem_max_alloc_gib=torch.cuda.max_memory_allocated() / 2**30)
+        record.update(self.memory.record())  # CUDA only
         return record
 
     def _fusions_on(self) -> str:
