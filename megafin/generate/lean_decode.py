@@ -24,6 +24,11 @@ query groups and its halves of gate and up; the output projection and fc2 (row-p
 their bias added after; the logits (column-parallel over the vocabulary) are gathered. Every rank then holds the same
 logits and picks the same tokens. Sequence parallelism only lays out training activations: the weights, and so these
 steps, are the same.
+
+Pipeline parallel (the live model at PP>1, no virtual stages): each stage runs its own layers on the hidden states the
+stage before sent it (point to point, as megatron's schedules pass activations) and sends its output on; the first
+stage embeds, the last applies the final norm and the output layer and broadcasts the logits over the pipeline group.
+Every rank then holds the same logits and picks the same tokens, so the engine above is the same at any layout.
 """
 from __future__ import annotations
 
@@ -53,11 +58,16 @@ def unsupported(model: torch.nn.Module) -> Optional[str]:
         return f"config {', '.join(on)}"
     if not (c.gated_linear_unit and c.activation_func is F.silu):
         return "MLP is not SwiGLU"
-    if getattr(model.decoder, "final_layernorm", None) is None or not model.post_process or not model.pre_process:
+    if getattr(c, "virtual_pipeline_model_parallel_size", None):
+        return "virtual pipeline stages"
+    if getattr(c, "pipeline_model_parallel_size", 1) == 1 and not (model.pre_process and model.post_process):
         return "not a whole model"
+    final = (model.decoder.final_layernorm,) if model.post_process else ()
+    if model.post_process and final[0] is None:
+        return "no final norm"
     for layer in model.decoder.layers:
         att = layer.self_attention
-        norms = (layer.input_layernorm, layer.pre_mlp_layernorm, model.decoder.final_layernorm)
+        norms = (layer.input_layernorm, layer.pre_mlp_layernorm, *final)
         if not all(isinstance(n, torch.nn.RMSNorm) for n in norms):
             return "norms are not torch RMSNorm"
         if type(layer.mlp) is not MLP or not all(isinstance(getattr(att, n, None), IdentityOp)
@@ -105,6 +115,38 @@ class _TensorParallel:
         return torch.cat(parts, dim=-1)
 
 
+class _Pipeline:
+    """The pipeline group's hand-offs: hidden states to the next stage, logits from the last stage to every stage.
+    At PP=1 nothing runs (every rank is first and last)."""
+
+    def __init__(self, size: int, param: torch.Tensor, hidden: int, vocab: int) -> None:
+        self.size, self.param, self.hidden, self.vocab = size, param, hidden, vocab
+        self.first = self.last = True
+        if size > 1:
+            from megatron.core import parallel_state as ps
+
+            self.first = ps.is_pipeline_first_stage(ignore_virtual=True)
+            self.last = ps.is_pipeline_last_stage(ignore_virtual=True)
+            self.prev, self.next = ps.get_pipeline_model_parallel_prev_rank(), ps.get_pipeline_model_parallel_next_rank()
+            self.group, self.last_rank = ps.get_pipeline_model_parallel_group(), ps.get_pipeline_model_parallel_last_rank()
+
+    def receive(self, rows: int) -> torch.Tensor:
+        x = torch.empty(rows, self.hidden, dtype=self.param.dtype, device=self.param.device)
+        dist.recv(x, src=self.prev)
+        return x
+
+    def send(self, x: torch.Tensor) -> None:
+        dist.send(x.contiguous(), dst=self.next)
+
+    def share_logits(self, logits: Optional[torch.Tensor], rows: int) -> torch.Tensor:
+        if self.size == 1:
+            return logits
+        if not self.last:
+            logits = torch.empty(rows, self.vocab, dtype=self.param.dtype, device=self.param.device)
+        dist.broadcast(logits, src=self.last_rank, group=self.group)
+        return logits
+
+
 def _bias(linear: Any) -> Optional[torch.Tensor]:
     return getattr(linear, "bias", None)
 
@@ -118,14 +160,19 @@ class LeanDecoder:
 
     def __init__(self, model: torch.nn.Module) -> None:
         self.tp = _TensorParallel(model.config.tensor_model_parallel_size)
-        words = model.embedding.word_embeddings
-        self.vocab_start = int(getattr(words, "vocab_start_index", 0))  # this rank's rows of the vocabulary
         self.layers = [_Layer(layer, self.tp) for layer in model.decoder.layers]
-        self.final_norm = model.decoder.final_layernorm
-        self.embedding = model.embedding.word_embeddings.weight
-        self.output = (model.shared_embedding_or_output_weight() if model.share_embeddings_and_output_weights
-                       else model.output_layer.weight)
-        self.output_b = _bias(model.output_layer)
+        self.param = self.layers[0].qkv_w  # dtype and device, on every stage
+        self.pipe = _Pipeline(model.config.pipeline_model_parallel_size, self.param, model.config.hidden_size,
+                              model.vocab_size)
+        if model.pre_process:
+            words = model.embedding.word_embeddings
+            self.vocab_start = int(getattr(words, "vocab_start_index", 0))  # this rank's rows of the vocabulary
+            self.embedding = words.weight
+        if model.post_process:
+            self.final_norm = model.decoder.final_layernorm
+            self.output = (model.shared_embedding_or_output_weight() if model.share_embeddings_and_output_weights
+                           else model.output_layer.weight)
+            self.output_b = _bias(model.output_layer)
         self.rope = model.rotary_pos_emb
 
     def prefill(self, prompts: list[list[int]], total: int) -> tuple["LeanBatch", torch.Tensor]:
@@ -136,9 +183,11 @@ class LeanDecoder:
         last = []
         # One prompt at a time, causal among its own tokens: no compute on padding, no mask. RoPE positions are
         # cache slots (pad .. longest - 1), as megatron's static cache gives them.
+        pipe = self.pipe
         for row, prompt in enumerate(prompts):
             pad = longest - len(prompt)
-            x = self.embed(torch.tensor(prompt, device=self.embedding.device))  # [n, h]
+            x = (self.embed(torch.tensor(prompt, device=self.param.device)) if pipe.first
+                 else pipe.receive(len(prompt)))  # [n, h]
             cos, sin = batch.cos[pad:longest, None, None], batch.sin[pad:longest, None, None]
             for lay, (kc, vc) in zip(self.layers, batch.cache):
                 q, k, v = _qkv(lay, x, cos, sin)  # [n, g, r, d], [n, g, d], [n, g, d]
@@ -148,8 +197,11 @@ class LeanDecoder:
                                                    kc[row:row + 1, :, pad:longest], vc[row:row + 1, :, pad:longest],
                                                    is_causal=True, scale=lay.scale, enable_gqa=q.size(2) != 1)
                 x = _after_attention(lay, x, a[0].transpose(0, 1).reshape(x.size(0), -1))
-            last.append(x[-1:])
-        return batch, self.logits(torch.cat(last))
+            if pipe.last:
+                last.append(x[-1:])
+            else:
+                pipe.send(x)
+        return batch, pipe.share_logits(self.logits(torch.cat(last)) if pipe.last else None, len(prompts))
 
     def embed(self, ids: torch.Tensor) -> torch.Tensor:
         if self.tp.size == 1:
@@ -194,7 +246,7 @@ class LeanBatch:
 
     def __init__(self, dec: LeanDecoder, prompts: list[list[int]], total: int) -> None:
         self.dec = dec
-        w = dec.embedding
+        w = dec.param
         # Zeroed: a padding slot is masked, and a masked slot must not hold NaN (0 * NaN in SDPA).
         self.cache = [tuple(torch.zeros(len(prompts), lay.groups, total, lay.dim, dtype=w.dtype, device=w.device)
                             for _ in "kv") for lay in dec.layers]
@@ -216,7 +268,8 @@ class LeanBatch:
     def step(self, tokens: torch.Tensor, t: int) -> torch.Tensor:
         """Logits [batch, padded vocab] after `tokens` [batch] written at cache slot `t` (RoPE position t)."""
         dec = self.dec
-        x = dec.embed(tokens)  # [b, h]
+        pipe = dec.pipe
+        x = dec.embed(tokens) if pipe.first else pipe.receive(tokens.size(0))  # [b, h]
         b = x.size(0)
         cos, sin = self.cos[t], self.sin[t]
         mask = self.visible[..., :t + 1] if self.visible is not None else None
@@ -227,7 +280,9 @@ class LeanBatch:
             a = F.scaled_dot_product_attention(q.reshape(b, -1, 1, lay.dim), kc[:, :, :t + 1], vc[:, :, :t + 1],
                                                attn_mask=mask, scale=lay.scale, enable_gqa=q.size(2) != 1)
             x = _after_attention(lay, x, a.view(b, -1))
-        return dec.logits(x)
+        if not pipe.last:
+            pipe.send(x)
+        return pipe.share_logits(dec.logits(x) if pipe.last else None, b)
 
 
 def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:

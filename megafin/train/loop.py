@@ -190,7 +190,7 @@ class Trainer:
         self.memory = StepMemory()
         self.num_params = self.chunks.num_params()
         # train.eval_tasks: examples read on every rank (a bad file fails all alike); the first data-parallel replica
-        # (rank 0's TP group: pp and cp are 1 there) evaluates.
+        # (rank 0's TP x PP ranks; cp is 1 there) evaluates.
         self.task_eval, self.task_eval_here = None, False
         if cfg.train.eval_tasks:
             from megatron.core import parallel_state
@@ -410,7 +410,7 @@ class Trainer:
         te = self.task_eval
         if te.reason is not None:
             return {}
-        scores = te.scores(self.chunks.models[0])  # a whole model only at pp=1 (else: the reason, said once)
+        scores = te.scores(self.chunks.models[0])  # this rank's stage (one chunk: no virtual stages here)
         if te.reason is not None:
             self._say(f"train.eval_tasks: not evaluated ({te.reason})")
         return scores

@@ -52,9 +52,29 @@ def test_lean_path_equals_megatrons_path_and_hf(hf_and_engine):
     assert len({tuple(s.tokens) for s in lean_seqs}) >= 2  # the prompts matter (tiny random models repeat tokens)
 
 
-def test_tensor_parallel_lean_decode_equals_one_process(tiny_data: Path, tmp_path: Path):
-    """Two gloo ranks at TP=2 decode the tiny Llama together on their shards (the trainer's live model under
-    train.eval_tasks): the same greedy tokens as one process with the same full weights (layout-independent init)."""
+@pytest.fixture(scope="module")
+def one_process_tokens(tiny_data: Path, tmp_path_factory) -> list:
+    """Greedy tokens of the tiny Llama decoded by one process (the reference for the parallel layouts)."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from tests.helpers import REPO
+
+    out = tmp_path_factory.mktemp("lean_one") / "one.json"
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    one = subprocess.run([sys.executable, str(REPO / "tests/generate/tp_lean_worker.py"), str(tiny_data / "tokenizer"),
+                          str(out), "1"], env=env, capture_output=True, text=True, timeout=300)
+    assert one.returncode == 0, one.stdout[-2000:] + one.stderr[-3000:]
+    return json.loads(out.read_text())
+
+
+@pytest.mark.parametrize("tp,pp", [(2, 1), (1, 2)], ids=["tp2", "pp2"])
+def test_parallel_lean_decode_equals_one_process(tiny_data: Path, tmp_path: Path, one_process_tokens, tp, pp):
+    """Two gloo ranks decode the tiny Llama together (the trainer's live model under train.eval_tasks): at TP=2 on
+    their shards, at PP=2 each on its stage (hidden states handed on point to point, the logits broadcast from the
+    last stage). The same greedy tokens as one process with the same full weights (layout-independent init)."""
     import json
     import os
     import subprocess
@@ -64,14 +84,10 @@ def test_tensor_parallel_lean_decode_equals_one_process(tiny_data: Path, tmp_pat
 
     worker = REPO / "tests/generate/tp_lean_worker.py"
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-    tok = str(tiny_data / "tokenizer")
-    one = subprocess.run([sys.executable, str(worker), tok, str(tmp_path / "tp1.json"), "1"], env=env,
-                         capture_output=True, text=True, timeout=300)
-    assert one.returncode == 0, one.stdout[-2000:] + one.stderr[-3000:]
     two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port",
-                          str(free_port()), str(worker), tok, str(tmp_path / "tp2.json"), "2"], env=env,
-                         capture_output=True, text=True, timeout=300)
+                          str(free_port()), str(worker), str(tiny_data / "tokenizer"), str(tmp_path / "two.json"),
+                          str(tp), str(pp)], env=env, capture_output=True, text=True, timeout=300)
     assert two.returncode == 0, two.stdout[-2000:] + two.stderr[-3000:]
-    want, got = (json.loads((tmp_path / f"{n}.json").read_text()) for n in ("tp1", "tp2"))
+    got, want = json.loads((tmp_path / "two.json").read_text()), one_process_tokens
     assert got == want
     assert len({tuple(t) for t in want}) >= 2 and all(len(t) > 1 for t in want)  # the prompts matter

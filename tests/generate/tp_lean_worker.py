@@ -1,6 +1,7 @@
-"""One rank of the lean decoder's TP test (launched by torchrun from test_lean_decode.py, or run alone at TP=1).
+"""One rank of the lean decoder's TP / PP tests (launched by torchrun from test_lean_decode.py, or run alone at
+TP=PP=1).
 
-argv: tokenizer_dir out.json tp. Builds the tiny Llama with megafin's layout-independent init (the same full weights
+argv: tokenizer_dir out.json tp [pp]. Builds the tiny Llama with megafin's layout-independent init (the same full weights
 at any TP), decodes fixed prompts greedily through MegafinEngine.on_live_model, and rank 0 writes the tokens."""
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import torch
 
 def main() -> None:
     tokenizer, out, tp = sys.argv[1], sys.argv[2], int(sys.argv[3])
+    pp = int(sys.argv[4]) if len(sys.argv) > 4 else 1
     from megafin.config import load_config
     from megafin.generate.api import GenerationRequest, SamplingParams
     from megafin.generate.engines.megafin_engine import MegafinEngine
@@ -20,8 +22,9 @@ def main() -> None:
     from tests.helpers import TINY_MODEL, TINY_RECIPE
 
     torch.set_num_threads(1)
-    cfg = load_config(TINY_RECIPE, [*TINY_MODEL, "model.max_position_embeddings=128", f"parallel.tp={tp}"])
-    init_distributed(detect_launch_env(), tp, 1, cfg.train.seed)
+    cfg = load_config(TINY_RECIPE, [*TINY_MODEL, "model.max_position_embeddings=128", f"parallel.tp={tp}",
+                                    f"parallel.pp={pp}"])
+    init_distributed(detect_launch_env(), tp, pp, cfg.train.seed)
     try:
         from transformers import AutoTokenizer
 
