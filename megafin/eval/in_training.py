@@ -4,9 +4,10 @@ Every eval_every steps, the first data-parallel replica answers the first eval_l
 LIVE model (no checkpoint round trip): the megafin engine's plain-torch decoder (megafin/generate/lean_decode.py)
 reads the training model's own parameters, greedy, every task's examples batched; at TP>1 the replica's TP ranks
 decode in lockstep on their shards (the recipes for 8B models train at TP=2), at PP>1 its stages hand the hidden
-states on and the last broadcasts the logits (the 70B recipes train at PP>1). The scores go into that step's metrics
+states on and the last broadcasts the logits (the 70B recipes train at PP>1); under context parallelism its first CP
+rank decodes (CP splits sequences, not weights). The scores go into that step's metrics
 record as `eval/<task>/<metric>` (metrics.jsonl, wandb, tensorboard), written by rank 0. Bounded in time by
-eval_limit; the other replicas wait at the next collective. The live model is usable without virtual pipeline stages and at cp=1 with a
+eval_limit; the other replicas wait at the next collective. The live model is usable without virtual pipeline stages with a
 Llama/Qwen2-shaped model (what lean_decode covers); `check` refuses anything else before any process group starts,
 as it refuses unknown or judged tasks and missing data files."""
 from __future__ import annotations
@@ -35,9 +36,6 @@ def check(cfg: Any) -> list[str]:
         problems.append(f"train.eval_tasks: expected parallel.virtual_pp=1 (the live model is decoded stage by stage, "
                         f"one model chunk per rank), got virtual_pp={cfg.parallel.virtual_pp}; evaluate saved "
                         f"checkpoints with `megafin eval run` instead")
-    elif cfg.parallel.cp != 1:
-        problems.append(f"train.eval_tasks: expected parallel.cp=1 (the live model is decoded with whole sequences), "
-                        f"got cp={cfg.parallel.cp}; evaluate saved checkpoints with `megafin eval run` instead")
     data_dir = Path(t.eval_data_dir) if t.eval_data_dir else None
     if data_dir is None or not data_dir.is_dir():
         problems.append(f"train.eval_data_dir: expected the directory of the task files (layout of "

@@ -29,6 +29,7 @@ Pipeline parallel (the live model at PP>1, no virtual stages): each stage runs i
 stage before sent it (point to point, as megatron's schedules pass activations) and sends its output on; the first
 stage embeds, the last applies the final norm and the output layer and broadcasts the logits over the pipeline group.
 Every rank then holds the same logits and picks the same tokens, so the engine above is the same at any layout.
+Context parallelism splits training sequences, not weights: one CP rank decodes alone (its RoPE table whole).
 """
 from __future__ import annotations
 
@@ -46,8 +47,6 @@ def unsupported(model: torch.nn.Module) -> Optional[str]:
     from megatron.core.transformer.identity_op import IdentityOp
 
     c = model.config
-    if getattr(c, "context_parallel_size", 1) != 1:
-        return "context parallel"
     if getattr(model, "position_embedding_type", None) != "rope" or type(model.rotary_pos_emb) is not RotaryEmbedding:
         return "not plain RoPE"
     flags = ("rotary_interleaved", "qk_layernorm", "multi_latent_attention", "layernorm_zero_centered_gamma",
@@ -250,7 +249,9 @@ class LeanBatch:
         # Zeroed: a padding slot is masked, and a masked slot must not hold NaN (0 * NaN in SDPA).
         self.cache = [tuple(torch.zeros(len(prompts), lay.groups, total, lay.dim, dtype=w.dtype, device=w.device)
                             for _ in "kv") for lay in dec.layers]
-        freqs = dec.rope(total)  # RotaryEmbedding.forward: [len, 1, 1, rot_dim], as GPTModel asks for them
+        # RotaryEmbedding.forward: [len, 1, 1, rot_dim], as GPTModel asks for them; packed_seq=True keeps the whole
+        # table under context parallelism (one CP rank decodes every position: weights are whole on each)
+        freqs = dec.rope(total, packed_seq=True)
         self.cos, self.sin = (f(freqs).to(w.dtype).view(total, -1) for f in (torch.cos, torch.sin))
         # SDPA's boolean mask: True = attend, a row's padding slots hidden. None when no row is padded.
         longest = max(len(p) for p in prompts)

@@ -190,7 +190,7 @@ class Trainer:
         self.memory = StepMemory()
         self.num_params = self.chunks.num_params()
         # train.eval_tasks: examples read on every rank (a bad file fails all alike); the first data-parallel replica
-        # (rank 0's TP x PP ranks; cp is 1 there) evaluates.
+        # (rank 0's TP x PP ranks; under CP, its first CP rank: weights are whole on each) evaluates.
         self.task_eval, self.task_eval_here = None, False
         if cfg.train.eval_tasks:
             from megatron.core import parallel_state

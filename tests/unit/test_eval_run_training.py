@@ -40,11 +40,11 @@ def test_bad_eval_settings_are_config_lines(tmp_path, tiny_data, capsys):
     assert any("train.eval_tasks: expected parallel.virtual_pp=1" in line for line in err)
 
 
-@pytest.mark.parametrize("layout", ["parallel.tp=2", "parallel.pp=2"], ids=["tp2", "pp2"])
-def test_task_scores_at_tp2_pp2_equal_one_process(shared_data, tiny_data, tmp_path, capsys, layout):
+@pytest.mark.parametrize("layout", ["parallel.tp=2", "parallel.pp=2", "parallel.cp=2"], ids=["tp2", "pp2", "cp2"])
+def test_task_scores_at_two_ranks_equal_one_process(shared_data, tiny_data, tmp_path, capsys, layout):
     """At TP=2 the first replica's two ranks decode the live model together on their shards (vocab-parallel
     embedding and logits, row-parallel sums), at PP=2 each on its stage (hidden states sent on, logits broadcast
-    from the last): the same answers, so the same scores, as one process."""
+    from the last), at CP=2 its first CP rank alone: the same answers, so the same scores, as one process."""
     common = [*FAST, *MODEL, *data_overrides(tiny_data), "train.steps=2", "scheduler.warmup_steps=0",
               "train.eval_tasks=[fpb, tfns]", "train.eval_every=2", "train.eval_limit=6",
               f"train.eval_data_dir={shared_data}"]
