@@ -4,12 +4,12 @@ Every eval_every steps, the first data-parallel replica answers the first eval_l
 LIVE model (no checkpoint round trip): the megafin engine's plain-torch decoder (megafin/generate/lean_decode.py)
 reads the training model's own parameters, greedy, every task's examples batched; at TP>1 the replica's TP ranks
 decode in lockstep on their shards (the recipes for 8B models train at TP=2), at PP>1 its stages hand the hidden
-states on and the last broadcasts the logits (the 70B recipes train at PP>1); under context parallelism its first CP
-rank decodes (CP splits sequences, not weights). The scores go into that step's metrics
-record as `eval/<task>/<metric>` (metrics.jsonl, wandb, tensorboard), written by rank 0. Bounded in time by
-eval_limit; the other replicas wait at the next collective. The live model is usable without virtual pipeline stages with a
-Llama/Qwen2-shaped model (what lean_decode covers); `check` refuses anything else before any process group starts,
-as it refuses unknown or judged tasks and missing data files."""
+states on (chunk by chunk with virtual stages) and the last broadcasts the logits (the 70B recipes train at PP>1);
+under context parallelism its first CP rank decodes (CP splits sequences, not weights). The scores go into that
+step's metrics record as `eval/<task>/<metric>` (metrics.jsonl, wandb, tensorboard), written by rank 0. Bounded in
+time by eval_limit; the other replicas wait at the next collective. The live model is usable at any layout with a
+Llama/Qwen2-shaped model (what lean_decode covers); `check` refuses unknown or judged tasks and missing data files
+before any process group starts."""
 from __future__ import annotations
 
 import time
@@ -32,10 +32,6 @@ def check(cfg: Any) -> list[str]:
                         f"got {t.eval_every!r}")
     if t.eval_limit < 1:
         problems.append(f"train.eval_limit: expected a positive integer, got {t.eval_limit!r}")
-    if cfg.parallel.virtual_pp != 1:
-        problems.append(f"train.eval_tasks: expected parallel.virtual_pp=1 (the live model is decoded stage by stage, "
-                        f"one model chunk per rank), got virtual_pp={cfg.parallel.virtual_pp}; evaluate saved "
-                        f"checkpoints with `megafin eval run` instead")
     data_dir = Path(t.eval_data_dir) if t.eval_data_dir else None
     if data_dir is None or not data_dir.is_dir():
         problems.append(f"train.eval_data_dir: expected the directory of the task files (layout of "
@@ -69,7 +65,7 @@ class TrainingEval:
         return step % self.every == 0
 
     def scores(self, model: Any) -> dict[str, float]:
-        """{"eval/<task>/<metric>": value, ..., "eval/seconds": s}; empty when this model cannot be decoded
+        """`model`: this rank's model, or its chunks with virtual pipeline stages. {"eval/<task>/<metric>": value, ..., "eval/seconds": s}; empty when this model cannot be decoded
         live (the reason in self.reason)."""
         from megafin.eval.run import evaluate_prepared
         from megafin.generate.api import GenerationError
@@ -81,12 +77,15 @@ class TrainingEval:
         except GenerationError as err:
             self.reason = str(err)
             return {}
-        was_training = model.training
-        model.eval()
+        chunks = list(model) if isinstance(model, (list, tuple)) else [model]
+        was_training = [chunk.training for chunk in chunks]
+        for chunk in chunks:
+            chunk.eval()
         try:
             entries, _ = evaluate_prepared(engine, self.prepared, resamples=0)
         finally:
-            model.train(was_training)
+            for chunk, mode in zip(chunks, was_training):
+                chunk.train(mode)
         out = {}
         for e in entries:
             for metric, value in e["metrics"].items():

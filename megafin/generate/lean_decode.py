@@ -25,23 +25,28 @@ their bias added after; the logits (column-parallel over the vocabulary) are gat
 logits and picks the same tokens. Sequence parallelism only lays out training activations: the weights, and so these
 steps, are the same.
 
-Pipeline parallel (the live model at PP>1, no virtual stages): each stage runs its own layers on the hidden states the
-stage before sent it (point to point, as megatron's schedules pass activations) and sends its output on; the first
-stage embeds, the last applies the final norm and the output layer and broadcasts the logits over the pipeline group.
+Pipeline parallel (the live model at PP>1): each stage runs its own layers on the hidden states the stage before sent
+it (point to point, as megatron's schedules pass activations) and sends its output on; the first stage embeds, the
+last applies the final norm and the output layer and broadcasts the logits over the pipeline group. With virtual
+stages a rank holds several model chunks, run in megatron's order (chunk 0 of every stage, then chunk 1, ...): the
+last stage's chunk hands on to the first stage's next one.
 Every rank then holds the same logits and picks the same tokens, so the engine above is the same at any layout.
 Context parallelism splits training sequences, not weights: one CP rank decodes alone (its RoPE table whole).
 """
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
 
-def unsupported(model: torch.nn.Module) -> Optional[str]:
-    """Why the lean step cannot run this model exactly as megatron does (None: it can)."""
+def unsupported(model: Any) -> Optional[str]:
+    """Why the lean step cannot run this model (a module, or this rank's virtual-stage chunks in a list) exactly as
+    megatron does (None: it can)."""
+    if isinstance(model, (list, tuple)):
+        return next(filter(None, map(unsupported, model)), None)
     from megatron.core.models.common.embeddings.rotary_pos_embedding import RotaryEmbedding
     from megatron.core.transformer.mlp import MLP
     from megatron.core.transformer.identity_op import IdentityOp
@@ -57,8 +62,6 @@ def unsupported(model: torch.nn.Module) -> Optional[str]:
         return f"config {', '.join(on)}"
     if not (c.gated_linear_unit and c.activation_func is F.silu):
         return "MLP is not SwiGLU"
-    if getattr(c, "virtual_pipeline_model_parallel_size", None):
-        return "virtual pipeline stages"
     if getattr(c, "pipeline_model_parallel_size", 1) == 1 and not (model.pre_process and model.post_process):
         return "not a whole model"
     final = (model.decoder.final_layernorm,) if model.post_process else ()
@@ -157,22 +160,41 @@ def _rms(x: torch.Tensor, norm: torch.nn.RMSNorm) -> torch.Tensor:
 class LeanDecoder:
     """The model's parameters as the lean steps read them; `prefill` starts one batch."""
 
-    def __init__(self, model: torch.nn.Module) -> None:
-        self.tp = _TensorParallel(model.config.tensor_model_parallel_size)
-        self.layers = [_Layer(layer, self.tp) for layer in model.decoder.layers]
+    def __init__(self, model: Any) -> None:
+        chunks = list(model) if isinstance(model, (list, tuple)) else [model]  # virtual stages: several, in order
+        first, last = chunks[0], chunks[-1]
+        self.tp = _TensorParallel(first.config.tensor_model_parallel_size)
+        self.chunks = [[_Layer(layer, self.tp) for layer in chunk.decoder.layers] for chunk in chunks]
+        self.layers = [lay for chunk in self.chunks for lay in chunk]  # LeanBatch's caches follow this order
         self.param = self.layers[0].qkv_w  # dtype and device, on every stage
-        self.pipe = _Pipeline(model.config.pipeline_model_parallel_size, self.param, model.config.hidden_size,
-                              model.vocab_size)
-        if model.pre_process:
-            words = model.embedding.word_embeddings
+        self.pipe = _Pipeline(first.config.pipeline_model_parallel_size, self.param, first.config.hidden_size,
+                              first.vocab_size)
+        if first.pre_process:
+            words = first.embedding.word_embeddings
             self.vocab_start = int(getattr(words, "vocab_start_index", 0))  # this rank's rows of the vocabulary
             self.embedding = words.weight
-        if model.post_process:
-            self.final_norm = model.decoder.final_layernorm
-            self.output = (model.shared_embedding_or_output_weight() if model.share_embeddings_and_output_weights
-                           else model.output_layer.weight)
-            self.output_b = _bias(model.output_layer)
-        self.rope = model.rotary_pos_emb
+        if last.post_process:
+            self.final_norm = last.decoder.final_layernorm
+            self.output = (last.shared_embedding_or_output_weight() if last.share_embeddings_and_output_weights
+                           else last.output_layer.weight)
+            self.output_b = _bias(last.output_layer)
+        self.rope = first.rotary_pos_emb
+
+    def through_stages(self, embed: Callable[[], torch.Tensor], rows: int,
+                       layer: Callable[[int, torch.Tensor], torch.Tensor]) -> Optional[torch.Tensor]:
+        """This rank's chunks in order: each starts from the embedding (the first stage's first chunk) or the hidden
+        states [rows, h] the stage before sent, runs `layer(i, x)` for its layers (i: the index in self.layers),
+        and hands its output on; the last stage's last chunk returns it (None on every other rank)."""
+        pipe, i = self.pipe, 0
+        for v, layers in enumerate(self.chunks):
+            x = embed() if pipe.first and v == 0 else pipe.receive(rows)
+            for _ in layers:
+                x = layer(i, x)
+                i += 1
+            if pipe.last and v == len(self.chunks) - 1:
+                return x
+            pipe.send(x)
+        return None
 
     def prefill(self, prompts: list[list[int]], total: int) -> tuple["LeanBatch", torch.Tensor]:
         """A batch of `total` cache slots per row with the prompts written LEFT-PADDED (right-aligned at the
@@ -182,25 +204,25 @@ class LeanDecoder:
         last = []
         # One prompt at a time, causal among its own tokens: no compute on padding, no mask. RoPE positions are
         # cache slots (pad .. longest - 1), as megatron's static cache gives them.
-        pipe = self.pipe
         for row, prompt in enumerate(prompts):
             pad = longest - len(prompt)
-            x = (self.embed(torch.tensor(prompt, device=self.param.device)) if pipe.first
-                 else pipe.receive(len(prompt)))  # [n, h]
             cos, sin = batch.cos[pad:longest, None, None], batch.sin[pad:longest, None, None]
-            for lay, (kc, vc) in zip(self.layers, batch.cache):
+
+            def layer(i: int, x: torch.Tensor) -> torch.Tensor:  # x [n, h]
+                lay, (kc, vc) = self.layers[i], batch.cache[i]
                 q, k, v = _qkv(lay, x, cos, sin)  # [n, g, r, d], [n, g, d], [n, g, d]
                 kc[row, :, pad:longest] = k.transpose(0, 1)
                 vc[row, :, pad:longest] = v.transpose(0, 1)
                 a = F.scaled_dot_product_attention(q.flatten(1, 2).transpose(0, 1).unsqueeze(0),
                                                    kc[row:row + 1, :, pad:longest], vc[row:row + 1, :, pad:longest],
                                                    is_causal=True, scale=lay.scale, enable_gqa=q.size(2) != 1)
-                x = _after_attention(lay, x, a[0].transpose(0, 1).reshape(x.size(0), -1))
-            if pipe.last:
-                last.append(x[-1:])
-            else:
-                pipe.send(x)
-        return batch, pipe.share_logits(self.logits(torch.cat(last)) if pipe.last else None, len(prompts))
+                return _after_attention(lay, x, a[0].transpose(0, 1).reshape(x.size(0), -1))
+
+            out = self.through_stages(lambda: self.embed(torch.tensor(prompt, device=self.param.device)),
+                                      len(prompt), layer)
+            if out is not None:
+                last.append(out[-1:])
+        return batch, self.pipe.share_logits(self.logits(torch.cat(last)) if last else None, len(prompts))
 
     def embed(self, ids: torch.Tensor) -> torch.Tensor:
         if self.tp.size == 1:
@@ -269,21 +291,21 @@ class LeanBatch:
     def step(self, tokens: torch.Tensor, t: int) -> torch.Tensor:
         """Logits [batch, padded vocab] after `tokens` [batch] written at cache slot `t` (RoPE position t)."""
         dec = self.dec
-        pipe = dec.pipe
-        x = dec.embed(tokens) if pipe.first else pipe.receive(tokens.size(0))  # [b, h]
-        b = x.size(0)
+        b = tokens.size(0)
         cos, sin = self.cos[t], self.sin[t]
         mask = self.visible[..., :t + 1] if self.visible is not None else None
-        for lay, (kc, vc) in zip(dec.layers, self.cache):
+
+        def layer(i: int, x: torch.Tensor) -> torch.Tensor:  # x [b, h]
+            lay, (kc, vc) = dec.layers[i], self.cache[i]
             q, k, v = _qkv(lay, x, cos, sin)
             kc[:, :, t] = k
             vc[:, :, t] = v
             a = F.scaled_dot_product_attention(q.reshape(b, -1, 1, lay.dim), kc[:, :, :t + 1], vc[:, :, :t + 1],
                                                attn_mask=mask, scale=lay.scale, enable_gqa=q.size(2) != 1)
-            x = _after_attention(lay, x, a.view(b, -1))
-        if not pipe.last:
-            pipe.send(x)
-        return pipe.share_logits(dec.logits(x) if pipe.last else None, b)
+            return _after_attention(lay, x, a.view(b, -1))
+
+        out = dec.through_stages(lambda: dec.embed(tokens), b, layer)
+        return dec.pipe.share_logits(dec.logits(out) if out is not None else None, b)
 
 
 def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:

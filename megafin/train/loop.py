@@ -410,7 +410,7 @@ class Trainer:
         te = self.task_eval
         if te.reason is not None:
             return {}
-        scores = te.scores(self.chunks.models[0])  # this rank's stage (one chunk: no virtual stages here)
+        scores = te.scores(self.chunks.models)  # this rank's stage: its chunks, one without virtual stages
         if te.reason is not None:
             self._say(f"train.eval_tasks: not evaluated ({te.reason})")
         return scores

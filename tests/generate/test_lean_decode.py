@@ -53,8 +53,9 @@ def test_lean_path_equals_megatrons_path_and_hf(hf_and_engine):
 
 
 @pytest.fixture(scope="module")
-def one_process_tokens(tiny_data: Path, tmp_path_factory) -> list:
-    """Greedy tokens of the tiny Llama decoded by one process (the reference for the parallel layouts)."""
+def one_process_tokens(tiny_data: Path, tmp_path_factory):
+    """Greedy tokens of the tiny Llama (2 or 4 layers) decoded by one process: the reference for the parallel
+    layouts."""
     import json
     import os
     import subprocess
@@ -62,19 +63,29 @@ def one_process_tokens(tiny_data: Path, tmp_path_factory) -> list:
 
     from tests.helpers import REPO
 
-    out = tmp_path_factory.mktemp("lean_one") / "one.json"
-    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-    one = subprocess.run([sys.executable, str(REPO / "tests/generate/tp_lean_worker.py"), str(tiny_data / "tokenizer"),
-                          str(out), "1"], env=env, capture_output=True, text=True, timeout=300)
-    assert one.returncode == 0, one.stdout[-2000:] + one.stderr[-3000:]
-    return json.loads(out.read_text())
+    cache: dict[int, list] = {}
+
+    def tokens(layers: int) -> list:
+        if layers not in cache:
+            out = tmp_path_factory.mktemp("lean_one") / "one.json"
+            env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+            one = subprocess.run([sys.executable, str(REPO / "tests/generate/tp_lean_worker.py"),
+                                  str(tiny_data / "tokenizer"), str(out), "1", "1", "1", str(layers)], env=env,
+                                 capture_output=True, text=True, timeout=300)
+            assert one.returncode == 0, one.stdout[-2000:] + one.stderr[-3000:]
+            cache[layers] = json.loads(out.read_text())
+        return cache[layers]
+
+    return tokens
 
 
-@pytest.mark.parametrize("tp,pp", [(2, 1), (1, 2)], ids=["tp2", "pp2"])
-def test_parallel_lean_decode_equals_one_process(tiny_data: Path, tmp_path: Path, one_process_tokens, tp, pp):
+@pytest.mark.parametrize("tp,pp,vp,layers", [(2, 1, 1, 2), (1, 2, 1, 2), (1, 2, 2, 4)], ids=["tp2", "pp2", "pp2vp2"])
+def test_parallel_lean_decode_equals_one_process(tiny_data: Path, tmp_path: Path, one_process_tokens, tp, pp, vp,
+                                                 layers):
     """Two gloo ranks decode the tiny Llama together (the trainer's live model under train.eval_tasks): at TP=2 on
     their shards, at PP=2 each on its stage (hidden states handed on point to point, the logits broadcast from the
-    last stage). The same greedy tokens as one process with the same full weights (layout-independent init)."""
+    last stage), with virtual stages chunk by chunk (stage 1's first chunk hands on to stage 0's second). The same
+    greedy tokens as one process with the same full weights (layout-independent init)."""
     import json
     import os
     import subprocess
@@ -86,8 +97,9 @@ def test_parallel_lean_decode_equals_one_process(tiny_data: Path, tmp_path: Path
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port",
                           str(free_port()), str(worker), str(tiny_data / "tokenizer"), str(tmp_path / "two.json"),
-                          str(tp), str(pp)], env=env, capture_output=True, text=True, timeout=300)
+                          str(tp), str(pp), str(vp), str(layers)], env=env, capture_output=True, text=True,
+                         timeout=300)
     assert two.returncode == 0, two.stdout[-2000:] + two.stderr[-3000:]
-    got, want = json.loads((tmp_path / "two.json").read_text()), one_process_tokens
+    got, want = json.loads((tmp_path / "two.json").read_text()), one_process_tokens(layers)
     assert got == want
     assert len({tuple(t) for t in want}) >= 2 and all(len(t) > 1 for t in want)  # the prompts matter

@@ -1,7 +1,7 @@
 """One rank of the lean decoder's TP / PP tests (launched by torchrun from test_lean_decode.py, or run alone at
 TP=PP=1).
 
-argv: tokenizer_dir out.json tp [pp]. Builds the tiny Llama with megafin's layout-independent init (the same full weights
+argv: tokenizer_dir out.json tp [pp [virtual_pp [num_layers]]] (2 layers unless given). Builds the tiny Llama with megafin's layout-independent init (the same full weights
 at any TP), decodes fixed prompts greedily through MegafinEngine.on_live_model, and rank 0 writes the tokens."""
 from __future__ import annotations
 
@@ -14,6 +14,8 @@ import torch
 def main() -> None:
     tokenizer, out, tp = sys.argv[1], sys.argv[2], int(sys.argv[3])
     pp = int(sys.argv[4]) if len(sys.argv) > 4 else 1
+    vp = int(sys.argv[5]) if len(sys.argv) > 5 else 1
+    layers = int(sys.argv[6]) if len(sys.argv) > 6 else 2
     from megafin.config import load_config
     from megafin.generate.api import GenerationRequest, SamplingParams
     from megafin.generate.engines.megafin_engine import MegafinEngine
@@ -23,13 +25,14 @@ def main() -> None:
 
     torch.set_num_threads(1)
     cfg = load_config(TINY_RECIPE, [*TINY_MODEL, "model.max_position_embeddings=128", f"parallel.tp={tp}",
-                                    f"parallel.pp={pp}"])
-    init_distributed(detect_launch_env(), tp, pp, cfg.train.seed)
+                                    f"parallel.pp={pp}", f"parallel.virtual_pp={vp}",
+                                    f"model.num_layers={layers}"])
+    init_distributed(detect_launch_env(), tp, pp, cfg.train.seed, virtual_pp=vp)
     try:
         from transformers import AutoTokenizer
 
         vocab = len(AutoTokenizer.from_pretrained(tokenizer))
-        model = build_model(cfg, vocab).eval()
+        model = [build_model(cfg, vocab, vp_stage=v if vp > 1 else None).eval() for v in range(vp)]
         engine = MegafinEngine.on_live_model(model, tokenizer, vocab, cfg.model.max_position_embeddings)
         texts = ["Revenue", "The bank said net interest income", "Analysts expect the company to report higher",
                  "Shares of the"]

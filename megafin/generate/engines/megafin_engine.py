@@ -97,7 +97,8 @@ class MegafinEngine(GenerationEngine):
     def on_live_model(cls, net: torch.nn.Module, tokenizer: str, vocab_size: int, max_positions: int,
                       max_batch_size: int = 32) -> "MegafinEngine":
         """An engine on a model already built in this process (the trainer's: megafin/eval/in_training.py; at TP>1
-        every rank of the TP group calls this and decodes in lockstep, lean_decode.py).
+        or PP>1 every rank of the replica calls this and decodes in lockstep, lean_decode.py; `net` is a list of this
+        rank's chunks with virtual pipeline stages).
         Decoded by the lean path only, which reads the parameters and patches nothing (megatron's path would need
         the rotated-key cache installed on the model); GenerationError when the model is not lean-decodable."""
         reason = unsupported(net)
@@ -108,7 +109,8 @@ class MegafinEngine(GenerationEngine):
         engine.max_batch_size, engine.vocab_size, engine.max_positions = max_batch_size, vocab_size, max_positions
         engine.tokenizer = _open_tokenizer(tokenizer, None, Path("live"))
         engine._session = contextlib.ExitStack()
-        engine.net, engine.lean = net, LeanDecoder(net)
+        chunks = list(net) if isinstance(net, (list, tuple)) else [net]  # virtual pipeline stages: this rank's chunks
+        engine.net, engine.lean = chunks[0], LeanDecoder(chunks)
         return engine
 
     def close(self) -> None:
