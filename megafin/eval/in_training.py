@@ -65,8 +65,8 @@ class TrainingEval:
         return step % self.every == 0
 
     def scores(self, model: Any) -> dict[str, float]:
-        """`model`: this rank's model, or its chunks with virtual pipeline stages. {"eval/<task>/<metric>": value, ..., "eval/seconds": s}; empty when this model cannot be decoded
-        live (the reason in self.reason)."""
+        """{"eval/<task>/<metric>": value, ..., "eval/seconds": s} of `model` (this rank's model, or its chunks with
+        virtual pipeline stages); empty when it cannot be decoded live (the reason in self.reason)."""
         from megafin.eval.run import evaluate_prepared
         from megafin.generate.api import GenerationError
         from megafin.generate.engines.megafin_engine import MegafinEngine

@@ -29,9 +29,9 @@ Pipeline parallel (the live model at PP>1): each stage runs its own layers on th
 it (point to point, as megatron's schedules pass activations) and sends its output on; the first stage embeds, the
 last applies the final norm and the output layer and broadcasts the logits over the pipeline group. With virtual
 stages a rank holds several model chunks, run in megatron's order (chunk 0 of every stage, then chunk 1, ...): the
-last stage's chunk hands on to the first stage's next one.
-Every rank then holds the same logits and picks the same tokens, so the engine above is the same at any layout.
-Context parallelism splits training sequences, not weights: one CP rank decodes alone (its RoPE table whole).
+last stage's chunk hands on to the first stage's next one. Every rank then holds the same logits and picks the same
+tokens, so the engine above is the same at any layout. Context parallelism splits training sequences, not weights:
+one CP rank decodes alone (its RoPE table whole).
 """
 from __future__ import annotations
 
@@ -129,8 +129,10 @@ class _Pipeline:
 
             self.first = ps.is_pipeline_first_stage(ignore_virtual=True)
             self.last = ps.is_pipeline_last_stage(ignore_virtual=True)
-            self.prev, self.next = ps.get_pipeline_model_parallel_prev_rank(), ps.get_pipeline_model_parallel_next_rank()
-            self.group, self.last_rank = ps.get_pipeline_model_parallel_group(), ps.get_pipeline_model_parallel_last_rank()
+            self.prev = ps.get_pipeline_model_parallel_prev_rank()  # wraps around: virtual stages hand on to stage 0
+            self.next = ps.get_pipeline_model_parallel_next_rank()
+            self.group = ps.get_pipeline_model_parallel_group()
+            self.last_rank = ps.get_pipeline_model_parallel_last_rank()
 
     def receive(self, rows: int) -> torch.Tensor:
         x = torch.empty(rows, self.hidden, dtype=self.param.dtype, device=self.param.device)

@@ -41,8 +41,9 @@ INTERNALS: tuple[Internal, ...] = (
              "megafin/runtime/cpu_compat.py", "wrapped: under parallel.cp > 1 it slices the table per CP rank "
              "(get_pos_emb_on_this_cp_rank), which calls .cuda()", ("max_seq_len", "packed_seq", "cp_group")),
     Internal("megatron.core.models.common.embeddings.rotary_pos_embedding:RotaryEmbedding.forward",
-             "megafin/generate/lean_decode.py", "called with packed_seq=True for the whole table: under parallel.cp > 1 "
-             "it would slice it per CP rank, and the live model is decoded by one CP rank", ("max_seq_len", "packed_seq")),
+             "megafin/generate/lean_decode.py", "called with packed_seq=True for the whole table: under parallel.cp "
+             "> 1 it would slice it per CP rank, and the live model is decoded by one CP rank",
+             ("max_seq_len", "packed_seq")),
     # ---- context parallelism without Transformer Engine (megafin/models/cp_attention.py)
     Internal("megatron.core.transformer.dot_product_attention:DotProductAttention.__init__",
              "megafin/models/cp_attention.py", "built from a config copy with context_parallel_size=1: its only use "

@@ -1,8 +1,9 @@
 """One rank of the lean decoder's TP / PP tests (launched by torchrun from test_lean_decode.py, or run alone at
 TP=PP=1).
 
-argv: tokenizer_dir out.json tp [pp [virtual_pp [num_layers]]] (2 layers unless given). Builds the tiny Llama with megafin's layout-independent init (the same full weights
-at any TP), decodes fixed prompts greedily through MegafinEngine.on_live_model, and rank 0 writes the tokens."""
+argv: tokenizer_dir out.json tp [pp [virtual_pp [num_layers]]] (2 layers unless given). Builds the tiny Llama with
+megafin's layout-independent init (the same full weights at any layout), decodes fixed prompts greedily through
+MegafinEngine.on_live_model, and rank 0 writes the tokens."""
 from __future__ import annotations
 
 import json
