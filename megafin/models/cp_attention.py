@@ -18,11 +18,11 @@ from typing import Any, Optional
 
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 from megatron.core.packed_seq_params import PackedSeqParams
 from megatron.core.transformer.enums import AttnMaskType
 
 from megafin.data.context_parallel import CPLayout, bshd_layout
+from megafin.models.grouped_sdpa import grouped_sdpa
 from megafin.models.sdpa_attention import SDPACoreAttention
 
 
@@ -65,8 +65,7 @@ def gather_sequence(x: torch.Tensor, group: dist.ProcessGroup) -> torch.Tensor:
 def attend(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, mask: torch.Tensor, scale: float,
            dropout: float = 0.0) -> torch.Tensor:
     """SDPA of local queries [b, h, sq, d] over gathered keys/values [b, g, sk, d] under a [sq, sk] boolean mask."""
-    return F.scaled_dot_product_attention(query, key, value, attn_mask=mask, dropout_p=dropout, scale=scale,
-                                          enable_gqa=query.size(1) != key.size(1))
+    return grouped_sdpa(query, key, value, attn_mask=mask, dropout_p=dropout, scale=scale)
 
 
 class ContextParallelSDPAAttention(SDPACoreAttention):

@@ -1,7 +1,8 @@
 """A megatron-core `core_attention` that calls PyTorch SDPA: bshd causal batches and THD packed batches.
 
 The stock local DotProductAttention materializes scores with baddbmm, expands GQA with copies and runs a masked
-softmax; on CPU that is ~0.7x HF's speed (notes). SDPA with `enable_gqa` avoids all three. Packed batches
+softmax; on CPU that is ~0.7x HF's speed (notes). SDPA with `enable_gqa` avoids all three (grouped_sdpa.py: with a
+mask on CUDA the groups are expanded instead). Packed batches
 (`PackedSeqParams`, qkv_format="thd") attend within documents only: documents of similar length are padded into
 one batched causal SDPA call per group (see `_THDPlan`), so no token attends across a document boundary.
 """
@@ -10,10 +11,11 @@ from __future__ import annotations
 from typing import Optional
 
 import torch
-import torch.nn.functional as F
 from megatron.core.packed_seq_params import PackedSeqParams
 from megatron.core.transformer.dot_product_attention import DotProductAttention
 from megatron.core.transformer.enums import AttnMaskType
+
+from megafin.models.grouped_sdpa import grouped_sdpa
 
 
 class SDPACoreAttention(DotProductAttention):
@@ -41,8 +43,7 @@ class SDPACoreAttention(DotProductAttention):
             # KV-cache decoding: the queries are the last tokens of a longer cached sequence. SDPA's is_causal
             # aligns the causal triangle top-left (query 0 sees key 0 only), so align it bottom-right instead.
             causal, mask = False, _bottom_right_causal(q.size(2), k.size(2), q.device)
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout, is_causal=causal,
-                                             scale=self.softmax_scale, enable_gqa=q.size(1) != k.size(1))
+        out = grouped_sdpa(q, k, v, attn_mask=mask, dropout_p=dropout, is_causal=causal, scale=self.softmax_scale)
         # [b, h, s, d] -> [s, b, h*d]
         return out.permute(2, 0, 1, 3).reshape(out.size(2), out.size(0), -1)
 
@@ -57,8 +58,8 @@ class SDPACoreAttention(DotProductAttention):
         for g in plan.groups:
             q = query.index_select(0, g.q_rows).view(g.n, g.lq, *query.shape[1:]).transpose(1, 2)
             k, v = (x.index_select(0, g.kv_rows).view(g.n, g.lk, *x.shape[1:]).transpose(1, 2) for x in (key, value))
-            o = F.scaled_dot_product_attention(q, k, v, attn_mask=g.mask, dropout_p=dropout, is_causal=g.mask is None,
-                                               scale=self.softmax_scale, enable_gqa=q.size(1) != k.size(1))
+            o = grouped_sdpa(q, k, v, attn_mask=g.mask, dropout_p=dropout, is_causal=g.mask is None,
+                             scale=self.softmax_scale)
             pieces.append(o.transpose(1, 2).reshape(g.n * g.lq, o.size(1), o.size(3)))
         padded = pieces[0] if len(pieces) == 1 else torch.cat(pieces, dim=0)
         out = padded.index_select(0, plan.unpad)  # the documents' tokens, in pack order
