@@ -10,6 +10,7 @@ Parts (each under its own time limit; a failing part is a FAIL row, the next par
   kernel_tests  pytest tests/kernels on CUDA (the interpreter's cases, compiled; one config per kernel);
   kernels  megafin's Triton varlen attention and packed log-prob kernels against a float32 reference (max error
            relative to the reference's scale) and against flash-attn / TE / PyTorch SDPA where importable (TFLOP/s);
+           SDPA with GQA and a mask (the CP attention's call) through enable_gqa vs megafin's grouped_sdpa;
   nccl     `megafin train` under torchrun with one process: a 1-process NCCL group, TP=1, bf16, the distributed
            optimizer with overlapped grad reduce and param gather, 12 steps of a small model: the loss goes down;
   stages   packed SFT with the Triton varlen attention vs SDPA and RPO with the Triton packed log-probs vs megatron's
@@ -210,6 +211,44 @@ def part_kernels(args) -> None:
             f"T={Tl} H={H} V={V} bf16 fwd+bwd: max err {tri[0]:.1e}, {tri[1] * 1e3:.0f} ms, +{tri[2]:.1f} GiB{extra}")
     else:
         row("logprobs: triton packed", "FAIL", f"{type(tri).__name__}: {str(tri)[:120]}")
+    masked_gqa(args)
+
+
+def masked_gqa(args) -> None:
+    """SDPA with GQA and a mask, as the all-gather context-parallel attention calls it (cp=2: half the queries over the
+    whole sequence): enable_gqa (the math kernel's fp32 scores, by PyTorch's dispatch) vs megafin's grouped_sdpa, which
+    expands the groups on CUDA. Same results; the row shows the time and memory grouped_sdpa saves."""
+    import torch
+    import torch.nn.functional as F
+
+    from megafin.models.grouped_sdpa import grouped_sdpa
+
+    S, hq, hkv, d = args.seq_length, 32, 8, 128
+    sq = S // 2
+    q = torch.randn(1, hq, sq, d, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+    k, v = (torch.randn(1, hkv, S, d, device="cuda", dtype=torch.bfloat16, requires_grad=True) for _ in "kv")
+    mask = torch.ones(sq, S, dtype=torch.bool, device="cuda").tril(S - sq)  # the last half's queries, causal
+    impls = {"enable_gqa": lambda: F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=True),
+             "grouped_sdpa": lambda: grouped_sdpa(q, k, v, attn_mask=mask)}
+    got = {}
+    for name, fn in impls.items():
+        try:
+            out = fn().float()
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+            base = torch.cuda.memory_allocated()
+            t = time_cuda(lambda: fn().sum().backward(), reps=3)
+            got[name] = (out, t, (torch.cuda.max_memory_allocated() - base) / 2**30)
+        except Exception as e:  # noqa: BLE001
+            got[name] = e
+    a, b = got["enable_gqa"], got["grouped_sdpa"]
+    if not isinstance(b, tuple):
+        row("attn: SDPA, GQA with a mask", "FAIL", f"grouped_sdpa: {type(b).__name__}: {str(b)[:150]}")
+        return
+    peer = (f"; enable_gqa: {a[1] * 1e3:.0f} ms, +{a[2]:.1f} GiB, max diff {(a[0] - b[0]).abs().max().item():.1e}"
+            if isinstance(a, tuple) else f"; enable_gqa: {type(a).__name__}: {str(a)[:80]}")
+    row("attn: SDPA, GQA with a mask", "ok", f"bf16 Hq/Hkv/D={hq}/{hkv}/{d}, {sq} queries over {S} keys, fwd+bwd: "
+        f"grouped_sdpa {b[1] * 1e3:.0f} ms, +{b[2]:.1f} GiB{peer}")
 
 
 BACKGROUND: dict[str, tuple] = {}  # part name -> (process, finish(process)): correctness parts run beside others
