@@ -25,8 +25,8 @@ def add_command(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--gpu", default="h100", help="h100 | h200 | a100")
     p.add_argument("--mfu", default=None, help="efficiency to assume, a fraction of the dense bf16 peak "
                                                "(default 0.40 for bf16, 0.55 for fp8)")
-    p.add_argument("--no-te", action="store_true", help="the GPUs lack Transformer Engine: no sequence or context "
-                                                        "parallelism, no fp8, and torch's AdamW instead of FusedAdam")
+    p.add_argument("--no-te", action="store_true", help="the GPUs lack Transformer Engine: no sequence parallelism, "
+                   "no fp8, torch's AdamW instead of FusedAdam, and megafin's all-gather context parallelism")
     p.add_argument("--top", default="10", help="how many fitting layouts to list")
     p.add_argument("--json", action="store_true", help="print JSON instead of the table")
     p.set_defaults(func=run)
@@ -76,7 +76,7 @@ def workload(args: argparse.Namespace):
         if not 0 < efficiency <= 1:
             raise PlanError(f"--mfu: expected a fraction in (0, 1], got {args.mfu!r}")
     return Workload(cfg=cfg, vocab_size=_vocab_size(cfg), gpus=gpus, gpu=gpu, efficiency=efficiency,
-                    fused_adam=not args.no_te)
+                    te=not args.no_te)
 
 
 def _vocab_size(cfg) -> int:
@@ -110,7 +110,7 @@ def run(args: argparse.Namespace) -> int:
     own_layout = recipe_layout(w.cfg)
     own_problem = layout_problem(w, own_layout)
     own = None if own_problem else estimate(w, own_layout)
-    ranked = plan_layouts(w, te=not args.no_te)
+    ranked = plan_layouts(w)
     print(as_json(w, args.recipe, own, own_problem, ranked) if args.json
           else table(w, args.recipe, own, own_problem, ranked, top), flush=True)
     return 0

@@ -13,8 +13,10 @@ stores the four projection inputs in 1 byte. Fused attention kernels (te, triton
 memory-efficient kernels, CPU's included: measured) keep no s x s scores, only an fp32 logsumexp per token and head;
 megatron's local DotProductAttention keeps the softmax (2 a s^2 per sequence, Korthikanti's 5as/h term without
 dropout) and K, V repeated to every head. The layer's input is the first norm's input (counted in the layer), so the
-embedding adds nothing of its own. Recompute: selective (core attention) keeps Q, K, V (stored anyway) and drops the
-scores or the logsumexp; full stores each layer's input and one layer's working set. Pipeline: the first stage holds
+embedding adds nothing of its own. Context parallelism without TE (megafin's all-gather attention) keeps the whole
+sequence's keys and values per head and a dense mask instead of K, V (allgather_cp_attention_bytes). Recompute:
+selective (core attention) keeps Q, K, V (stored anyway) and drops the scores or the logsumexp; full stores each
+layer's input and one layer's working set. Pipeline: the first stage holds
 min(pp, micro-batches) micro-batches in flight (1F1B), times 1 + (pp - 1) / (pp vp) when interleaved. Time:
 megafin's FLOPs count (megafin/train/flops.py, the one its logged MFU uses) at a stated efficiency, plus recompute's
 extra forward work and the pipeline bubble (pp - 1) / (vp m). Communication is not modelled. The optimizer step:
@@ -96,12 +98,12 @@ class Workload:
     gpus: int
     gpu: GPU
     efficiency: float  # fraction of the dense peak the GPU sustains on the model's FLOPs while computing
-    fused_adam: bool = True  # the GPUs have TE (or apex): megatron-core's FusedAdam, else torch's AdamW
+    te: bool = True  # the GPUs have Transformer Engine: its FusedAdam and its context-parallel attention
 
     @property
     def adam_step_temporary(self) -> bool:
         """torch's AdamW with its default kernel on CUDA (foreach): one fp32 temporary per optimizer element."""
-        return not self.fused_adam and self.cfg.optimizer.torch_adamw == "default"
+        return not self.te and self.cfg.optimizer.torch_adamw == "default"
 
     @property
     def seq_length(self) -> int:
@@ -161,10 +163,26 @@ def activation_bytes_per_layer(w: Workload, lay: Layout, recompute: str) -> floa
         inside += 2 * (h - kv) * e / t
     elif recompute == "none":
         stats = 4.0 * a / t  # the fp32 logsumexp per token and head
+    if lay.cp > 1 and not w.te and recompute == "none":
+        inside -= 2 * kv * e / t  # this rank's K, V: what SDPA keeps instead is counted next
+        scores += allgather_cp_attention_bytes(w, lay)
     full_layer = tokens * (outside + inside + stats) + scores
     if recompute == "full":
         return tokens * h * e / (t if lay.sequence_parallel else 1)  # the layer's input only
     return full_layer
+
+
+def allgather_cp_attention_bytes(w: Workload, lay: Layout) -> float:
+    """What megafin's all-gather context-parallel attention (no TE: megafin/models/cp_attention.py) keeps for backward
+    per layer and micro-batch beyond Q, the output and the logsumexp: the whole sequence's keys and values expanded to
+    this rank's query heads (grouped_sdpa expands them, as CUDA needs with a mask), and the mask over local queries x
+    all keys as SDPA's additive bias in the activation dtype (one per micro-batch; a packed one is one sequence)."""
+    m, e = w.cfg.model, w.activation_bytes
+    packed = w.cfg.data.format == "packed"
+    seq = w.seq_length * (lay.mbs if packed else 1)  # the keys one attention call sees
+    sequences = 1 if packed else lay.mbs
+    keys_values = 2 * sequences * seq * (m.num_attention_heads // lay.tp) * (m.hidden_size // m.num_attention_heads)
+    return keys_values * e + seq / lay.cp * seq * e
 
 
 def head_activation_bytes(w: Workload, lay: Layout) -> float:

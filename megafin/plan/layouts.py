@@ -44,18 +44,19 @@ def layout_problem(w: Workload, lay: Layout) -> str:
     return ""
 
 
-def candidate_layouts(w: Workload, te: bool) -> Iterator[Layout]:
-    """Every layout worth estimating: TP inside a node, sequence parallelism with TP and the distributed optimizer
-    whenever there is more than one data-parallel rank (both cost no compute); CP only with Transformer Engine."""
+def candidate_layouts(w: Workload) -> Iterator[Layout]:
+    """Every layout worth estimating: TP inside a node, sequence parallelism with TP (and Transformer Engine) and the
+    distributed optimizer whenever there is more than one data-parallel rank (both cost no compute); CP with TE's
+    attention, or without TE megafin's all-gather attention (its memory: estimate.py)."""
     m: ModelConfig = w.cfg.model
     vp = recipe_layout(w.cfg).vp
     for tp in (t for t in (1, 2, 4, 8) if t <= GPUS_PER_NODE):
         for pp in (p for p in range(1, m.num_layers + 1) if m.num_layers % p == 0 and p <= w.gpus):
-            for cp in (CONTEXT_PARALLEL if te else (1,)):
+            for cp in CONTEXT_PARALLEL:
                 for mbs in MICRO_BATCHES:
                     for recompute in RECOMPUTE:
                         lay = Layout(tp=tp, pp=pp, cp=cp, vp=vp if pp > 1 else 1, mbs=mbs, recompute=recompute,
-                                     distributed_optimizer=True, sequence_parallel=te and tp > 1)
+                                     distributed_optimizer=True, sequence_parallel=w.te and tp > 1)
                         if not layout_problem(w, lay):
                             yield lay
 
@@ -81,5 +82,5 @@ def overrides(lay: Layout) -> list[str]:
     return out
 
 
-def plan_layouts(w: Workload, te: bool = True) -> list[Estimate]:
-    return rank([estimate(w, lay) for lay in candidate_layouts(w, te)])
+def plan_layouts(w: Workload) -> list[Estimate]:
+    return rank([estimate(w, lay) for lay in candidate_layouts(w)])

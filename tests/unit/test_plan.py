@@ -111,7 +111,7 @@ def test_torch_adamw_step_temporary_without_fused_adam():
     from megafin.plan import Layout, estimate
 
     w = _workload()
-    no_te = replace(w, fused_adam=False)
+    no_te = replace(w, te=False)
     for lay in (Layout(tp=2), Layout(tp=2, distributed_optimizer=False)):
         fused, foreach = estimate(w, lay), estimate(no_te, lay)
         owned = foreach.params_per_gpu / (foreach.dp if lay.distributed_optimizer else 1)
@@ -160,3 +160,42 @@ def test_torch_foreach_adamw_allocates_one_state_sized_temporary():
             else:
                 opt.step()
     assert counted["foreach"] == numel and counted["fused"] == 0, counted
+
+
+@pytest.mark.parametrize("fmt,mbs", [("bshd", 2), ("packed", 2)])
+def test_allgather_cp_attention_term_is_what_the_call_keeps(fmt, mbs):
+    """Without TE, `megafin plan` ranks context parallelism with megafin's all-gather attention: per layer its SDPA
+    call keeps the whole sequence's keys and values expanded to the rank's heads and the dense mask as an additive
+    bias. Counted here on CPU as the CP attention calls SDPA (grouped_sdpa with the groups expanded, as on CUDA),
+    beyond Q, the output and the logsumexp, against the planner's term."""
+    from dataclasses import replace
+
+    import torch
+
+    from megafin.models.grouped_sdpa import grouped_sdpa
+    from megafin.plan import Layout
+    from megafin.plan.estimate import allgather_cp_attention_bytes
+
+    cp, seq = 2, 64
+    cfg = _workload(["model.hidden_size=128", "model.num_attention_heads=8", "model.num_query_groups=2",
+                     f"data.seq_length={seq}", "precision.dtype=fp32"]).cfg
+    cfg.data.format = fmt
+    w = replace(_workload(), cfg=cfg, te=False)
+    lay = Layout(tp=1, cp=cp, mbs=mbs)
+    heads, groups, d = 8, 2, 16
+    # bshd: mbs sequences, one mask; packed: the micro-batch's packs are one sequence of mbs * seq tokens
+    batch, keys = (mbs, seq) if fmt == "bshd" else (1, mbs * seq)
+    q = torch.randn(batch, heads, keys // cp, d, requires_grad=True)
+    k, v = (torch.randn(batch, groups, keys, d, requires_grad=True) for _ in "kv")
+    mask = torch.ones(keys // cp, keys, dtype=torch.bool).tril(keys - keys // cp)
+    saved = {}
+
+    def pack(t):
+        saved[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = grouped_sdpa(q, k, v, attn_mask=mask, expand=True)
+    logsumexp = batch * heads * (keys // cp) * 4
+    kept = sum(saved.values()) - q.untyped_storage().nbytes() - out.untyped_storage().nbytes() - logsumexp
+    assert kept == allgather_cp_attention_bytes(w, lay)
