@@ -17,3 +17,14 @@ def time_cuda(fn: Callable[[], object], reps: int = 10) -> float:
         fn()
     torch.cuda.synchronize()
     return (time.perf_counter() - t) / reps
+
+
+def time_cuda_with_peak(fn: Callable[[], object], reps: int = 3) -> tuple[float, float]:
+    """(seconds per call, GiB allocated at the peak above what was allocated before the first call)."""
+    import torch
+
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    base = torch.cuda.memory_allocated()
+    t = time_cuda(fn, reps)
+    return t, (torch.cuda.max_memory_allocated() - base) / 2**30

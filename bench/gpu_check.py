@@ -50,7 +50,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-from bench.cuda_timing import time_cuda  # noqa: E402  (the repository's bench package, after the path is set)
+from bench.cuda_timing import time_cuda, time_cuda_with_peak  # noqa: E402  (bench package: after the path is set)
 
 PY = sys.executable
 ALL_PARTS = ("env", "configs", "kernels", "kernel_tests", "nccl", "stages", "te", "width8b", "peer")
@@ -197,11 +197,7 @@ def part_kernels(args) -> None:
         try:
             err = (fn().float() - want).abs().max().item() / want.abs().max().item()
             hidden.grad = weight.grad = None
-            torch.cuda.synchronize()
-            torch.cuda.reset_peak_memory_stats()
-            base = torch.cuda.memory_allocated()
-            t = time_cuda(lambda: fn().sum().backward(), reps=3)
-            results[name] = (err, t, (torch.cuda.max_memory_allocated() - base) / 2**30)
+            results[name] = (err, *time_cuda_with_peak(lambda: fn().sum().backward()))
         except Exception as e:  # noqa: BLE001
             results[name] = e
     tri, unf = results.get("triton"), results.get("unfused")
@@ -233,12 +229,7 @@ def masked_gqa(args) -> None:
     got = {}
     for name, fn in impls.items():
         try:
-            out = fn().float()
-            torch.cuda.synchronize()
-            torch.cuda.reset_peak_memory_stats()
-            base = torch.cuda.memory_allocated()
-            t = time_cuda(lambda: fn().sum().backward(), reps=3)
-            got[name] = (out, t, (torch.cuda.max_memory_allocated() - base) / 2**30)
+            got[name] = (fn().float(), *time_cuda_with_peak(lambda: fn().sum().backward()))
         except Exception as e:  # noqa: BLE001
             got[name] = e
     a, b = got["enable_gqa"], got["grouped_sdpa"]
