@@ -64,20 +64,19 @@ class TrainingEval:
     def due(self, step: int) -> bool:
         return step % self.every == 0
 
-    def scores(self, model: Any) -> dict[str, float]:
-        """{"eval/<task>/<metric>": value, ..., "eval/seconds": s} of `model` (this rank's model, or its chunks with
-        virtual pipeline stages); empty when it cannot be decoded live (the reason in self.reason)."""
+    def scores(self, chunks: list) -> dict[str, float]:
+        """{"eval/<task>/<metric>": value, ..., "eval/seconds": s} of this rank's model `chunks` (one module, or its
+        chunks with virtual pipeline stages); empty when it cannot be decoded live (the reason in self.reason)."""
         from megafin.eval.run import evaluate_prepared
         from megafin.generate.api import GenerationError
         from megafin.generate.engines.megafin_engine import MegafinEngine
 
         t0 = time.perf_counter()
         try:
-            engine = MegafinEngine.on_live_model(model, self.tokenizer_dir, self.vocab_size, self.max_positions)
+            engine = MegafinEngine.on_live_model(chunks, self.tokenizer_dir, self.vocab_size, self.max_positions)
         except GenerationError as err:
             self.reason = str(err)
             return {}
-        chunks = list(model) if isinstance(model, (list, tuple)) else [model]
         was_training = [chunk.training for chunk in chunks]
         for chunk in chunks:
             chunk.eval()

@@ -42,11 +42,9 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 
-def unsupported(model: Any) -> Optional[str]:
-    """Why the lean step cannot run this model (a module, or this rank's virtual-stage chunks in a list) exactly as
-    megatron does (None: it can)."""
-    if isinstance(model, (list, tuple)):
-        return next(filter(None, map(unsupported, model)), None)
+def unsupported(model: torch.nn.Module) -> Optional[str]:
+    """Why the lean step cannot run this model (one chunk of it with virtual pipeline stages) exactly as megatron does
+    (None: it can)."""
     from megatron.core.models.common.embeddings.rotary_pos_embedding import RotaryEmbedding
     from megatron.core.transformer.mlp import MLP
     from megatron.core.transformer.identity_op import IdentityOp
@@ -160,10 +158,10 @@ def _rms(x: torch.Tensor, norm: torch.nn.RMSNorm) -> torch.Tensor:
 
 
 class LeanDecoder:
-    """The model's parameters as the lean steps read them; `prefill` starts one batch."""
+    """The model's parameters as the lean steps read them; `prefill` starts one batch. `chunks`: this rank's model,
+    one module, or its chunks in order with virtual pipeline stages."""
 
-    def __init__(self, model: Any) -> None:
-        chunks = list(model) if isinstance(model, (list, tuple)) else [model]  # virtual stages: several, in order
+    def __init__(self, chunks: list[torch.nn.Module]) -> None:
         first, last = chunks[0], chunks[-1]
         self.tp = _TensorParallel(first.config.tensor_model_parallel_size)
         self.chunks = [[_Layer(layer, self.tp) for layer in chunk.decoder.layers] for chunk in chunks]

@@ -337,7 +337,7 @@ class Trainer:
                         record.update(self.evaluate())
                 if self.task_eval is not None and self.task_eval.due(step):
                     with self._params_gathered():
-                        if self.task_eval_here:  # the first replica's TP ranks decode together; rank 0 records
+                        if self.task_eval_here:  # the first replica's ranks decode together; rank 0 records
                             scores = self._task_scores()
                             if self.is_logger:
                                 record.update(scores)

@@ -88,20 +88,20 @@ class MegafinEngine(GenerationEngine):
             self.net = _load_model(ckpt, cfg, self.vocab_size, self._session)
             # Decode steps in plain torch ops where they reproduce megatron's layer (megafin/generate/
             # lean_decode.py), else megatron's own path. None: megatron's path (tests compare the two).
-            self.lean: Optional[LeanDecoder] = None if unsupported(self.net) else LeanDecoder(self.net)
+            self.lean: Optional[LeanDecoder] = None if unsupported(self.net) else LeanDecoder([self.net])
         except BaseException:
             self._session.close()
             raise
 
     @classmethod
-    def on_live_model(cls, net: torch.nn.Module, tokenizer: str, vocab_size: int, max_positions: int,
+    def on_live_model(cls, chunks: list[torch.nn.Module], tokenizer: str, vocab_size: int, max_positions: int,
                       max_batch_size: int = 32) -> "MegafinEngine":
         """An engine on a model already built in this process (the trainer's: megafin/eval/in_training.py; at TP>1
-        or PP>1 every rank of the replica calls this and decodes in lockstep, lean_decode.py; `net` is a list of this
-        rank's chunks with virtual pipeline stages).
+        or PP>1 every rank of the replica calls this and decodes in lockstep, lean_decode.py; `chunks`: this rank's
+        model, one module, or its chunks with virtual pipeline stages).
         Decoded by the lean path only, which reads the parameters and patches nothing (megatron's path would need
         the rotated-key cache installed on the model); GenerationError when the model is not lean-decodable."""
-        reason = unsupported(net)
+        reason = next(filter(None, map(unsupported, chunks)), None)
         if reason is not None:
             raise GenerationError(f"the live model cannot be decoded in process: {reason}")
         engine = cls.__new__(cls)
@@ -109,7 +109,6 @@ class MegafinEngine(GenerationEngine):
         engine.max_batch_size, engine.vocab_size, engine.max_positions = max_batch_size, vocab_size, max_positions
         engine.tokenizer = _open_tokenizer(tokenizer, None, Path("live"))
         engine._session = contextlib.ExitStack()
-        chunks = list(net) if isinstance(net, (list, tuple)) else [net]  # virtual pipeline stages: this rank's chunks
         engine.net, engine.lean = chunks[0], LeanDecoder(chunks)
         return engine
 
