@@ -156,9 +156,8 @@ def activation_bytes_per_layer(w: Workload, lay: Layout, recompute: str) -> floa
     if recompute == "none" and m.attention_backend in SCORE_STORING_ATTENTION:
         # the stored softmax of each attention call (packed micro-batches are one sequence of mbs packs), and K, V
         # repeated from the query groups to every head
-        packed = w.cfg.data.format == "packed"
-        seq = w.seq_length * (lay.mbs if packed else 1) / lay.cp
-        sequences = 1 if packed else lay.mbs
+        sequences, seq = attention_sequences(w, lay)
+        seq /= lay.cp
         scores = sequences * (a / t) * seq * seq * e
         inside += 2 * (h - kv) * e / t
     elif recompute == "none":
@@ -172,15 +171,21 @@ def activation_bytes_per_layer(w: Workload, lay: Layout, recompute: str) -> floa
     return full_layer
 
 
+def attention_sequences(w: Workload, lay: Layout) -> tuple[int, int]:
+    """(sequences in one micro-batch's attention call, the tokens each spans over the whole context): a packed
+    micro-batch is one sequence of mbs packs, a [b, s] one is mbs sequences."""
+    if w.cfg.data.format == "packed":
+        return 1, w.seq_length * lay.mbs
+    return lay.mbs, w.seq_length
+
+
 def allgather_cp_attention_bytes(w: Workload, lay: Layout) -> float:
     """What megafin's all-gather context-parallel attention (no TE: megafin/models/cp_attention.py) keeps for backward
     per layer and micro-batch beyond Q, the output and the logsumexp: the whole sequence's keys and values expanded to
     this rank's query heads (grouped_sdpa expands them, as CUDA needs with a mask), and the mask over local queries x
     all keys as SDPA's additive bias in the activation dtype (one per micro-batch; a packed one is one sequence)."""
     m, e = w.cfg.model, w.activation_bytes
-    packed = w.cfg.data.format == "packed"
-    seq = w.seq_length * (lay.mbs if packed else 1)  # the keys one attention call sees
-    sequences = 1 if packed else lay.mbs
+    sequences, seq = attention_sequences(w, lay)
     keys_values = 2 * sequences * seq * (m.num_attention_heads // lay.tp) * (m.hidden_size // m.num_attention_heads)
     return keys_values * e + seq / lay.cp * seq * e
 
