@@ -12,6 +12,6 @@ def resolve(cfg: Config) -> Config:
 
     cfg.model.attention_backend, cfg.model.logprob_backend = resolve_backends(cfg.model, cfg.parallel.cp)
     fusions = cfg.model.fusions
-    for key, value in resolve_fusions(fusions).items():
+    for key, value in resolve_fusions(fusions, cfg.precision.dtype).items():
         setattr(fusions, key, value)
     return cfg

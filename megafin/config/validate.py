@@ -48,6 +48,8 @@ def validate(cfg: Config, world_size: int, on_this_machine: bool = True) -> None
     else:
         c.require(bool(cfg.run_dir), "run_dir", "a directory path", cfg.run_dir)
     _validate_model(c, cfg.model)
+    # model.fusions.<key>: a bad value, or `on` without its kernel on this machine at this precision
+    c.errors.extend(fusion_problems(cfg.model.fusions, cfg.precision.dtype))
     _validate_parallel(c, cfg, world_size)
     _validate_recompute(c, cfg)
     if stage is not None:
@@ -132,7 +134,6 @@ def _validate_model(c: Checks, m: Any) -> None:
     if m.attention_backend == "te" and c.on_this_machine:
         c.require(cuda_available() and te_available(), "model.attention_backend",
                   "te only with CUDA and transformer_engine installed (use auto or sdpa)", "te")
-    c.errors.extend(fusion_problems(m.fusions))  # model.fusions.<key>: a bad value, or `on` without its kernel
 
 
 def _validate_parallel(c: Checks, cfg: Config, world_size: int) -> None:

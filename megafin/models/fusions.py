@@ -3,7 +3,8 @@
 Megatron-LM turns these on by default on GPUs; each needs its kernel (CUDA, and for some Transformer Engine or
 NVIDIA apex's CUDA extensions). `auto` is on exactly where this machine has the kernel, so the CPU runs the
 unfused PyTorch paths (and the pinned golden curves) unchanged; `on` asks for it and is refused, one line, where
-the kernel is missing; `off` never. `model.fusions.all=off` turns every fusion left at `auto` off.
+the kernel is missing; `off` never. `model.fusions.all=off` turns every fusion left at `auto` off. A kernel may
+also depend on the run's precision (`precision.dtype`): each fusion's `missing` is asked with it.
 """
 from __future__ import annotations
 
@@ -27,15 +28,27 @@ def module_available(name: str) -> bool:
         return False
 
 
-def _needs_cuda(extra: Callable[[], Optional[str]] = lambda: None) -> Callable[[], Optional[str]]:
-    def missing() -> Optional[str]:
-        return "no CUDA device" if not cuda_available() else extra()
+Missing = Callable[[str], Optional[str]]  # precision.dtype -> why the kernel cannot run here, or None
+
+
+def _needs_cuda(extra: Missing = lambda dtype: None) -> Missing:
+    def missing(dtype: str) -> Optional[str]:
+        return "no CUDA device" if not cuda_available() else extra(dtype)
 
     return missing
 
 
-def _needs_module(name: str, where: str) -> Callable[[], Optional[str]]:
-    return lambda: None if module_available(name) else f"{name} is not importable ({where})"
+def _needs_module(name: str, where: str) -> Missing:
+    return lambda dtype: None if module_available(name) else f"{name} is not importable ({where})"
+
+
+def _cross_entropy_keeps_dtype(dtype: str) -> Optional[str]:
+    # megatron-core's own fused cross entropy (the kernel without TE) returns the logits' gradient in bf16 whatever
+    # their dtype (fused_cross_entropy.calculate_gradients): an fp32 or fp16 run would train on bf16-rounded
+    # gradients. The GPU check found it: an fp32 RPO run drifted 1.8e-3 from the unfused loss in 8 steps.
+    if dtype in ("bf16", "fp8") or te_available():
+        return None
+    return f"without Transformer Engine the fused kernel returns bf16 gradients, and precision.dtype is {dtype}"
 
 
 @dataclass(frozen=True)
@@ -43,10 +56,10 @@ class Fusion:
     key: str  # model.fusions.<key>
     config_field: str  # the TransformerConfig flag it sets
     kernel: str  # what runs when it is on (logged, README "GPU")
-    missing: Callable[[], Optional[str]]  # why it cannot run on this machine, or None
+    missing: Missing  # why it cannot run on this machine at this precision, or None
 
 
-_TE = lambda: None if te_available() else "transformer_engine is not importable"  # noqa: E731
+_TE = lambda dtype: None if te_available() else "transformer_engine is not importable"  # noqa: E731
 
 FUSIONS = (
     Fusion("rope", "apply_rope_fusion", "Transformer Engine's fused RoPE (bshd and packed thd)", _needs_cuda(_TE)),
@@ -63,20 +76,21 @@ FUSIONS = (
            _needs_cuda(_needs_module("fused_weight_gradient_mlp_cuda", "NVIDIA apex built with --cpp_ext --cuda_ext"))),
     Fusion("cross_entropy", "cross_entropy_loss_fusion",
            "fused vocab-parallel cross entropy (TE's kernel with TE, else megatron-core's compiled one; "
-           "model.logprob_backend=megatron only)", _needs_cuda()),
+           "model.logprob_backend=megatron only)", _needs_cuda(_cross_entropy_keeps_dtype)),
     # megatron-core's persistent kernel is apex's FastLayerNorm, for LayerNorm; megafin's families use RMSNorm,
     # which the torch norm refuses the flag for and TE's (already fused) RMSNorm ignores.
     Fusion("persist_layer_norm", "persist_layer_norm", "apex's persistent LayerNorm kernel",
-           lambda: "megafin's models use RMSNorm; the persistent kernel is apex's LayerNorm only"),
+           lambda dtype: "megafin's models use RMSNorm; the persistent kernel is apex's LayerNorm only"),
 )
 BY_KEY = {f.key: f for f in FUSIONS}
 
 _logged: set[tuple] = set()
 
 
-def resolve_fusions(fusions: Any) -> dict[str, str]:
-    """Every fusion's concrete setting (on | off) for this machine, from a FusionsConfig; `auto` decided by what
-    is importable here. Explicit `on` stays on (validation refuses it where the kernel is missing). Logged once."""
+def resolve_fusions(fusions: Any, dtype: str) -> dict[str, str]:
+    """Every fusion's concrete setting (on | off) for this machine and precision.dtype, from a FusionsConfig; `auto`
+    decided by what is importable here. Explicit `on` stays on (validation refuses it where the kernel is missing).
+    Logged once."""
     default = getattr(fusions, "all", "auto")
     settled, why_off = {}, {}
     for f in FUSIONS:
@@ -84,7 +98,7 @@ def resolve_fusions(fusions: Any) -> dict[str, str]:
         if want == "auto" and default == "off":
             want = "off"
         if want == "auto":
-            reason = f.missing()
+            reason = f.missing(dtype)
             want = "on" if reason is None else "off"
             if reason:
                 why_off[f.key] = reason
@@ -99,7 +113,7 @@ def resolve_fusions(fusions: Any) -> dict[str, str]:
     return settled
 
 
-def fusion_problems(fusions: Any) -> list[str]:
+def fusion_problems(fusions: Any, dtype: str) -> list[str]:
     """One `model.fusions.<key>: ...` line per bad value, or per fusion set `on` whose kernel this machine lacks."""
     problems = []
     if getattr(fusions, "all", "auto") not in ("auto", "off"):
@@ -108,15 +122,15 @@ def fusion_problems(fusions: Any) -> list[str]:
         value = getattr(fusions, f.key)
         if value not in FUSION_VALUES:
             problems.append(f"model.fusions.{f.key}: expected one of {', '.join(FUSION_VALUES)}, got {value!r}")
-        elif value == "on" and (reason := f.missing()):
+        elif value == "on" and (reason := f.missing(dtype)):
             problems.append(f"model.fusions.{f.key}: expected auto or off here ({reason}; it needs {f.kernel}), "
                             f"got 'on'")
     return problems
 
 
-def transformer_config_flags(fusions: Any) -> dict[str, Any]:
+def transformer_config_flags(fusions: Any, dtype: str) -> dict[str, Any]:
     """The TransformerConfig keyword arguments of a FusionsConfig (an unresolved `auto` is settled here too)."""
-    settled = resolve_fusions(fusions)
+    settled = resolve_fusions(fusions, dtype)
     flags: dict[str, Any] = {f.config_field: settled[f.key] == "on" for f in FUSIONS}
     if flags["cross_entropy_loss_fusion"]:
         flags["cross_entropy_fusion_impl"] = "te" if te_available() else "native"

@@ -53,7 +53,7 @@ def transformer_config(cfg: Config, initialize: bool = True) -> TransformerConfi
         pipeline_dtype=dtype,
         bf16=cfg.precision.dtype in ("bf16", "fp8"),
         # Fused kernels where this machine has them (model.fusions, settled by config resolution); all off on CPU.
-        **transformer_config_flags(m.fusions),
+        **transformer_config_flags(m.fusions, cfg.precision.dtype),
         # CPU init builds each full weight and splits it, so every TP/PP layout starts from identical weights.
         use_cpu_initialization=initialize or not on_cuda,
         perform_initialization=initialize,

@@ -59,6 +59,11 @@ INTERNALS: tuple[Internal, ...] = (
              "megafin/train/optimizer_fixes.py", "read by the rebound method (an instance attribute)"),
     Internal("megatron.core.optimizer.distrib_optimizer:DistributedOptimizer.sharded_state_dict",
              "megafin/train/optimizer_fixes.py", "rebound per instance", ("model_sharded_state_dict", "is_loading")),
+    # ---- a behaviour megafin works around (megafin/models/fusions.py)
+    Internal("megatron.core.fusions.fused_cross_entropy:calculate_gradients", "megafin/models/fusions.py",
+             "returns the logits' gradient in bf16 whatever their dtype: model.fusions.cross_entropy stays off for "
+             "fp32 and fp16 runs without TE (tests/unit/test_fusions.py checks the cast is still there)",
+             ("softmax", "grad_output", "target_mask", "masked_target_1d")),
     # ---- GPTModel internals (megafin/models/logprob_model.py, megafin/models/gpt.py)
     Internal("megatron.core.models.gpt.gpt_model:GPTModel.rotary_pos_emb", "megafin/models/logprob_model.py",
              "shadowed through __dict__ for one forward (per-token RoPE positions of shared-prompt packs)"),

@@ -31,7 +31,7 @@ def _on(**keys: str) -> dict[str, str]:
     return {**ALL_OFF, **{k: "on" for k in keys}}
 
 
-# (cuda, te, apex) -> the fusions `auto` turns on
+# (cuda, te, apex) -> the fusions `auto` turns on, at bf16 (what GPU recipes train in)
 TABLE = [
     ((False, False, False), _on()),
     ((False, True, True), _on()),  # libraries without a GPU: nothing
@@ -45,15 +45,42 @@ TABLE = [
 @pytest.mark.parametrize("machine,expected", TABLE, ids=["cpu", "cpu+te+apex", "cuda", "cuda+te", "cuda+te+apex"])
 def test_auto_resolves_to_what_the_machine_can_run(monkeypatch, machine, expected):
     _machine(monkeypatch, *machine)
-    assert _resolved() == expected
+    assert _resolved(["precision.dtype=bf16"]) == expected
     # the TransformerConfig flags follow, cross entropy with TE's kernel where TE is there
-    cfg = load_config(None, [])
-    flags = fusions_mod.transformer_config_flags(cfg.model.fusions)
+    cfg = load_config(None, ["precision.dtype=bf16"])
+    flags = fusions_mod.transformer_config_flags(cfg.model.fusions, cfg.precision.dtype)
     assert {f.key: flags[f.config_field] for f in fusions_mod.FUSIONS} == {k: v == "on" for k, v in expected.items()}
     if expected["cross_entropy"] == "on":
         assert flags["cross_entropy_fusion_impl"] == ("te" if machine[1] else "native")
     # persist_layer_norm never: megafin's families use RMSNorm
     assert expected["persist_layer_norm"] == "off"
+
+
+@pytest.mark.parametrize("te", [False, True], ids=["native", "te"])
+def test_fused_cross_entropy_only_where_it_keeps_the_gradients_dtype(monkeypatch, te):
+    """megatron-core's own fused cross entropy returns bf16 logit gradients: an fp32 or fp16 run keeps it off unless
+    TE's kernel is the one that runs (the GPU check saw an fp32 RPO run drift 1.8e-3 from the unfused loss)."""
+    _machine(monkeypatch, True, te, False)
+    for dtype, on in (("bf16", True), ("fp8", True), ("fp32", te), ("fp16", te)):
+        assert _resolved([f"precision.dtype={dtype}"])["cross_entropy"] == ("on" if on else "off"), dtype
+    lines = validate_lines(["precision.dtype=fp32", "model.fusions.cross_entropy=on"], "model.fusions")
+    assert lines == ([] if te else [
+        "model.fusions.cross_entropy: expected auto or off here (without Transformer Engine the fused kernel returns "
+        "bf16 gradients, and precision.dtype is fp32; it needs fused vocab-parallel cross entropy (TE's kernel with "
+        "TE, else megatron-core's compiled one; model.logprob_backend=megatron only)), got 'on'"])
+
+
+def test_megatron_cores_fused_cross_entropy_still_returns_bf16_gradients():
+    """What the rule above stands on (megafin/runtime/mcore_internals.py lists it): when a megatron-core upgrade
+    keeps the logits' dtype, this fails and `_cross_entropy_keeps_dtype` can go."""
+    import torch
+    from megatron.core.fusions import fused_cross_entropy
+
+    fn = fused_cross_entropy.calculate_gradients
+    fn = getattr(fn, "_torchdynamo_orig_callable", fn)  # the Python function under torch.compile's wrapper
+    softmax = torch.softmax(torch.randn(6, 5, dtype=torch.float32), -1)
+    grad = fn(softmax, torch.ones(6), torch.zeros(6, dtype=torch.bool), torch.randint(0, 5, (6,)))
+    assert grad.dtype == torch.bfloat16
 
 
 def test_this_cpu_keeps_every_fusion_off_in_the_built_config():

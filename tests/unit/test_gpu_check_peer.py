@@ -49,3 +49,17 @@ def test_noop_makefile_only_beside_built_helpers(tmp_path):
     (built / "Makefile").write_text("default:\n\t@echo a real one\n")
     assert not gpu_check.noop_makefile_beside_built_helpers(built)  # a Makefile that is there is never replaced
     assert "a real one" in (built / "Makefile").read_text()
+
+
+# the third GPU session's peer row, from Megatron-LM's log: a rank's traceback comes prefixed with `[rank0]: `
+MEGATRON_LM_OOM = """\
+[rank0]:     custom_backward(output_tensor[0], output_tensor_grad[0])
+[rank0]: torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 4.00 GiB. GPU 0 has a total capacity of 79.18 GiB
+[rank0]:[W1127 08:20:45.937082476 ProcessGroupNCCL.cpp:1575] Warning: WARNING: destroy_process_group() was not called
+E1127 08:20:48.089000 2291 torch/distributed/elastic/multiprocessing/api.py:986] failed (exitcode: 1) local_rank: 0
+"""
+
+
+def test_a_ranks_prefixed_exception_is_the_rows_error():
+    said = gpu_check.child_error(MEGATRON_LM_OOM)
+    assert said.startswith("[rank0]: torch.OutOfMemoryError: CUDA out of memory") and "destroy_process_group" not in said
