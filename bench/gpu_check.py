@@ -47,6 +47,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Optional
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -569,7 +570,7 @@ def part_width8b(args) -> None:
             est_fwd_bwd = sum(est[k] for k in ("weights_gib", "gradients_gib", "optimizer_gib", "activations_gib",
                                                "logits_gib"))
             if not off:
-                MEASURED["w8b"] = tps
+                MEASURED["w8b"], MEASURED["w8b_peak_gib"] = tps, peak
             row(f"8B width, {args.layers} layers, {label}", "ok",
                 f"seq {S}, 4x{S} tokens/step: {tps:,.0f} tokens/s/GPU, MFU "
                 f"{f'{100 * mfu:.1f}%' if mfu is not None else '?'} (median of steps 4-8); peak allocated "
@@ -634,6 +635,13 @@ def iteration_ms(log: str) -> list[float]:
     return [float(m) for m in re.findall(r"elapsed time per iteration \(ms\): ([\d.]+)", log)]
 
 
+def peak_allocated_gib(log: str) -> Optional[float]:
+    """The largest `max allocated: X` (MB) of Megatron-LM's memory reports (after iterations 1 and 2, once its
+    optimizer states exist), in GiB: torch's max_memory_allocated, what megafin's width8b row reports too."""
+    found = [float(m) for m in re.findall(r"\| max allocated: ([\d.]+)", log)]
+    return max(found) / 1024 if found else None
+
+
 def check_megatron_lm_args(args) -> None:
     """The peer's flags through Megatron-LM's own parse_args + validate_args (no GPU needed): a row of the configs
     part, so a flag this Megatron-LM refuses shows up in the dry run."""
@@ -675,8 +683,11 @@ def part_peer(args) -> None:
     tps = 4 * args.seq_length / (statistics.median(times[3:]) / 1e3)
     ours = MEASURED.get("w8b")
     ratio = f"; megafin / Megatron-LM = {ours / tps:.2f}x" if ours else " (megafin's width8b row did not run)"
+    peak = peak_allocated_gib(proc.stdout + proc.stderr)
+    memory = (f"; peak allocated {peak:.2f} GiB" + (f" (megafin {MEASURED['w8b_peak_gib']:.2f})"
+                                                     if MEASURED.get("w8b_peak_gib") else "")) if peak else ""
     row(label, "ok", f"pretrain_gpt.py core_v0.16.1, --transformer-impl local (no TE), bf16, distributed optimizer, "
-        f"same shape and batch: {tps:,.0f} tokens/s/GPU (median of iterations 4-8){ratio}")
+        f"same shape and batch: {tps:,.0f} tokens/s/GPU (median of iterations 4-8){memory}{ratio}")
 
 
 def release_cuda_cache() -> None:

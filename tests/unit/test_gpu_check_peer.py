@@ -63,3 +63,12 @@ E1127 08:20:48.089000 2291 torch/distributed/elastic/multiprocessing/api.py:986]
 def test_a_ranks_prefixed_exception_is_the_rows_error():
     said = gpu_check.child_error(MEGATRON_LM_OOM)
     assert said.startswith("[rank0]: torch.OutOfMemoryError: CUDA out of memory") and "destroy_process_group" not in said
+
+
+def test_the_peers_peak_memory_is_its_largest_report():
+    log = ("[Rank 0] (after 1 iterations) memory (MB) | allocated: 20480.00 | max allocated: 40960.00 | reserved: 1\n"
+           " [2026-11-27 08:20:45] iteration        2/       8 | elapsed time per iteration (ms): 812.5 |\n"
+           "[Rank 0] (after 2 iterations) memory (MB) | allocated: 30720.00 | max allocated: 51200.00 | reserved: 1\n")
+    assert gpu_check.peak_allocated_gib(log) == 50.0
+    assert gpu_check.iteration_ms(log) == [812.5]
+    assert gpu_check.peak_allocated_gib("no report") is None
