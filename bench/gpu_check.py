@@ -213,12 +213,13 @@ def part_kernels(args) -> None:
 
 def masked_gqa(args) -> None:
     """SDPA with GQA and a mask, as the all-gather context-parallel attention calls it (cp=2: half the queries over the
-    whole sequence): enable_gqa (the math kernel's fp32 scores, by PyTorch's dispatch) vs megafin's grouped_sdpa, which
-    expands the groups on CUDA. Same results; the row shows the time and memory grouped_sdpa saves."""
+    whole sequence): enable_gqa (where no fused kernel takes it, the math kernel's fp32 scores) vs the key/value groups
+    expanded to every head. The row says which of the two megafin's grouped_sdpa picks on this machine (PyTorch's own
+    dispatch checks decide), with the time and memory of each."""
     import torch
     import torch.nn.functional as F
 
-    from megafin.models.grouped_sdpa import grouped_sdpa
+    from megafin.models.grouped_sdpa import expands_groups, grouped_sdpa
 
     S, hq, hkv, d = args.seq_length, 32, 8, 128
     sq = S // 2
@@ -226,21 +227,22 @@ def masked_gqa(args) -> None:
     k, v = (torch.randn(1, hkv, S, d, device="cuda", dtype=torch.bfloat16, requires_grad=True) for _ in "kv")
     mask = torch.ones(sq, S, dtype=torch.bool, device="cuda").tril(S - sq)  # the last half's queries, causal
     impls = {"enable_gqa": lambda: F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=True),
-             "grouped_sdpa": lambda: grouped_sdpa(q, k, v, attn_mask=mask)}
+             "expanded": lambda: grouped_sdpa(q, k, v, attn_mask=mask, expand=True)}
     got = {}
     for name, fn in impls.items():
         try:
             got[name] = (fn().float(), *time_cuda_with_peak(lambda: fn().sum().backward()))
         except Exception as e:  # noqa: BLE001
             got[name] = e
-    a, b = got["enable_gqa"], got["grouped_sdpa"]
+    a, b = got["enable_gqa"], got["expanded"]
     if not isinstance(b, tuple):
-        row("attn: SDPA, GQA with a mask", "FAIL", f"grouped_sdpa: {type(b).__name__}: {str(b)[:150]}")
+        row("attn: SDPA, GQA with a mask", "FAIL", f"expanded: {type(b).__name__}: {str(b)[:150]}")
         return
+    picks = "expanded" if expands_groups(q, k, v, mask) else "enable_gqa"
     peer = (f"; enable_gqa: {a[1] * 1e3:.0f} ms, +{a[2]:.1f} GiB, max diff {(a[0] - b[0]).abs().max().item():.1e}"
             if isinstance(a, tuple) else f"; enable_gqa: {type(a).__name__}: {str(a)[:80]}")
     row("attn: SDPA, GQA with a mask", "ok", f"bf16 Hq/Hkv/D={hq}/{hkv}/{d}, {sq} queries over {S} keys, fwd+bwd: "
-        f"grouped_sdpa {b[1] * 1e3:.0f} ms, +{b[2]:.1f} GiB{peer}")
+        f"expanded {b[1] * 1e3:.0f} ms, +{b[2]:.1f} GiB{peer}; grouped_sdpa picks {picks} here")
 
 
 BACKGROUND: dict[str, tuple] = {}  # part name -> (process, finish(process)): correctness parts run beside others

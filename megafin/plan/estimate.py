@@ -182,8 +182,9 @@ def attention_sequences(w: Workload, lay: Layout) -> tuple[int, int]:
 def allgather_cp_attention_bytes(w: Workload, lay: Layout) -> float:
     """What megafin's all-gather context-parallel attention (no TE: megafin/models/cp_attention.py) keeps for backward
     per layer and micro-batch beyond Q, the output and the logsumexp: the whole sequence's keys and values expanded to
-    this rank's query heads (grouped_sdpa expands them, as CUDA needs with a mask), and the mask over local queries x
-    all keys as SDPA's additive bias in the activation dtype (one per micro-batch; a packed one is one sequence)."""
+    this rank's query heads (grouped_sdpa expands them where no fused CUDA kernel takes GQA with a mask: the upper
+    bound), and the mask over local queries x all keys as SDPA's additive bias in the activation dtype (one per
+    micro-batch; a packed one is one sequence)."""
     m, e = w.cfg.model, w.activation_bytes
     sequences, seq = attention_sequences(w, lay)
     keys_values = 2 * sequences * seq * (m.num_attention_heads // lay.tp) * (m.hidden_size // m.num_attention_heads)
