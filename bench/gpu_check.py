@@ -21,6 +21,7 @@ Parts (each under its own time limit; a failing part is a FAIL row, the next par
   width8b  tokens/s/GPU, MFU and peak allocated memory, the whole step's and forward/backward's (against the two
            sides of `megafin plan`'s estimate) of a Llama-3-8B-width model (hidden 4096, 32 heads / 8 KV groups,
            FFN 14336, vocab 128256) with 2 layers at seq 8192, bf16, fusions auto (and all off with --fusions-off);
+           without TE also with optimizer.torch_adamw=fused (torch's one-kernel AdamW, no foreach temporary);
   peer     Megatron-LM's pretrain_gpt.py (a checkout in .megatron-lm/, see MEGATRON_LM below) on the same shape,
            batch and optimizer, mock data: its tokens/s/GPU and megafin's width8b number over it.
 Without CUDA (or with GPU_CHECK_DRY_RUN=1) only what runs on a CPU runs: env, configs, and nccl as a 3-step gloo run
@@ -328,7 +329,15 @@ def te_overrides(dtype: str) -> list[str]:
             "model.attention_backend=te", "train.steps=20", f"precision.dtype={dtype}"]
 
 
-def width8b_overrides(seq_length: int, layers: int, fusions_off: bool) -> list[str]:
+# width8b's runs: name -> (row label, overrides beyond the shape). `fused`: megatron-core builds torch's AdamW where
+# neither TE nor apex is there, and its CUDA default (foreach) allocates a temporary the size of the fp32 states at
+# every step (5.5 GiB here, the second GPU session's peak); optimizer.torch_adamw=fused is the one-kernel step without
+# it, measured beside the default where TE is missing.
+WIDTH8B_VARIANTS = {"auto": ("fusions auto", []), "off": ("fusions off", ["model.fusions.all=off"]),
+                    "fused": ("fusions auto, torch AdamW fused", ["optimizer.torch_adamw=fused"])}
+
+
+def width8b_overrides(seq_length: int, layers: int, variant: str) -> list[str]:
     S = seq_length
     return ["model.hidden_size=4096", "model.num_attention_heads=32", "model.num_query_groups=8",
             "model.ffn_hidden_size=14336", "model.vocab_size=128256", f"model.num_layers={layers}",
@@ -336,7 +345,7 @@ def width8b_overrides(seq_length: int, layers: int, fusions_off: bool) -> list[s
             "parallel.micro_batch_size=1", "parallel.global_batch_size=4", "train.steps=8",
             # the tiny recipe's min_lr (2e-4) is above this lr: the schedule must stay inside [min_lr, lr]
             "optimizer.lr=1e-4", "optimizer.min_lr=1e-5", "parallel.distributed_optimizer=true",
-            *(["model.fusions.all=off"] if fusions_off else [])]
+            *WIDTH8B_VARIANTS[variant][1]]
 
 
 # The stages part: the same packed run with the Triton path and with its peer, fp32 (IEEE dots in the kernels, no
@@ -355,8 +364,7 @@ def all_runs(args) -> dict[str, tuple[str, list[str]]]:
     each on any machine, so a bad override shows up in the dry run rather than after a GPU machine was started."""
     return {"nccl": ("cpt", nccl_overrides(True)), "nccl_dry": ("cpt", nccl_overrides(False)),
             **{f"te_{d}": ("cpt", te_overrides(d)) for d in ("bf16", "fp8")},
-            **{f"w8b_{'off' if off else 'auto'}": ("cpt", width8b_overrides(args.seq_length, args.layers, off))
-               for off in (False, True)},
+            **{f"w8b_{v}": ("cpt", width8b_overrides(args.seq_length, args.layers, v)) for v in WIDTH8B_VARIANTS},
             **{f"{recipe}_{b}": (recipe, stage_overrides(recipe, b))
                for recipe, (_, backends, _) in STAGE_PAIRS.items() for b in backends}}
 
@@ -558,20 +566,22 @@ def part_width8b(args) -> None:
         row("Llama-3-8B width", "skipped", "no CUDA")
         return
     S = args.seq_length
-    runs = (("fusions auto", False), ("fusions off", True)) if args.fusions_off else (("fusions auto", False),)
-    for label, off in runs:
+    variants = ["auto", *(["fused"] if not importable("transformer_engine.pytorch") else []),
+                *(["off"] if args.fusions_off else [])]
+    for variant in variants:
+        label = WIDTH8B_VARIANTS[variant][0]
         try:
-            recs, out = train(args.work, f"w8b_{label.split()[-1]}", width8b_overrides(S, args.layers, off),
+            recs, out = train(args.work, f"w8b_{variant}", width8b_overrides(S, args.layers, variant),
                               LIMITS_S["width8b"] / 2)
             steady = recs[3:] or recs
             tps = statistics.median(r["tokens_per_s"] for r in steady)
             mfu = statistics.median(r["mfu"] for r in steady) if steady[0].get("mfu") is not None else None
             peak = max((r.get("mem_max_alloc_gib") or 0.0) for r in recs)
             fwd_bwd = max((r.get("mem_fwd_bwd_peak_gib") or 0.0) for r in recs)
-            est = planned(args, f"w8b_{label.split()[-1]}")
+            est = planned(args, f"w8b_{variant}")
             est_fwd_bwd = sum(est[k] for k in ("weights_gib", "gradients_gib", "optimizer_gib", "activations_gib",
                                                "logits_gib"))
-            if not off:
+            if variant == "auto":
                 MEASURED["w8b"], MEASURED["w8b_peak_gib"] = tps, peak
             row(f"8B width, {args.layers} layers, {label}", "ok",
                 f"seq {S}, 4x{S} tokens/step: {tps:,.0f} tokens/s/GPU, MFU "
