@@ -1,6 +1,7 @@
 """The GPU check's parts, run by bench/gpu_check.sh; prints ONE table (check | result | detail) at the end.
 
-  python bench/gpu_check.py [--parts env,configs,kernels,kernel_tests,nccl,stages,te,width8b,peer] [--work DIR]
+  python bench/gpu_check.py [--parts env,configs,kernels,kernel_tests,nccl,generate,stages,te,width8b,peer]
+                            [--work DIR]
 
 Parts (each under its own time limit; a failing part is a FAIL row, the next part still runs):
   env      torch / CUDA / Triton, which of megatron-core, Transformer Engine, apex, flash-attn import, and the
@@ -13,6 +14,9 @@ Parts (each under its own time limit; a failing part is a FAIL row, the next par
            SDPA with GQA and a mask (the CP attention's call) through enable_gqa vs megafin's grouped_sdpa;
   nccl     `megafin train` under torchrun with one process: a 1-process NCCL group, TP=1, bf16, the distributed
            optimizer with overlapped grad reduce and param gather, 12 steps of a small model: the loss goes down;
+  generate a tiny SFT checkpoint trained here, then `megafin generate` (greedy) on its sample questions with the
+           megafin engine on the GPU and on this machine's CPU, and with the hf engine on the GPU from its
+           `megafin convert to-hf` export: the answers must be the same (in the background, beside stages);
   stages   packed SFT with the Triton varlen attention vs SDPA and RPO with the Triton packed log-probs vs megatron's
            cross entropy (fp32, same data and init): the loss curves agree within 1e-3 relative; and the peer's
            step-1 loss on the GPU equals the same run's on this machine's CPU (same weights: within 1e-4);
@@ -24,8 +28,9 @@ Parts (each under its own time limit; a failing part is a FAIL row, the next par
            without TE also with optimizer.torch_adamw=fused (torch's one-kernel AdamW, no foreach temporary);
   peer     Megatron-LM's pretrain_gpt.py (a checkout in .megatron-lm/, see MEGATRON_LM below) on the same shape,
            batch and optimizer, mock data: its tokens/s/GPU and megafin's width8b number over it.
-Without CUDA (or with GPU_CHECK_DRY_RUN=1) only what runs on a CPU runs: env, configs, and nccl as a 3-step gloo run
-of the tiny model (the plumbing: data, launcher, metrics, table); the rest are `skipped` rows.
+Without CUDA (or with GPU_CHECK_DRY_RUN=1) only what runs on a CPU runs: env, configs, nccl as a 3-step gloo run
+of the tiny model (the plumbing: data, launcher, metrics, table) and generate on the CPU alone; the rest are
+`skipped` rows.
 
 First run, on an H200 (2026-11-27; README "The GPU check" has the table): every row ok once the 8B rows' config
 was fixed, but TE's (not installed there); 8B width, 2 layers, seq 8192, bf16: 63,916 tokens/s/GPU, MFU 42.5% with
@@ -33,7 +38,9 @@ fusions auto, 62,473 and 41.5% with all off. The configs, kernel_tests, stages a
 Second session (H200, same day): the peer died on two missing pieces (pydantic, now in the wheelhouse; Megatron-LM's
 `make` of the dataset helpers, now a no-op Makefile); the stages part found GPU runs starting from other weights
 than the CPU's and than each other (the CPU generator was never seeded on CUDA: megafin/runtime/distributed.py).
-Both fixes wait for the next GPU session.
+Third session (H100, then H200): both fixes held; RPO's megatron path in fp32 drifted from Triton's (megatron-core's
+fused cross entropy returns bf16 gradients: now off for fp32 without TE), and the peer ran out of memory beside this
+process's cached kernel-part memory (now released after each part); then every row ok, megafin 1.49x Megatron-LM.
 """
 from __future__ import annotations
 
@@ -55,8 +62,9 @@ sys.path.insert(0, str(REPO))
 from bench.cuda_timing import time_cuda, time_cuda_with_peak  # noqa: E402  (bench package: after the path is set)
 
 PY = sys.executable
-ALL_PARTS = ("env", "configs", "kernels", "kernel_tests", "nccl", "stages", "te", "width8b", "peer")
-LIMITS_S = {"env": 60, "configs": 30, "kernels": 150, "kernel_tests": 240, "nccl": 120, "stages": 150, "te": 150,
+ALL_PARTS = ("env", "configs", "kernels", "kernel_tests", "nccl", "generate", "stages", "te", "width8b", "peer")
+LIMITS_S = {"env": 60, "configs": 30, "kernels": 150, "kernel_tests": 240, "nccl": 120, "generate": 150,
+            "stages": 150, "te": 150,
             "width8b": 240, "peer": 150}
 
 ROWS: list[tuple[str, str, str]] = []
@@ -292,6 +300,127 @@ def join_background() -> None:
         del BACKGROUND[name]
 
 
+# ---------------------------------------------------------------------------------------------------- generate
+GENERATE_QUESTIONS = 16  # the sample SFT set's first questions
+# fp32, and enough steps that greedy decoding does not hang on the near-ties of an untrained model's logits
+GEN_SFT_OVERRIDES = ["precision.dtype=fp32", "train.steps=40", "checkpoint.save_at_end=true"]
+
+
+class ThreadJob:
+    """A background part whose steps are subprocesses with their own limits, run in a thread: waited for (and
+    `kill`ed, which only stops waiting) as join_background waits for a process."""
+
+    def __init__(self, fn) -> None:
+        import threading
+
+        self.error: Optional[BaseException] = None
+        self._thread = threading.Thread(target=self._run, args=(fn,), daemon=True)
+        self._thread.start()
+
+    def _run(self, fn) -> None:
+        try:
+            fn()
+        except BaseException as e:  # noqa: BLE001 - reported as the part's row by finish()
+            self.error = e
+
+    def wait(self, timeout: Optional[float] = None) -> None:
+        self._thread.join(timeout)
+        if self._thread.is_alive():
+            raise subprocess.TimeoutExpired("generate", timeout or 0)
+
+    def kill(self) -> None:
+        pass
+
+
+def part_generate(args) -> None:
+    """See the module docstring; started in the background (its rows are answers, not timings). On a CPU (the dry
+    run) the same chain runs in line, both "devices" the CPU: the commands, the export and the answers' plumbing."""
+    tiny_data(args.work)  # here, not in the thread: the parts after this one share it
+    if not on_gpu():
+        generate_rows(args)
+        return
+
+    def finish(job: ThreadJob) -> None:
+        if job.error is not None:
+            row("generate: GPU vs CPU, megafin vs hf", "FAIL", f"{type(job.error).__name__}: {str(job.error)[:250]}")
+
+    BACKGROUND["generate"] = (ThreadJob(lambda: generate_rows(args)), finish, time.perf_counter())
+
+
+def write_questions(work: Path) -> Path:
+    """The sample SFT set's first prompts as chat turns, in `megafin generate`'s input format (its three schemas:
+    query/answer, prompt/response, messages ending with the assistant's turn, which is left out)."""
+    from megafin.demo import SAMPLES
+
+    questions = work / "generate" / "questions.jsonl"
+    questions.parent.mkdir(parents=True, exist_ok=True)
+    out = []
+    for i, r in enumerate(json.loads(line) for line in (SAMPLES / "sft_sample.jsonl").read_text().splitlines()):
+        turns = r.get("messages") or [{"role": "user", "content": r.get("query") or r.get("prompt")}]
+        out.append({"id": i, "messages": turns[:-1] if turns[-1]["role"] == "assistant" else turns})
+    questions.write_text("".join(json.dumps(q) + "\n" for q in out[:GENERATE_QUESTIONS]))
+    return questions
+
+
+def megafin_generate(work: Path, model: Path, name: str, engine: str, env_extra: dict | None = None) -> list[str]:
+    """`megafin generate` of write_questions' prompts (greedy, 32 new tokens); the answers in order."""
+    questions = work / "generate" / "questions.jsonl"
+    out = work / "generate" / f"{name}.jsonl"
+    out.unlink(missing_ok=True)
+    cmd = [PY, "-m", "megafin", "generate", "--model", str(model), "--engine", engine, "--input", str(questions),
+           "--output", str(out), "--max-new-tokens", "32"]
+    proc = subprocess.run(cmd, cwd=REPO, env={**path_first(REPO), **(env_extra or {})}, capture_output=True,
+                          text=True, timeout=LIMITS_S["generate"])
+    if proc.returncode != 0:
+        raise RuntimeError(f"{name}: exit {proc.returncode}: {child_error(proc.stderr)[-250:]}")
+    answers = {r["id"]: r["samples"][0]["text"] for r in map(json.loads, out.read_text().splitlines())}
+    return [answers[i] for i in sorted(answers)]
+
+
+def same_answers(a: list[str], b: list[str]) -> tuple[int, str]:
+    """How many answers agree, and where the first disagreeing pair parts (for the row)."""
+    same = sum(x == y for x, y in zip(a, b))
+    first = next(((x, y) for x, y in zip(a, b) if x != y), None)
+    if first is None:
+        return same, ""
+    k = next((i for i, (c, d) in enumerate(zip(*first)) if c != d), min(map(len, first)))
+    return same, f"; first difference after {k} characters: {first[0][k:k + 20]!r} vs {first[1][k:k + 20]!r}"
+
+
+def generate_rows(args) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    from megafin.checkpoint.manager import latest_checkpoint
+
+    train(args.work, "gen_sft", GEN_SFT_OVERRIDES, LIMITS_S["generate"], "sft", False)
+    ckpt = latest_checkpoint(args.work / "runs" / "gen_sft")
+    if ckpt is None:
+        raise RuntimeError("the tiny SFT run saved no checkpoint")
+    write_questions(args.work)
+    hf_dir = args.work / "generate" / "hf"
+    convert = [PY, "-m", "megafin", "convert", "to-hf", "--ckpt", str(ckpt), "--out", str(hf_dir), "--dtype", "fp32",
+               "--force"]
+    with ThreadPoolExecutor(3) as pool:
+        gpu = pool.submit(megafin_generate, args.work, ckpt, "megafin_gpu", "megafin")
+        cpu = pool.submit(megafin_generate, args.work, ckpt, "megafin_cpu", "megafin", {"CUDA_VISIBLE_DEVICES": ""})
+        conv = pool.submit(subprocess.run, convert, cwd=REPO, env=path_first(REPO), capture_output=True, text=True,
+                           timeout=LIMITS_S["generate"])
+        gpu, cpu, conv = gpu.result(), cpu.result(), conv.result()
+    n, dry = len(gpu), "" if on_gpu() else " (dry run: CPU twice)"
+    same, where = same_answers(gpu, cpu)
+    row(f"generate: megafin engine, GPU vs CPU{dry}", "ok" if same == n else "FAIL",
+        f"greedy, fp32 checkpoint, {n} sample questions, 32 new tokens: {same}/{n} answers identical{where}")
+    if conv.returncode != 0:
+        row("generate: hf engine on the HF export", "FAIL", f"convert to-hf exit {conv.returncode}: "
+            f"{child_error(conv.stderr)[-250:]}")
+        return
+    hf = megafin_generate(args.work, hf_dir, "hf_gpu", "hf")
+    same, where = same_answers(gpu, hf)
+    row(f"generate: hf engine on the HF export{dry}", "ok" if same == n else "FAIL",
+        f"transformers on the {'GPU' if on_gpu() else 'CPU'}, from `megafin convert to-hf`: {same}/{n} answers identical to the megafin "
+        f"engine's{where}")
+
+
 # ---------------------------------------------------------------------------------------------------- training
 def tiny_data(work: Path) -> Path:
     """`make demo`'s data: a tokenizer, the two sample corpora as indexed datasets, packed SFT and preference sets."""
@@ -366,7 +495,8 @@ def all_runs(args) -> dict[str, tuple[str, list[str]]]:
             **{f"te_{d}": ("cpt", te_overrides(d)) for d in ("bf16", "fp8")},
             **{f"w8b_{v}": ("cpt", width8b_overrides(args.seq_length, args.layers, v)) for v in WIDTH8B_VARIANTS},
             **{f"{recipe}_{b}": (recipe, stage_overrides(recipe, b))
-               for recipe, (_, backends, _) in STAGE_PAIRS.items() for b in backends}}
+               for recipe, (_, backends, _) in STAGE_PAIRS.items() for b in backends},
+            "gen_sft": ("sft", GEN_SFT_OVERRIDES)}
 
 
 def gpu_kind() -> str:
@@ -714,7 +844,7 @@ def release_cuda_cache() -> None:
 
 
 PARTS = {"env": part_env, "configs": part_configs, "kernels": part_kernels, "kernel_tests": part_kernel_tests,
-         "nccl": part_nccl, "stages": part_stages, "te": part_te, "width8b": part_width8b,
+         "nccl": part_nccl, "generate": part_generate, "stages": part_stages, "te": part_te, "width8b": part_width8b,
          "peer": part_peer}
 
 

@@ -1,6 +1,7 @@
-"""bench/gpu_check.py's peer part, the pieces a CPU can check: what a failed Megatron-LM run's row says, and the
-Makefile that lets Megatron-LM's start-up `make` pass where the megatron-core wheel ships its helpers built. Both are
-from the second GPU session, where the peer died before its first iteration and its row showed a shutdown warning."""
+"""bench/gpu_check.py's parts, the pieces a CPU can check: what a failed Megatron-LM run's row says (the second and
+third GPU sessions: a shutdown warning, then a rank-prefixed out-of-memory error, hid the cause), the Makefile that
+lets Megatron-LM's start-up `make` pass where the megatron-core wheel ships its helpers built, the peer's peak memory
+from its own reports, and how the generate part compares answers."""
 from __future__ import annotations
 
 import shutil
@@ -72,3 +73,10 @@ def test_the_peers_peak_memory_is_its_largest_report():
     assert gpu_check.peak_allocated_gib(log) == 50.0
     assert gpu_check.iteration_ms(log) == [812.5]
     assert gpu_check.peak_allocated_gib("no report") is None
+
+
+def test_answers_compared_with_where_they_part():
+    assert gpu_check.same_answers(["a b", "c"], ["a b", "c"]) == (2, "")
+    same, where = gpu_check.same_answers(["the rate rose", "x"], ["the rate fell", "x"])
+    assert same == 1 and where == "; first difference after 9 characters: 'rose' vs 'fell'"
+    assert gpu_check.same_answers(["ab"], ["abc"])[1] == "; first difference after 2 characters: '' vs 'c'"
