@@ -314,6 +314,7 @@ class ThreadJob:
         import threading
 
         self.error: Optional[BaseException] = None
+        self._abandoned = False
         self._thread = threading.Thread(target=self._run, args=(fn,), daemon=True)
         self._thread.start()
 
@@ -324,12 +325,14 @@ class ThreadJob:
             self.error = e
 
     def wait(self, timeout: Optional[float] = None) -> None:
+        if self._abandoned:
+            return
         self._thread.join(timeout)
         if self._thread.is_alive():
             raise subprocess.TimeoutExpired("generate", timeout or 0)
 
     def kill(self) -> None:
-        pass
+        self._abandoned = True  # its subprocesses end under their own limits; the table does not wait for them
 
 
 def part_generate(args) -> None:
