@@ -365,10 +365,9 @@ def write_questions(work: Path) -> Path:
     return questions
 
 
-def megafin_generate(work: Path, model: Path, name: str, engine: str, env_extra: dict | None = None) -> list[str]:
+def megafin_generate(questions: Path, model: Path, name: str, engine: str, env_extra: dict | None = None) -> list[str]:
     """`megafin generate` of write_questions' prompts (greedy, 32 new tokens); the answers in order."""
-    questions = work / "generate" / "questions.jsonl"
-    out = work / "generate" / f"{name}.jsonl"
+    out = questions.parent / f"{name}.jsonl"
     out.unlink(missing_ok=True)
     cmd = [PY, "-m", "megafin", "generate", "--model", str(model), "--engine", engine, "--input", str(questions),
            "--output", str(out), "--max-new-tokens", "32"]
@@ -399,28 +398,29 @@ def generate_rows(args) -> None:
     ckpt = latest_checkpoint(args.work / "runs" / "gen_sft")
     if ckpt is None:
         raise RuntimeError("the tiny SFT run saved no checkpoint")
-    write_questions(args.work)
+    questions = write_questions(args.work)
     hf_dir = args.work / "generate" / "hf"
     convert = [PY, "-m", "megafin", "convert", "to-hf", "--ckpt", str(ckpt), "--out", str(hf_dir), "--dtype", "fp32",
                "--force"]
     with ThreadPoolExecutor(3) as pool:
-        gpu = pool.submit(megafin_generate, args.work, ckpt, "megafin_gpu", "megafin")
-        cpu = pool.submit(megafin_generate, args.work, ckpt, "megafin_cpu", "megafin", {"CUDA_VISIBLE_DEVICES": ""})
+        gpu = pool.submit(megafin_generate, questions, ckpt, "megafin_gpu", "megafin")
+        cpu = pool.submit(megafin_generate, questions, ckpt, "megafin_cpu", "megafin", {"CUDA_VISIBLE_DEVICES": ""})
         conv = pool.submit(subprocess.run, convert, cwd=REPO, env=path_first(REPO), capture_output=True, text=True,
                            timeout=LIMITS_S["generate"])
         gpu, cpu, conv = gpu.result(), cpu.result(), conv.result()
-    n, dry = len(gpu), "" if on_gpu() else " (dry run: CPU twice)"
+    n, device = len(gpu), "GPU" if on_gpu() else "CPU"
+    dry = "" if on_gpu() else " (dry run: CPU twice)"
     same, where = same_answers(gpu, cpu)
     row(f"generate: megafin engine, GPU vs CPU{dry}", "ok" if same == n else "FAIL",
         f"greedy, fp32 checkpoint, {n} sample questions, 32 new tokens: {same}/{n} answers identical{where}")
     if conv.returncode != 0:
-        row("generate: hf engine on the HF export", "FAIL", f"convert to-hf exit {conv.returncode}: "
+        row(f"generate: hf engine on the HF export{dry}", "FAIL", f"convert to-hf exit {conv.returncode}: "
             f"{child_error(conv.stderr)[-250:]}")
         return
-    hf = megafin_generate(args.work, hf_dir, "hf_gpu", "hf")
+    hf = megafin_generate(questions, hf_dir, "hf_gpu", "hf")
     same, where = same_answers(gpu, hf)
     row(f"generate: hf engine on the HF export{dry}", "ok" if same == n else "FAIL",
-        f"transformers on the {'GPU' if on_gpu() else 'CPU'}, from `megafin convert to-hf`: {same}/{n} answers identical to the megafin "
+        f"transformers on the {device}, from `megafin convert to-hf`: {same}/{n} answers identical to the megafin "
         f"engine's{where}")
 
 

@@ -63,7 +63,8 @@ E1127 08:20:48.089000 2291 torch/distributed/elastic/multiprocessing/api.py:986]
 
 def test_a_ranks_prefixed_exception_is_the_rows_error():
     said = gpu_check.child_error(MEGATRON_LM_OOM)
-    assert said.startswith("[rank0]: torch.OutOfMemoryError: CUDA out of memory") and "destroy_process_group" not in said
+    assert said.startswith("[rank0]: torch.OutOfMemoryError: CUDA out of memory")
+    assert "destroy_process_group" not in said
 
 
 def test_the_peers_peak_memory_is_its_largest_report():
