@@ -24,10 +24,12 @@ Parts (each under its own time limit; a failing part is a FAIL row, the next par
            Without TE: says so, and the non-TE path (Triton attention, bf16) is what nccl and width8b checked;
   width8b  tokens/s/GPU, MFU and peak allocated memory, the whole step's and forward/backward's (against the two
            sides of `megafin plan`'s estimate) of a Llama-3-8B-width model (hidden 4096, 32 heads / 8 KV groups,
-           FFN 14336, vocab 128256) with 2 layers at seq 8192, bf16, fusions auto (and all off with --fusions-off);
-           without TE also with optimizer.torch_adamw=fused (torch's one-kernel AdamW, no foreach temporary);
+           FFN 14336, vocab 128256) with 2 layers at seq 8192, bf16, fusions auto; `--width8b-runs` adds or drops
+           runs (WIDTH8B_VARIANTS: `local`, Megatron-LM's own kernels, is in by default for the peer's same-kernels
+           ratio; `fused`, torch's one-kernel AdamW; `off`, every fusion off);
   peer     Megatron-LM's pretrain_gpt.py (a checkout in .megatron-lm/, see MEGATRON_LM below) on the same shape,
-           batch and optimizer, mock data: its tokens/s/GPU and megafin's width8b number over it.
+           batch and optimizer, mock data: its tokens/s/GPU and peak memory, and megafin's width8b numbers over it,
+           with megafin's kernels and with the same kernels as the peer (the `local` run).
 Without CUDA (or with GPU_CHECK_DRY_RUN=1) only what runs on a CPU runs: env, configs, nccl as a 3-step gloo run
 of the tiny model (the plumbing: data, launcher, metrics, table) and generate on the CPU alone; the rest are
 `skipped` rows.
@@ -461,11 +463,14 @@ def te_overrides(dtype: str) -> list[str]:
             "model.attention_backend=te", "train.steps=20", f"precision.dtype={dtype}"]
 
 
-# width8b's runs: name -> (row label, overrides beyond the shape). `fused`: megatron-core builds torch's AdamW where
+# width8b's runs: name -> (row label, overrides beyond the shape). `local`: the kernels Megatron-LM's peer run has
+# without TE (megatron's own core attention, which materializes the scores, and its fused cross entropy), so the
+# peer's second ratio compares the frameworks, not the kernels. `fused`: megatron-core builds torch's AdamW where
 # neither TE nor apex is there, and its CUDA default (foreach) allocates a temporary the size of the fp32 states at
-# every step (5.5 GiB here, the second GPU session's peak); optimizer.torch_adamw=fused is the one-kernel step without
-# it, measured beside the default where TE is missing.
+# every step (5.5 GiB here, the second GPU session's peak); optimizer.torch_adamw=fused is the one-kernel step.
 WIDTH8B_VARIANTS = {"auto": ("fusions auto", []), "off": ("fusions off", ["model.fusions.all=off"]),
+                    "local": ("Megatron-LM's kernels", ["model.attention_backend=local",
+                                                         "model.logprob_backend=megatron"]),
                     "fused": ("fusions auto, torch AdamW fused", ["optimizer.torch_adamw=fused"])}
 
 
@@ -691,7 +696,7 @@ def part_te(args) -> None:
         f"{curves['fp8'][-1]:.3f}; max rel diff {worst:.3f}")
 
 
-MEASURED: dict[str, float] = {}  # megafin's 8B-width tokens/s/GPU (fusions auto), for the peer part's ratio
+MEASURED: dict[str, float] = {}  # w8b_<run> and w8b_<run>_peak_gib: tokens/s/GPU and peak GiB, for the peer's ratios
 
 
 def part_width8b(args) -> None:
@@ -699,9 +704,7 @@ def part_width8b(args) -> None:
         row("Llama-3-8B width", "skipped", "no CUDA")
         return
     S = args.seq_length
-    variants = ["auto", *(["fused"] if not importable("transformer_engine.pytorch") else []),
-                *(["off"] if args.fusions_off else [])]
-    for variant in variants:
+    for variant in args.width8b_runs.split(","):
         label = WIDTH8B_VARIANTS[variant][0]
         try:
             recs, out = train(args.work, f"w8b_{variant}", width8b_overrides(S, args.layers, variant),
@@ -714,8 +717,7 @@ def part_width8b(args) -> None:
             est = planned(args, f"w8b_{variant}")
             est_fwd_bwd = sum(est[k] for k in ("weights_gib", "gradients_gib", "optimizer_gib", "activations_gib",
                                                "logits_gib"))
-            if variant == "auto":
-                MEASURED["w8b"], MEASURED["w8b_peak_gib"] = tps, peak
+            MEASURED[f"w8b_{variant}"], MEASURED[f"w8b_{variant}_peak_gib"] = tps, peak
             row(f"8B width, {args.layers} layers, {label}", "ok",
                 f"seq {S}, 4x{S} tokens/step: {tps:,.0f} tokens/s/GPU, MFU "
                 f"{f'{100 * mfu:.1f}%' if mfu is not None else '?'} (median of steps 4-8); peak allocated "
@@ -826,13 +828,21 @@ def part_peer(args) -> None:
         raise RuntimeError(f"exit {proc.returncode}, {len(times)} iterations logged: "
                            f"{child_error(proc.stderr)[-250:]} (log: {args.work / 'megatron_lm.log'})")
     tps = 4 * args.seq_length / (statistics.median(times[3:]) / 1e3)
-    ours = MEASURED.get("w8b")
-    ratio = f"; megafin / Megatron-LM = {ours / tps:.2f}x" if ours else " (megafin's width8b row did not run)"
     peak = peak_allocated_gib(proc.stdout + proc.stderr)
-    memory = (f"; peak allocated {peak:.2f} GiB" + (f" (megafin {MEASURED['w8b_peak_gib']:.2f})"
-                                                     if MEASURED.get("w8b_peak_gib") else "")) if peak else ""
     row(label, "ok", f"pretrain_gpt.py core_v0.16.1, --transformer-impl local (no TE), bf16, distributed optimizer, "
-        f"same shape and batch: {tps:,.0f} tokens/s/GPU (median of iterations 4-8){memory}{ratio}")
+        f"same shape and batch: {tps:,.0f} tokens/s/GPU (median of iterations 4-8)"
+        + (f", peak allocated {peak:.2f} GiB" if peak else "") + megafin_over_peer(tps, peak))
+
+
+def megafin_over_peer(tps: float, peak: Optional[float]) -> str:
+    """megafin's width8b runs over the peer: with megafin's kernels (auto) and with the peer's own (local)."""
+    said = []
+    for variant, what in (("auto", "megafin's kernels"), ("local", "the same kernels")):
+        if f"w8b_{variant}" in MEASURED:
+            mine = MEASURED[f"w8b_{variant}_peak_gib"]
+            said.append(f"{what}: {MEASURED[f'w8b_{variant}'] / tps:.2f}x tokens/s"
+                        + (f", {mine / peak:.2f}x peak memory" if peak else ""))
+    return "; megafin / Megatron-LM: " + "; ".join(said) if said else " (megafin's width8b rows did not run)"
 
 
 def release_cuda_cache() -> None:
@@ -857,8 +867,12 @@ def main(argv=None) -> int:
     ap.add_argument("--work", type=Path, default=None, help="scratch directory (default: a new temporary one)")
     ap.add_argument("--seq-length", type=int, default=8192)
     ap.add_argument("--layers", type=int, default=2)
-    ap.add_argument("--fusions-off", action="store_true", help="width8b also runs with model.fusions.all=off")
+    ap.add_argument("--width8b-runs", default="auto,local",
+                    help=f"width8b's runs, from {', '.join(WIDTH8B_VARIANTS)} (default auto,local)")
     args = ap.parse_args(argv)
+    unknown = [r for r in args.width8b_runs.split(",") if r not in WIDTH8B_VARIANTS]
+    if unknown:
+        ap.error(f"--width8b-runs: expected names from {', '.join(WIDTH8B_VARIANTS)}, got {', '.join(unknown)}")
     args.work = args.work or Path(tempfile.mkdtemp(prefix="gpu_check_"))
     t0 = time.perf_counter()
     for name in args.parts.split(","):
