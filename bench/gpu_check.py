@@ -15,8 +15,9 @@ Parts (each under its own time limit; a failing part is a FAIL row, the next par
   nccl     `megafin train` under torchrun with one process: a 1-process NCCL group, TP=1, bf16, the distributed
            optimizer with overlapped grad reduce and param gather, 12 steps of a small model: the loss goes down;
   generate a tiny SFT checkpoint trained here, then `megafin generate` (greedy) on its sample questions with the
-           megafin engine on the GPU and on this machine's CPU, and with the hf engine on the GPU from its
-           `megafin convert to-hf` export: the answers must be the same (in the background, beside stages);
+           megafin engine on the GPU and on this machine's CPU, with the hf engine on the GPU from its
+           `megafin convert to-hf` export, and with the openai engine (the official client) against `megafin serve`
+           on 127.0.0.1: the answers must be the same (in the background, beside stages);
   stages   packed SFT with the Triton varlen attention vs SDPA and RPO with the Triton packed log-probs vs megatron's
            cross entropy (fp32, same data and init): the loss curves agree within 1e-3 relative; and the peer's
            step-1 loss on the GPU equals the same run's on this machine's CPU (same weights: within 1e-4);
@@ -367,12 +368,13 @@ def write_questions(work: Path) -> Path:
     return questions
 
 
-def megafin_generate(questions: Path, model: Path, name: str, engine: str, env_extra: dict | None = None) -> list[str]:
+def megafin_generate(questions: Path, model: Path | str, name: str, engine: str, env_extra: dict | None = None,
+                     extra: tuple[str, ...] = ()) -> list[str]:
     """`megafin generate` of write_questions' prompts (greedy, 32 new tokens); the answers in order."""
     out = questions.parent / f"{name}.jsonl"
     out.unlink(missing_ok=True)
     cmd = [PY, "-m", "megafin", "generate", "--model", str(model), "--engine", engine, "--input", str(questions),
-           "--output", str(out), "--max-new-tokens", "32"]
+           "--output", str(out), "--max-new-tokens", "32", *extra]
     proc = subprocess.run(cmd, cwd=REPO, env={**path_first(REPO), **(env_extra or {})}, capture_output=True,
                           text=True, timeout=LIMITS_S["generate"])
     if proc.returncode != 0:
@@ -419,11 +421,60 @@ def generate_rows(args) -> None:
         row(f"generate: hf engine on the HF export{dry}", "FAIL", f"convert to-hf exit {conv.returncode}: "
             f"{child_error(conv.stderr)[-250:]}")
         return
-    hf = megafin_generate(questions, hf_dir, "hf_gpu", "hf")
+    with ThreadPoolExecutor(2) as pool:
+        hf = pool.submit(megafin_generate, questions, hf_dir, "hf_gpu", "hf")
+        served = pool.submit(served_answers, questions, ckpt)
+        hf, (served, serve_error) = hf.result(), served.result()
     same, where = same_answers(gpu, hf)
     row(f"generate: hf engine on the HF export{dry}", "ok" if same == n else "FAIL",
         f"transformers on the {device}, from `megafin convert to-hf`: {same}/{n} answers identical to the megafin "
         f"engine's{where}")
+    label = f"serve: `megafin serve` + the openai client{dry}"
+    if serve_error:
+        row(label, "FAIL", serve_error)
+        return
+    same, where = same_answers(gpu, served)
+    row(label, "ok" if same == n else "FAIL", f"HTTP on 127.0.0.1, the megafin engine on the {device}, `megafin "
+        f"generate --engine openai`: {same}/{n} answers identical to `megafin generate`'s{where}")
+
+
+def served_answers(questions: Path, ckpt: Path) -> tuple[list[str], str]:
+    """`megafin serve CKPT` on a free port of 127.0.0.1 and `megafin generate --engine openai` (the official openai
+    client) against it: (answers, "") or ([], what went wrong)."""
+    log_path, name = questions.parent / "serve.log", "megafin-gpu-check"
+    with open(log_path, "w") as log:
+        server = subprocess.Popen([PY, "-m", "megafin", "serve", str(ckpt), "--host", "127.0.0.1", "--port", "0",
+                                   "--served-model-name", name], cwd=REPO, env=path_first(REPO),
+                                  stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        deadline, url = time.monotonic() + LIMITS_S["generate"], None
+        while url is None or not healthy(url):
+            if server.poll() is not None or time.monotonic() > deadline:
+                state = f"exited {server.returncode}" if server.poll() is not None else "never answered /health"
+                return [], f"the server {state}: {child_error(log_path.read_text())[-200:]} (log: {log_path})"
+            found = re.search(r"listening on (http://\S+/v1)", log_path.read_text())
+            url = found.group(1) if found else None
+            time.sleep(0.2)
+        return megafin_generate(questions, name, "served", "openai", extra=("--base-url", url)), ""
+    except RuntimeError as e:
+        return [], str(e)
+    finally:
+        server.terminate()
+        try:
+            server.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            server.kill()
+
+
+def healthy(url: str) -> bool:
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(url.removesuffix("/v1") + "/health", timeout=2) as r:
+            return r.status == 200
+    except (urllib.error.URLError, OSError):
+        return False
 
 
 # ---------------------------------------------------------------------------------------------------- training

@@ -12,11 +12,15 @@
 # transformers from .whl/ (or $GPU_CHECK_WHEELS): a cp312 megatron-core wheel, psutil (dist_checkpointing's
 # saver needs it), and for the peer part what Megatron-LM's trainer imports beyond the image (pydantic, which
 # megatron.training imports through megatron.rl, with its dependencies, at 2.11: newer ones need a newer
-# typing_extensions than an image may have, and a wheel whose distribution is installed is never upgraded; six).
+# typing_extensions than an image may have, and a wheel whose distribution is installed is never upgraded; six), and
+# for the generate part's `megafin serve` + openai client what the image lacks of them (fastapi 0.119 and starlette
+# 0.48, which take that pydantic; uvicorn; openai 1.109, the last to ask typing_extensions for no more than 4.11, with
+# jiter, distro and sniffio; the image has anyio, httpx, h11 and click). 6.6 MB in all.
 # Only wheels whose distribution is not installed already are installed, into a --target directory put first on
 # PYTHONPATH, so nothing the image has is shadowed. Refill it on a machine with a registry:
 #   pip download megatron-core==0.16.1 psutil pydantic==2.11.10 pydantic_core==2.33.2 typing_inspection==0.4.1 \
-#       annotated_types six --python-version 3.12 --only-binary=:all: --no-deps --platform manylinux_2_28_x86_64 \
+#       annotated_types six fastapi==0.119.1 starlette==0.48.0 uvicorn==0.54.0 openai==1.109.1 jiter==0.19.0 \
+#       distro sniffio --python-version 3.12 --only-binary=:all: --no-deps --platform manylinux_2_28_x86_64 \
 #       --platform manylinux_2_17_x86_64 -d .whl
 # The peer part also needs Megatron-LM's trainer in .megatron-lm/ (1.8 MB, ignored; bench/gpu_check.py says how to
 # fill it). Both folders travel with the checkout to a GPU machine that cannot fetch them.
