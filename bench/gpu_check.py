@@ -439,42 +439,17 @@ def generate_rows(args) -> None:
 
 
 def served_answers(questions: Path, ckpt: Path) -> tuple[list[str], str]:
-    """`megafin serve CKPT` on a free port of 127.0.0.1 and `megafin generate --engine openai` (the official openai
-    client) against it: (answers, "") or ([], what went wrong)."""
-    log_path, name = questions.parent / "serve.log", "megafin-gpu-check"
-    with open(log_path, "w") as log:
-        server = subprocess.Popen([PY, "-m", "megafin", "serve", str(ckpt), "--host", "127.0.0.1", "--port", "0",
-                                   "--served-model-name", name], cwd=REPO, env=path_first(REPO),
-                                  stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
+    """`megafin serve CKPT` on a free port of 127.0.0.1 (the pipeline's own `served`, which starts a judge so) and
+    `megafin generate --engine openai` (the official openai client) against it: (answers, "") or ([], what failed)."""
+    from megafin.pipeline.kinds.distill import served
+
+    name = "megafin-gpu-check"
     try:
-        deadline, url = time.monotonic() + LIMITS_S["generate"], None
-        while url is None or not healthy(url):
-            if server.poll() is not None or time.monotonic() > deadline:
-                state = f"exited {server.returncode}" if server.poll() is not None else "never answered /health"
-                return [], f"the server {state}: {child_error(log_path.read_text())[-200:]} (log: {log_path})"
-            found = re.search(r"listening on (http://\S+/v1)", log_path.read_text())
-            url = found.group(1) if found else None
-            time.sleep(0.2)
-        return megafin_generate(questions, name, "served", "openai", extra=("--base-url", url)), ""
+        with served(str(ckpt), ["--served-model-name", name], log=lambda message: None,
+                    timeout=LIMITS_S["generate"]) as url:
+            return megafin_generate(questions, name, "served", "openai", extra=("--base-url", url)), ""
     except RuntimeError as e:
-        return [], str(e)
-    finally:
-        server.terminate()
-        try:
-            server.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            server.kill()
-
-
-def healthy(url: str) -> bool:
-    import urllib.error
-    import urllib.request
-
-    try:
-        with urllib.request.urlopen(url.removesuffix("/v1") + "/health", timeout=2) as r:
-            return r.status == 200
-    except (urllib.error.URLError, OSError):
-        return False
+        return [], str(e)[-300:]
 
 
 # ---------------------------------------------------------------------------------------------------- training
