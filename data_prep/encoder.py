@@ -9,8 +9,14 @@ Texts containing an added-token string (e.g. "<|eot_id|>") always go to HF, whic
 """
 from __future__ import annotations
 
+import itertools
 import json
 from typing import Any, Sequence
+
+import numpy as np
+
+# (ids of every text, each wrapped in prefix + ids + suffix, concatenated as int32; each wrapped length as int64)
+FlatIds = tuple[np.ndarray, np.ndarray]
 
 CALIBRATION_TEXT = (
     "Revenue rose 12.5% to $1,234,567.89 in Q3'24; EBITDA margin: 31%.\n\n  Don't panic!!  It's FY2025's "
@@ -31,6 +37,13 @@ class HFEncoder:
             return []
         fn = self._tok.encode_batch_fast if self._fast else self._tok.encode_batch
         return [e.ids for e in fn(list(texts), add_special_tokens=False)]
+
+    def encode_flat(self, texts: Sequence[str], prefix: Sequence[int], suffix: Sequence[int]) -> FlatIds:
+        ids = self.encode_batch(texts)
+        lengths = np.fromiter((len(prefix) + len(x) + len(suffix) for x in ids), dtype=np.int64, count=len(ids))
+        flat = np.fromiter(itertools.chain.from_iterable(itertools.chain(prefix, x, suffix) for x in ids),
+                           dtype=np.int32, count=int(lengths.sum()))
+        return flat, lengths
 
 
 def _bytes_decoder() -> dict[str, int]:
@@ -106,26 +119,44 @@ class TiktokenEncoder:
             raise ValueError(spec)
         pattern, ranks = spec
         added = {t["content"]: t["id"] for t in tokenizer_json.get("added_tokens", [])}
-        self._enc = tiktoken.Encoding("megafin-mirror", pat_str=pattern, mergeable_ranks=ranks, special_tokens={})
+        # The added tokens are declared special only so that tiktoken's scan for specials looks for these strings:
+        # with none declared its pattern is empty and matches at every character (~70% slower). None is ever
+        # allowed, and a text containing one goes to HF (below), so they never change an id.
+        specials = added or {"<|megafin-no-special|>": max(ranks.values()) + 1}
+        self._enc = tiktoken.Encoding("megafin-mirror", pat_str=pattern, mergeable_ranks=ranks, special_tokens=specials)
         self._core = self._enc._core_bpe  # direct calls: tiktoken's batch API pays a thread-pool hop per text
         self._added = tuple(added)
         self._angle = all(a.startswith("<|") for a in added)  # cheap pre-check for Llama-style names
         self._hf = hf
 
-    def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
-        enc = self._core.encode_ordinary
-        out: list[list[int] | None] = []
+    def encode_arrays(self, texts: Sequence[str]) -> list[np.ndarray]:
+        """uint32 ids per text, straight from tiktoken's buffer: no Python int per token (~20% of the work)."""
+        buffer = self._core.encode_to_tiktoken_buffer
+        none: set[str] = set()
+        out: list[np.ndarray | None] = []
         slow: list[int] = []
         for i, t in enumerate(texts):
             if (not self._angle or "<|" in t) and any(a in t for a in self._added):
                 out.append(None)
                 slow.append(i)
             else:
-                out.append(enc(t))
+                out.append(np.frombuffer(buffer(t, none), dtype=np.uint32))
         if slow:
             for i, ids in zip(slow, self._hf.encode_batch([texts[i] for i in slow])):
-                out[i] = ids
+                out[i] = np.asarray(ids, dtype=np.uint32)
         return out  # type: ignore[return-value]
+
+    def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
+        # The same arrays as encode_flat: build_encoder's check of this method covers the ids pretrain writes.
+        return [a.tolist() for a in self.encode_arrays(texts)]
+
+    def encode_flat(self, texts: Sequence[str], prefix: Sequence[int], suffix: Sequence[int]) -> FlatIds:
+        arrays = self.encode_arrays(texts)
+        pre, suf = np.asarray(prefix, dtype=np.uint32), np.asarray(suffix, dtype=np.uint32)
+        lengths = np.fromiter((a.size for a in arrays), dtype=np.int64, count=len(arrays)) + (pre.size + suf.size)
+        parts = [p for a in arrays for p in (pre, a, suf) if p.size]
+        flat = np.concatenate(parts) if parts else np.zeros(0, dtype=np.uint32)
+        return flat.view(np.int32), lengths  # ids < 2**31: the same bits
 
 
 def build_encoder(tok: Any, prefer: str = "auto", verify_texts: Sequence[str] = ()) -> HFEncoder | TiktokenEncoder:

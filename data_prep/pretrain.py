@@ -100,12 +100,7 @@ def _encode_chunk(chunk: list[Raw]) -> tuple[int, list, list | None, np.ndarray,
         digests = [(i, f"{chunk[i].source}:{chunk[i].line}",
                     hashlib.blake2b(t.encode("utf-8", "surrogatepass"), digest_size=16).digest())
                    for i, t in zip(good, texts)]
-    ids = _W["enc"].encode_batch(texts)
-    pre, suf = _W["prefix"], _W["suffix"]
-    lengths = np.fromiter((len(pre) + len(x) + len(suf) for x in ids), dtype=np.int64, count=len(ids))
-    flat = np.fromiter(
-        itertools.chain.from_iterable(itertools.chain(pre, x, suf) for x in ids), dtype=np.int32, count=int(lengths.sum())
-    )
+    flat, lengths = _W["enc"].encode_flat(texts, _W["prefix"], _W["suffix"])
     return len(chunk), bad, digests, flat, lengths
 
 

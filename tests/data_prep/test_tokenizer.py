@@ -90,6 +90,26 @@ def test_tiktoken_fast_path_identical_on_real_text(shared_data, real_tok):
     assert enc.encode_batch(texts) == HFEncoder(tok.backend_tokenizer).encode_batch(texts)
 
 
+def test_flat_ids_equal_for_both_encoders(sample_tok):
+    """pretrain writes encode_flat's arrays: the tiktoken mirror's (from tiktoken's buffers, a text with an added
+    token through HF) equal HF's list path, prefix and suffix included, and an empty batch is empty."""
+    import numpy as np
+
+    from data_prep.encoder import HFEncoder, build_encoder
+    from data_prep.tokenizer import load_tokenizer
+
+    tok = load_tokenizer(sample_tok)
+    fast, hf = build_encoder(tok), HFEncoder(tok.backend_tokenizer)
+    assert fast.name == "tiktoken"
+    texts = ["Revenue rose 12.5% to $1.2bn.", "a control token <|eot_id|> inside", "Ünïcödé 📈", " "]
+    for prefix, suffix in (([], [3]), ([1], [2, 3])):
+        (f_flat, f_len), (h_flat, h_len) = fast.encode_flat(texts, prefix, suffix), hf.encode_flat(texts, prefix, suffix)
+        assert f_flat.dtype == h_flat.dtype == np.int32 and f_len.dtype == h_len.dtype == np.int64
+        assert f_flat.tolist() == h_flat.tolist() and f_len.tolist() == h_len.tolist()
+        assert f_flat[: len(prefix)].tolist() == prefix and f_flat[f_len[0] - len(suffix) : f_len[0]].tolist() == suffix
+    assert [a.size for a in fast.encode_flat([], [1], [2])] == [0, 0]
+
+
 def test_fast_path_refused_when_not_tiktoken_shaped(sample_tok, tmp_path):
     """Without ignore_merges the BPE semantics differ from tiktoken's: auto must fall back to HF."""
     import shutil
