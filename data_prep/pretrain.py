@@ -65,7 +65,7 @@ def _init_worker(tokenizer_dir: str, encoder: str, text_key: str, max_bytes: int
         suffix = suffix + [sp["eod"]]
     _W.update(
         enc=build_encoder(tok, prefer=encoder), text_key=text_key, max_bytes=max_bytes,
-        prefix=prefix, suffix=suffix, dedup=dedup,
+        prefix=prefix, suffix=suffix, dedup=dedup, dtype=token_dtype(len(tok)),
     )
 
 
@@ -101,7 +101,9 @@ def _encode_chunk(chunk: list[Raw]) -> tuple[int, list, list | None, np.ndarray,
                     hashlib.blake2b(t.encode("utf-8", "surrogatepass"), digest_size=16).digest())
                    for i, t in zip(good, texts)]
     flat, lengths = _W["enc"].encode_flat(texts, _W["prefix"], _W["suffix"])
-    return len(chunk), bad, digests, flat, lengths
+    # In the .bin's dtype here, not in the parent: uint16 halves what comes back through the pipe, and the parent,
+    # which every chunk passes through, converts nothing.
+    return len(chunk), bad, digests, flat.astype(_W["dtype"], copy=False), lengths
 
 
 # Reasons for which a run that wrote nothing most likely named the wrong key.
