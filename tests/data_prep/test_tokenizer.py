@@ -110,6 +110,22 @@ def test_flat_ids_equal_for_both_encoders(sample_tok):
     assert [a.size for a in fast.encode_flat([], [1], [2])] == [0, 0]
 
 
+def test_tiktoken_mirror_without_added_tokens(sample_tok):
+    """With no added tokens the mirror declares one sentinel special (tiktoken's scan needs a pattern); a text that
+    contains the sentinel's string is still plain text, as HF reads it."""
+    from tokenizers import Tokenizer
+
+    from data_prep.encoder import HFEncoder, TiktokenEncoder
+
+    spec = json.loads((Path(sample_tok) / "tokenizer.json").read_text())
+    spec["added_tokens"] = []
+    hf = HFEncoder(Tokenizer.from_str(json.dumps(spec)))
+    texts = ["Revenue <|megafin-no-special|> rose", "<|eot_id|> plain here", "plain"]
+    mirror = TiktokenEncoder(spec, hf)
+    assert mirror.encode_batch(texts) == hf.encode_batch(texts)
+    assert [a.tolist() for a in mirror.encode_flat(texts, [1], [2])] == [a.tolist() for a in hf.encode_flat(texts, [1], [2])]
+
+
 def test_fast_path_refused_when_not_tiktoken_shaped(sample_tok, tmp_path):
     """Without ignore_merges the BPE semantics differ from tiktoken's: auto must fall back to HF."""
     import shutil
