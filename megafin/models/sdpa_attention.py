@@ -38,8 +38,9 @@ class SDPACoreAttention(DotProductAttention):
         # [s, b, h, d] -> [b, h, s, d]. On CPU as contiguous copies: as views of megatron's sequence-first layout
         # (v inside the fused QKV output) a row of one head lies b * width floats from the next, and the CPU flash
         # kernel ran ~12% slower forward and backward on them than on HF's layout (notes); the copies cost ~1%.
+        # Not when decoding with a KV cache (fewer queries than keys): there the copy would be the whole cache.
         q, k, v = (x.permute(1, 2, 0, 3) for x in (query, key, value))
-        if q.device.type == "cpu":
+        if q.device.type == "cpu" and q.size(2) == k.size(2):
             q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
         causal = attention_mask is None
         mask = None if causal else ~attention_mask  # megatron masks mark positions to hide with True
