@@ -40,7 +40,7 @@ setup(
             "triton>=3.2",  # kernels run under TRITON_INTERPRET=1 on CPU
             "datasets",
             "pyarrow",
-            "tiktoken>=0.8",  # encode_to_tiktoken_buffer (data_prep.encoder)
+            "tiktoken>=0.9",  # encode_to_tiktoken_buffer (data_prep.encoder), tiktoken 0.9 changelog
             "tensorboard",
             "trl",  # the DPO/RPO/IPO parity tests and the TRL throughput benches
             "lm-eval==0.4.13",  # the agreement test of megafin eval run vs lm-eval, and its bench
