@@ -13,19 +13,21 @@ matches megafin on CPU once these CPU-only costs are added (`cpu_extra_per_token
   - torch's RMSNorm (no fused kernel on CPU) keeps an fp32 copy of its input, the fp32 normalized input and the fp32
     rstd instead of the input alone: 8h + 4 - e h bytes per norm;
   - megatron's unfused SwiGLU keeps silu(gate) besides its input: f e;
-  - bshd: V reaches SDPA as a view of the fused QKV projection's output, which keeps all of it alive: (h + k) e
-    (so does selective recompute's checkpoint of core attention, bshd or packed); packed without recompute: the
-    attention output is kept twice, padded for SDPA's backward and unpadded for the output projection: h e.
+  - without recompute the attention output is kept twice, by SDPA's backward and (reshaped, or unpadded when packed)
+    by the output projection: h e. SDPA itself keeps copies (on CPU it gets contiguous q/k/v, packed or not);
+    selective recompute's checkpoint of core attention keeps its inputs, views of the fused QKV projection's output,
+    which keep all of it alive: (h + k) e.
 Where the planner was wrong for GPUs too it is fixed (megafin/plan/estimate.py): SDPA keeps no s x s scores (its
 fused kernels, CPU's included, keep an fp32 logsumexp: measured), selective recompute drops that logsumexp, and the
 embedding's output is the first layer's input (counted there once). The head: the planner's logits term is the
 16-bit logits plus the fp32 softmax at their peak; kept for backward is the fp32 softmax alone (4 bytes x vocab).
 
 Measured (MiB, one micro-batch, per layer = the last layer, which holds nothing shared; planned for a GPU layer):
-  tiny fp32 seq 128  bshd    none 2.692 (planned 1.910) / selective 2.688 (1.906) / full 0.125 (0.125); head 0.877
+  tiny fp32 seq 128  bshd    none 2.630 (planned 1.910) / selective 2.688 (1.906) / full 0.125 (0.125); head 0.877
                      packed  none 2.630 (1.910) / selective 2.688 (1.906) / full 0.125 (0.125)
-  mid  bf16 seq 512  bshd    none 24.785 (14.781) / selective 24.754 (14.750) / full 1.000 (1.000); head 7.006
+  mid  bf16 seq 512  bshd    none 24.535 (14.781) / selective 24.754 (14.750) / full 1.000 (1.000); head 7.006
                      packed  none 24.535 (14.781) / selective 24.754 (14.750) / full 1.000 (1.000)
+(bshd without recompute kept (h + k) e, 2.692 and 24.785 MiB, while SDPA got views of the fused QKV output.)
 With the CPU terms added every per-layer figure is equal to the byte (selective recompute's checkpoint adds one 4-byte
 tensor). Shared by all layers, kept by the first: RoPE's cos/sin, the THD plan's indices. Full recompute's working
 set (one layer rerun during backward: the planner adds one layer at `none`) is not in a forward's figures.
@@ -104,7 +106,7 @@ def measure(overrides: list[str], seq: int, packed: bool, backend: str = "sdpa")
     return saved_bytes_by_module(model, wrapped, tokens, positions, params), cfg
 
 
-def cpu_extra_per_token(cfg, packed: bool, recompute: str) -> float:
+def cpu_extra_per_token(cfg, recompute: str) -> float:
     """What megafin's CPU layer keeps per token beyond the planner's GPU layer (the module docstring's list)."""
     m = cfg.model
     if recompute == "full":
@@ -114,7 +116,7 @@ def cpu_extra_per_token(cfg, packed: bool, recompute: str) -> float:
     e = 4 if cfg.precision.dtype == "fp32" else 2
     norms = 2 * (8 * h + 4 - e * h)
     swiglu = f * e
-    attention = h * e if packed and recompute == "none" else (h + k) * e
+    attention = h * e if recompute == "none" else (h + k) * e
     return norms + swiglu + attention
 
 
@@ -137,7 +139,7 @@ def test_planned_activations_match_what_megafin_keeps_on_cpu(model, packed):
         measured, cfg = measure([*overrides, f"model.recompute={recompute}"], seq, packed)
         layer, head, logits = planned(cfg, recompute)
         last = measured[f"layer{cfg.model.num_layers - 1}"]
-        want = layer + seq * cpu_extra_per_token(cfg, packed, recompute)
+        want = layer + seq * cpu_extra_per_token(cfg, recompute)
         mib = f"{recompute}: measured {last / 2**20:.3f} MiB per layer, planned {layer / 2**20:.3f} (GPU) " \
               f"+ {(want - layer) / 2**20:.3f} (CPU)"
         assert last == pytest.approx(want, rel=0.005), mib
