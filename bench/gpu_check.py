@@ -67,8 +67,7 @@ from bench.cuda_timing import time_cuda, time_cuda_with_peak  # noqa: E402  (ben
 PY = sys.executable
 ALL_PARTS = ("env", "configs", "kernels", "kernel_tests", "nccl", "generate", "stages", "te", "width8b", "peer")
 LIMITS_S = {"env": 60, "configs": 30, "kernels": 150, "kernel_tests": 240, "nccl": 120, "generate": 150,
-            "stages": 150, "te": 150,
-            "width8b": 240, "peer": 150}
+            "stages": 150, "te": 150, "width8b": 240, "peer": 150}
 
 ROWS: list[tuple[str, str, str]] = []
 

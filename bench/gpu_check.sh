@@ -2,9 +2,10 @@
 # The GPU check: what megafin can only check on a CUDA machine, as one short script (~8 min on one H200) that
 # prints ONE table (check | result | detail). From the repo root:
 #
-#   bash bench/gpu_check.sh [--parts env,configs,kernels,kernel_tests,nccl,stages,te,width8b,peer]
+#   bash bench/gpu_check.sh [--parts env,configs,kernels,kernel_tests,nccl,generate,stages,te,width8b,peer]
 #                           [--seq-length 8192] [--layers 2] [--width8b-runs auto,local]
-#   GPU_CHECK_DRY_RUN=1 bash bench/gpu_check.sh   # on a CPU: the parts that run there (env, configs, a gloo step)
+#   GPU_CHECK_DRY_RUN=1 bash bench/gpu_check.sh   # on a CPU: the parts that run there (env, configs, a gloo step,
+#                                                 # the generate chain with the CPU in both places)
 #
 # The parts are bench/gpu_check.py's (its docstring says what each checks). The exit status counts FAIL rows.
 #
