@@ -5,6 +5,8 @@ softmax; on CPU that is ~0.7x HF's speed (notes). SDPA with `enable_gqa` avoids 
 mask on CUDA the groups are expanded instead). Packed batches
 (`PackedSeqParams`, qkv_format="thd") attend within documents only: documents of similar length are padded into
 one batched causal SDPA call per group (see `_THDPlan`), so no token attends across a document boundary.
+Causal bshd batches on CPU in fp32 up to cpu_causal_attention.MAX_SEQ positions go to cpu_causal_attention.py
+instead (blocks of GEMMs, faster than the CPU flash kernel there).
 """
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ from megatron.core.packed_seq_params import PackedSeqParams
 from megatron.core.transformer.dot_product_attention import DotProductAttention
 from megatron.core.transformer.enums import AttnMaskType
 
+from megafin.models import cpu_causal_attention
 from megafin.models.grouped_sdpa import grouped_sdpa
 
 
@@ -35,6 +38,8 @@ class SDPACoreAttention(DotProductAttention):
         dropout = self.attention_dropout.p if self.training else 0.0
         if packed_seq_params is not None and packed_seq_params.qkv_format == "thd":
             return self._forward_thd(query, key, value, packed_seq_params, dropout)
+        if cpu_causal_attention.takes(query, key, attention_mask, dropout):
+            return cpu_causal_attention.cpu_causal_attention(query, key, value, self.softmax_scale)
         # [s, b, h, d] -> [b, h, s, d]. On CPU as contiguous copies: as views of megatron's sequence-first layout
         # (v inside the fused QKV output) a row of one head lies b * width floats from the next, and the CPU flash
         # kernel ran ~12% slower forward and backward on them than on HF's layout (notes); the copies cost ~1%.

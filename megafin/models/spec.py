@@ -28,6 +28,11 @@ def decoder_layer_spec(backend: str, requested: str, cp: int = 1) -> ModuleSpec:
         from megafin.models.swiglu import SwiGLU
 
         spec.submodules.mlp.submodules.activation_func = SwiGLU
+        # torch's RMSNorm forward with a closed-form backward (megafin/models/rms_norm.py); the final norm, which
+        # GPTModel builds itself, stays torch's.
+        from megafin.models.rms_norm import RMSNorm
+
+        spec.submodules.input_layernorm = spec.submodules.pre_mlp_layernorm = RMSNorm
         attention = spec.submodules.self_attention.submodules
         if backend == "sdpa" and cp > 1:
             from megafin.models.cp_attention import ContextParallelSDPAAttention

@@ -10,11 +10,13 @@ temporaries that are freed before backward and allocator caching; the hooks see 
 
 The planner models a GPU layer (Transformer Engine or fused kernels: fused RMSNorm, fused SwiGLU); per layer it
 matches megafin on CPU once these CPU-only costs are added (`cpu_extra_per_token`):
-  - torch's RMSNorm (no fused kernel on CPU) keeps an fp32 copy of its input, the fp32 normalized input and the fp32
-    rstd instead of the input alone: 8h + 4 - e h bytes per norm;
+  - megafin's RMSNorm (rms_norm.py; no fused kernel on CPU) keeps the fp32 normalized input and the fp32 rstd instead
+    of the input: 4h + 4 - e h bytes per norm (torch's, before it, also kept an fp32 copy of its input: 8h + 4 - e h);
   - megatron's unfused SwiGLU keeps silu(gate) besides its input: f e;
   - without recompute the attention output is kept twice, by SDPA's backward and (reshaped, or unpadded when packed)
-    by the output projection: h e. SDPA itself keeps copies (on CPU it gets contiguous q/k/v, packed or not);
+    by the output projection: h e. SDPA itself keeps copies (on CPU it gets contiguous q/k/v, packed or not).
+    Causal fp32 bshd batches run cpu_causal_attention instead: it keeps its softmax blocks (heads x ~seq / 2 fp32
+    entries) and no logsumexp, and its output is the projection's input, kept once;
     selective recompute's checkpoint of core attention keeps its inputs, views of the fused QKV projection's output,
     which keep all of it alive: (h + k) e.
 Where the planner was wrong for GPUs too it is fixed (megafin/plan/estimate.py): SDPA keeps no s x s scores (its
@@ -23,11 +25,13 @@ embedding's output is the first layer's input (counted there once). The head: th
 16-bit logits plus the fp32 softmax at their peak; kept for backward is the fp32 softmax alone (4 bytes x vocab).
 
 Measured (MiB, one micro-batch, per layer = the last layer, which holds nothing shared; planned for a GPU layer):
-  tiny fp32 seq 128  bshd    none 2.630 (planned 1.910) / selective 2.688 (1.906) / full 0.125 (0.125); head 0.877
-                     packed  none 2.630 (1.910) / selective 2.688 (1.906) / full 0.125 (0.125)
-  mid  bf16 seq 512  bshd    none 24.535 (14.781) / selective 24.754 (14.750) / full 1.000 (1.000); head 7.006
-                     packed  none 24.535 (14.781) / selective 24.754 (14.750) / full 1.000 (1.000)
-(bshd without recompute kept (h + k) e, 2.692 and 24.785 MiB, while SDPA got views of the fused QKV output.)
+  tiny fp32 seq 128  bshd    none 2.626 (planned 1.910) / selective 2.438 (1.906) / full 0.125 (0.125); head 0.877
+                     packed  none 2.380 (1.910) / selective 2.438 (1.906) / full 0.125 (0.125)
+  mid  bf16 seq 512  bshd    none 20.535 (14.781) / selective 20.754 (14.750) / full 1.000 (1.000); head 7.006
+                     packed  none 20.535 (14.781) / selective 20.754 (14.750) / full 1.000 (1.000)
+(Before megafin's RMSNorm each norm kept 4 h bytes more per token: tiny bshd none 2.876, mid 24.535. bshd without
+recompute kept (h + k) e, 2.692 and 24.785 MiB, while SDPA got views of the fused QKV output; tiny kept 2.630 MiB
+in SDPA before cpu_causal_attention.)
 With the CPU terms added every per-layer figure is equal to the byte (selective recompute's checkpoint adds one 4-byte
 tensor). Shared by all layers, kept by the first: RoPE's cos/sin, the THD plan's indices. Full recompute's working
 set (one layer rerun during backward: the planner adds one layer at `none`) is not in a forward's figures.
@@ -106,7 +110,15 @@ def measure(overrides: list[str], seq: int, packed: bool, backend: str = "sdpa")
     return saved_bytes_by_module(model, wrapped, tokens, positions, params), cfg
 
 
-def cpu_extra_per_token(cfg, recompute: str) -> float:
+def blocked_softmax_per_token(seq: int) -> float:
+    """Softmax entries cpu_causal_attention keeps per query token and head: block i's rows span the keys up to its
+    end."""
+    from megafin.models.cpu_causal_attention import query_blocks
+
+    return sum((i1 - i0) * i1 for i0, i1 in query_blocks(seq)) / seq
+
+
+def cpu_extra_per_token(cfg, recompute: str, seq: int, packed: bool) -> float:
     """What megafin's CPU layer keeps per token beyond the planner's GPU layer (the module docstring's list)."""
     m = cfg.model
     if recompute == "full":
@@ -114,9 +126,16 @@ def cpu_extra_per_token(cfg, recompute: str) -> float:
     h, f = m.hidden_size, m.ffn_hidden_size
     k = m.num_query_groups * (h // m.num_attention_heads)
     e = 4 if cfg.precision.dtype == "fp32" else 2
-    norms = 2 * (8 * h + 4 - e * h)
+    norms = 2 * (4 * h + 4 - e * h)
     swiglu = f * e
     attention = h * e if recompute == "none" else (h + k) * e
+    if recompute == "none" and not packed and e == 4:
+        from megafin.models.cpu_causal_attention import MAX_SEQ
+
+        assert seq <= MAX_SEQ
+        # cpu_causal_attention: its fp32 softmax blocks instead of SDPA's logsumexp, and its output is the output
+        # projection's input (kept once)
+        attention = m.num_attention_heads * 4 * (blocked_softmax_per_token(seq) - 1)
     return norms + swiglu + attention
 
 
@@ -139,7 +158,7 @@ def test_planned_activations_match_what_megafin_keeps_on_cpu(model, packed):
         measured, cfg = measure([*overrides, f"model.recompute={recompute}"], seq, packed)
         layer, head, logits = planned(cfg, recompute)
         last = measured[f"layer{cfg.model.num_layers - 1}"]
-        want = layer + seq * cpu_extra_per_token(cfg, recompute)
+        want = layer + seq * cpu_extra_per_token(cfg, recompute, seq, packed)
         mib = f"{recompute}: measured {last / 2**20:.3f} MiB per layer, planned {layer / 2**20:.3f} (GPU) " \
               f"+ {(want - layer) / 2**20:.3f} (CPU)"
         assert last == pytest.approx(want, rel=0.005), mib
@@ -150,21 +169,21 @@ def test_planned_activations_match_what_megafin_keeps_on_cpu(model, packed):
         # the embedding keeps only the token ids: its output is the first layer's input
         assert measured.get("embedding", 0) <= 8 * seq
         head_cpu = seq * (8 * cfg.model.hidden_size + 4 - (4 if cfg.precision.dtype == "fp32" else 2)
-                          * cfg.model.hidden_size)  # torch's RMSNorm, as in the layers
+                          * cfg.model.hidden_size)  # the final norm is torch's RMSNorm (GPTModel builds it)
         assert measured["head"] == pytest.approx(head + logits + head_cpu, rel=0.01), (measured["head"], head, logits)
 
 
 def test_local_attention_keeps_the_softmax_and_per_head_k_v(megatron_world):
     """megatron's local core attention (tiny, bf16, seq 128): the planner's softmax (2 a s^2) and K, V repeated to
     every head are what it keeps; on CPU (no fused masked-softmax kernel) also the fp32 softmax (4 a s^2) and an
-    s x s causal mask per layer. Measured 2.329 MiB per layer (planned 1.266 for a GPU)."""
+    s x s causal mask per layer. Measured 2.079 MiB per layer (planned 1.266 for a GPU)."""
     tiny_bf16 = [o for o in TINY[0] if not o.startswith("precision")] + ["precision.dtype=bf16"]
     a, seq = 8, 128
     for recompute in ("none", "selective"):
         measured, cfg = measure([*tiny_bf16, f"model.recompute={recompute}"], seq, False, backend="local")
         layer = planned(cfg, recompute)[0]
         h, f, k = cfg.model.hidden_size, cfg.model.ffn_hidden_size, cfg.model.num_query_groups * 32
-        cpu = seq * (2 * (8 * h + 4 - 2 * h) + 2 * f)  # RMSNorm and SwiGLU as above
+        cpu = seq * (2 * (4 * h + 4 - 2 * h) + 2 * f)  # RMSNorm and SwiGLU as above
         # selective: the checkpoint keeps V as a view of the QKV output, as SDPA's bshd path does
         cpu += 4 * a * seq * seq + seq * seq if recompute == "none" else seq * (h + k) * 2
         last = measured[f"layer{cfg.model.num_layers - 1}"]
