@@ -157,6 +157,9 @@ class TrainConfig:
     eval_data_dir: str = ""
     max_bad_steps: int = 3  # consecutive non-finite losses before the run stops
     threads: int = 0  # torch intra-op threads on CPU; 0: leave as is (torchrun sets 1, so set it)
+    # CPU runs: reuse (glibc malloc serves blocks over 32 MiB from its heap too, instead of fresh mmap pages that
+    # fault in again every step: megafin/runtime/host_malloc.py) | release (glibc's defaults). Process-wide.
+    host_memory: str = "reuse"
     # A collective that waits longer than this for a peer (dead, hung, partitioned) fails the run instead of
     # hanging it. Must exceed the longest single-rank pause between collectives (dataset index build, a save).
     collective_timeout_s: float = 1800.0

@@ -15,6 +15,7 @@ from megafin.models.backends import (ATTENTION_BACKENDS, CONTEXT_PARALLEL_BACKEN
 from megafin.models.fusions import fusion_problems
 from megafin.models.layout import layout_problems
 from megafin.models.registry import FAMILIES
+from megafin.runtime.host_malloc import HOST_MEMORY
 from megafin.runtime.run_dir import checkpoint_overwrite_problem
 from megafin.train.torch_adamw import TORCH_ADAMW_KERNELS
 
@@ -283,6 +284,8 @@ def _validate_schedule(c: Checks, cfg: Config) -> None:
     c.require(cfg.checkpoint.keep_last >= 1, "checkpoint.keep_last", "at least 1", cfg.checkpoint.keep_last)
     c.require(cfg.checkpoint.interval >= 0, "checkpoint.interval", "0 or a positive integer", cfg.checkpoint.interval)
     c.require(train.max_bad_steps >= 1, "train.max_bad_steps", "at least 1", train.max_bad_steps)
+    c.require(train.host_memory in HOST_MEMORY, "train.host_memory", f"one of {', '.join(HOST_MEMORY)}",
+              train.host_memory)
     c.require(train.collective_timeout_s > 0, "train.collective_timeout_s", "a positive number of seconds",
               train.collective_timeout_s)
     if not c.on_this_machine:

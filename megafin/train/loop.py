@@ -23,6 +23,7 @@ from megafin.metrics.cuda_memory import StepMemory
 from megafin.runtime.distributed import LaunchEnv, collective_device, init_distributed, shutdown_distributed
 from megafin.runtime.exit_codes import EXIT_CONFIG_ERROR, EXIT_DIVERGED, EXIT_OK, EXIT_SIGNAL_CHECKPOINTED
 from megafin.runtime.fault_injection import nan_steps as injected_nan_steps, with_nan_output
+from megafin.runtime.host_malloc import keep_freed_memory
 from megafin.runtime.run_dir import RunDirBusy, discard_earlier_checkpoints, lock_run_dir
 from megafin.runtime.stop_request import STOP_REQUEST, StopInPreparation
 from megafin.train.flops import PeakFlops, flops_per_token
@@ -115,6 +116,8 @@ class Trainer:
 
         self.cfg = cfg
         self.launch = launch
+        if cfg.train.host_memory == "reuse" and collective_device().type == "cpu":
+            keep_freed_memory()  # before the model's first allocations
         self.ps = parallel_state
         self.is_logger = dist.get_rank() == 0
         par = cfg.parallel

@@ -46,6 +46,7 @@ BAD = [
     (["optimizer.min_lr=1.0"], 1, "optimizer.min_lr: expected between 0 and optimizer.lr"),
     (["stage=rlhf"], 1, "stage: expected one of"),
     (["train.collective_timeout_s=0"], 1, "train.collective_timeout_s: expected a positive number of seconds"),
+    (["train.host_memory=keep"], 1, "train.host_memory: expected one of reuse, release"),
     (["train.steps"], 1, "override: 'train.steps' is not of the form key=value"),
 ]
 
