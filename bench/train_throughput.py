@@ -4,6 +4,8 @@ Shape (issue 2): ~25M parameters (hidden 512, 8 layers, 8 heads / 4 KV groups, F
 seq 512, batch 8, fp32, AdamW, grad clipping 1.0, 2 threads, random tokens. megafin is built as `python -m
 megafin.train` builds it (config load + validate, process groups, Trainer on an indexed dataset written here) and
 steps through Trainer.train_step, the CLI loop's own step; HF runs a plain training loop with its defaults.
+megafin's process-wide CPU setting (train.host_memory=reuse: glibc malloc keeps large blocks on its heap) applies to
+HF's steps too, since both share the process; `--megafin train.host_memory=release` runs both without it.
 
 Both live in this one process and step in turn (megafin, HF, HF, megafin, ...): a load that shifts during the run
 slows both sides alike, which back-to-back runs of each did not. Each side reports the median step time after
