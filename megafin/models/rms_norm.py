@@ -1,4 +1,5 @@
-"""RMSNorm for the local layer spec: torch's RMSNorm forward, op for op, with a hand-written backward.
+"""RMSNorm for the local layer spec on CPU: torch's RMSNorm forward, op for op, with a hand-written backward (on
+other devices torch's RMSNorm itself).
 
 megatron-core's local spec builds torch.nn.RMSNorm (WrappedTorchNorm). On CPU its forward is a chain of ops
 (upcast, pow, mean, rsqrt, two products) and autograd runs each one's backward: ~10 ms per norm at 4096 tokens x
@@ -49,4 +50,6 @@ class RMSNorm(torch.nn.RMSNorm):
         super().__init__(normalized_shape=hidden_size, eps=eps)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.device.type != "cpu":  # CUDA's torch.rms_norm is one fused kernel: faster, and what lean decoding runs
+            return super().forward(x)
         return _RMSNorm.apply(x, self.weight, self.eps)
