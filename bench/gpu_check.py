@@ -17,7 +17,8 @@ Parts (each under its own time limit; a failing part is a FAIL row, the next par
   generate a tiny SFT checkpoint trained here, then `megafin generate` (greedy) on its sample questions with the
            megafin engine on the GPU and on this machine's CPU, with the hf engine on the GPU from its
            `megafin convert to-hf` export, and with the openai engine (the official client) against `megafin serve`
-           on 127.0.0.1: the answers must be the same (in the background, beside stages);
+           on 127.0.0.1: the answers must be the same (a child process in the background, beside nccl and stages;
+           240 s for the chain, 150 s for each step);
   stages   packed SFT with the Triton varlen attention vs SDPA and RPO with the Triton packed log-probs vs megatron's
            cross entropy (fp32, same data and init): the loss curves agree within 1e-3 relative; and the peer's
            step-1 loss on the GPU equals the same run's on this machine's CPU (same weights: within 1e-4);
@@ -44,6 +45,9 @@ than the CPU's and than each other (the CPU generator was never seeded on CUDA: 
 Third session (H100, then H200): both fixes held; RPO's megatron path in fp32 drifted from Triton's (megatron-core's
 fused cross entropy returns bf16 gradients: now off for fp32 without TE), and the peer ran out of memory beside this
 process's cached kernel-part memory (now released after each part); then every row ok, megafin 1.49x Megatron-LM.
+Fourth session (H200): generate's first GPU pass, all three rows ok but over its 150 s limit (now a child process,
+240 s for the chain, started before nccl); the `local` run had megatron-core's fp32 softmax where the peer runs bf16
+(74.65 vs 50.62 GiB): with model.attention_softmax_in_fp32=false, as the peer, 1.06x its tokens/s at 1.00x its peak.
 """
 from __future__ import annotations
 
@@ -65,16 +69,25 @@ sys.path.insert(0, str(REPO))
 from bench.cuda_timing import time_cuda, time_cuda_with_peak  # noqa: E402  (bench package: after the path is set)
 
 PY = sys.executable
-ALL_PARTS = ("env", "configs", "kernels", "kernel_tests", "nccl", "generate", "stages", "te", "width8b", "peer")
-LIMITS_S = {"env": 60, "configs": 30, "kernels": 150, "kernel_tests": 240, "nccl": 120, "generate": 150,
+# generate before nccl: its chain (~155 s on an H200 beside the kernel tests' compiling) then overlaps nccl and
+# stages instead of holding up the first timed part after them
+ALL_PARTS = ("env", "configs", "kernels", "kernel_tests", "generate", "nccl", "stages", "te", "width8b", "peer")
+# generate: the whole chain in the background; each of its steps (a training run, a `megafin generate`, the export,
+# the server) has GENERATE_STEP_S
+LIMITS_S = {"env": 60, "configs": 30, "kernels": 150, "kernel_tests": 240, "nccl": 120, "generate": 240,
             "stages": 150, "te": 150, "width8b": 240, "peer": 150}
+GENERATE_STEP_S = 150
 
 ROWS: list[tuple[str, str, str]] = []
+ROWS_OUT: Optional[Path] = None  # --rows-out: a background part's child also writes its rows here, one JSON each
 
 
 def row(check: str, result: str, detail: str = "") -> None:
     ROWS.append((check, result, detail))
     print(f"[gpu_check] {check}: {result}  {detail}", flush=True)
+    if ROWS_OUT is not None:
+        with ROWS_OUT.open("a") as f:
+            f.write(json.dumps([check, result, detail]) + "\n")
 
 
 def print_table() -> None:
@@ -268,12 +281,8 @@ def part_kernel_tests(args) -> None:
         row("kernel tests (CUDA)", "skipped", "no CUDA (they run under TRITON_INTERPRET=1 in `make test`)")
         return
     env = path_first(REPO, MEGAFIN_KERNELS_AUTOTUNE="0")
-    log = (args.work / "kernel_tests.log").open("w")
-    proc = subprocess.Popen([PY, "-m", "pytest", "tests/kernels", "-q", "-p", "no:cacheprovider"], cwd=REPO, env=env,
-                            stdout=log, stderr=subprocess.STDOUT, text=True)
 
     def finish(proc) -> None:
-        log.close()
         out = (args.work / "kernel_tests.log").read_text()
         lines = [line for line in out.splitlines() if line.strip()]
         failed = [line for line in lines if line.startswith(("FAILED", "ERROR"))]
@@ -285,21 +294,36 @@ def part_kernel_tests(args) -> None:
                        f"(log: {args.work / 'kernel_tests.log'})")
         row("kernel tests (CUDA)", "ok" if proc.returncode == 0 else "FAIL", detail)
 
-    BACKGROUND["kernel_tests"] = (proc, finish, time.perf_counter())
+    start_background("kernel_tests", [PY, "-m", "pytest", "tests/kernels", "-q", "-p", "no:cacheprovider"],
+                     args.work / "kernel_tests.log", env, finish)
+
+
+def start_background(name: str, cmd: list[str], log: Path, env: dict, finish) -> None:
+    """A part as a child process in its own session (so a part over its limit is killed with its children, and
+    nothing of it runs on beside a timed part); finish(proc) writes its rows once it has ended."""
+    with log.open("w") as out:
+        proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT, text=True,
+                                start_new_session=True)
+    BACKGROUND[name] = (proc, finish, time.perf_counter())
 
 
 def join_background() -> None:
-    """Wait for the background parts (each within its own limit from its start) and write their rows."""
+    """Wait for the background parts (each within its own limit from its start) and write their rows; one over its
+    limit is killed, a FAIL row says so, and its finish still reports what it had done."""
+    import signal
+
     for name, (proc, finish, started) in list(BACKGROUND.items()):
         try:
             proc.wait(timeout=max(1.0, LIMITS_S[name] - (time.perf_counter() - started)))
         except subprocess.TimeoutExpired:
-            proc.kill()
+            os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
-            row(name, "FAIL", f"over its {LIMITS_S[name]} s limit (log in the scratch folder)")
-        else:
-            finish(proc)
+            row(name, "FAIL", f"over its {LIMITS_S[name]} s limit (log in the scratch folder {ARGS_WORK[0]})")
+        finish(proc)
         del BACKGROUND[name]
+
+
+ARGS_WORK: list = [None]  # the scratch folder, for the rows that name it
 
 
 # ---------------------------------------------------------------------------------------------------- generate
@@ -308,48 +332,29 @@ GENERATE_QUESTIONS = 16  # the sample SFT set's first questions
 GEN_SFT_OVERRIDES = ["precision.dtype=fp32", "train.steps=40", "checkpoint.save_at_end=true"]
 
 
-class ThreadJob:
-    """A background part whose steps are subprocesses with their own limits, run in a thread: waited for (and
-    `kill`ed, which only stops waiting) as join_background waits for a process."""
-
-    def __init__(self, fn) -> None:
-        import threading
-
-        self.error: Optional[BaseException] = None
-        self._abandoned = False
-        self._thread = threading.Thread(target=self._run, args=(fn,), daemon=True)
-        self._thread.start()
-
-    def _run(self, fn) -> None:
-        try:
-            fn()
-        except BaseException as e:  # noqa: BLE001 - reported as the part's row by finish()
-            self.error = e
-
-    def wait(self, timeout: Optional[float] = None) -> None:
-        if self._abandoned:
-            return
-        self._thread.join(timeout)
-        if self._thread.is_alive():
-            raise subprocess.TimeoutExpired("generate", timeout or 0)
-
-    def kill(self) -> None:
-        self._abandoned = True  # its subprocesses end under their own limits; the table does not wait for them
-
-
 def part_generate(args) -> None:
-    """See the module docstring; started in the background (its rows are answers, not timings). On a CPU (the dry
-    run) the same chain runs in line, both "devices" the CPU: the commands, the export and the answers' plumbing."""
-    tiny_data(args.work)  # here, not in the thread: the parts after this one share it
+    """See the module docstring; started in the background (its rows are answers, not timings) as this script's
+    `generate_chain` part in a child process, whose rows come back through --rows-out. On a CPU (the dry run) the
+    same chain runs in line, both "devices" the CPU: the commands, the export and the answers' plumbing."""
+    tiny_data(args.work)  # here, not in the child: the parts after this one share it
     if not on_gpu():
         generate_rows(args)
         return
+    rows_file = args.work / "generate_rows.jsonl"
+    rows_file.unlink(missing_ok=True)
 
-    def finish(job: ThreadJob) -> None:
-        if job.error is not None:
-            row("generate: GPU vs CPU, megafin vs hf", "FAIL", f"{type(job.error).__name__}: {str(job.error)[:250]}")
+    def finish(proc) -> None:
+        done = [json.loads(line) for line in rows_file.read_text().splitlines()] if rows_file.exists() else []
+        for check, result, detail in done:
+            row(check, result, detail)
+        # its exit status counts its FAIL rows; killed over its limit (negative), join_background's row says so
+        if proc.returncode >= 0 and proc.returncode != sum(r[1] == "FAIL" for r in done):
+            row("generate", "FAIL", f"exit {proc.returncode} after {len(done)} of 3 rows "
+                                    f"(log: {args.work / 'generate.log'})")
 
-    BACKGROUND["generate"] = (ThreadJob(lambda: generate_rows(args)), finish, time.perf_counter())
+    start_background("generate", [PY, str(Path(__file__).resolve()), "--parts", "generate_chain", "--work",
+                                  str(args.work), "--rows-out", str(rows_file)],
+                     args.work / "generate.log", path_first(REPO), finish)
 
 
 def write_questions(work: Path) -> Path:
@@ -375,7 +380,7 @@ def megafin_generate(questions: Path, model: Path | str, name: str, engine: str,
     cmd = [PY, "-m", "megafin", "generate", "--model", str(model), "--engine", engine, "--input", str(questions),
            "--output", str(out), "--max-new-tokens", "32", *extra]
     proc = subprocess.run(cmd, cwd=REPO, env={**path_first(REPO), **(env_extra or {})}, capture_output=True,
-                          text=True, timeout=LIMITS_S["generate"])
+                          text=True, timeout=GENERATE_STEP_S)
     if proc.returncode != 0:
         raise RuntimeError(f"{name}: exit {proc.returncode}: {child_error(proc.stderr)[-250:]}")
     answers = {r["id"]: r["samples"][0]["text"] for r in map(json.loads, out.read_text().splitlines())}
@@ -397,7 +402,7 @@ def generate_rows(args) -> None:
 
     from megafin.checkpoint.manager import latest_checkpoint
 
-    train(args.work, "gen_sft", GEN_SFT_OVERRIDES, LIMITS_S["generate"], "sft", False)
+    train(args.work, "gen_sft", GEN_SFT_OVERRIDES, GENERATE_STEP_S, "sft", False)
     ckpt = latest_checkpoint(args.work / "runs" / "gen_sft")
     if ckpt is None:
         raise RuntimeError("the tiny SFT run saved no checkpoint")
@@ -409,7 +414,7 @@ def generate_rows(args) -> None:
         gpu = pool.submit(megafin_generate, questions, ckpt, "megafin_gpu", "megafin")
         cpu = pool.submit(megafin_generate, questions, ckpt, "megafin_cpu", "megafin", {"CUDA_VISIBLE_DEVICES": ""})
         conv = pool.submit(subprocess.run, convert, cwd=REPO, env=path_first(REPO), capture_output=True, text=True,
-                           timeout=LIMITS_S["generate"])
+                           timeout=GENERATE_STEP_S)
         gpu, cpu, conv = gpu.result(), cpu.result(), conv.result()
     n, device = len(gpu), "GPU" if on_gpu() else "CPU"
     dry = "" if on_gpu() else " (dry run: CPU twice)"
@@ -445,7 +450,7 @@ def served_answers(questions: Path, ckpt: Path) -> tuple[list[str], str]:
     name = "megafin-gpu-check"
     try:
         with served(str(ckpt), ["--served-model-name", name], log=lambda message: None,
-                    timeout=LIMITS_S["generate"]) as url:
+                    timeout=GENERATE_STEP_S) as url:
             return megafin_generate(questions, name, "served", "openai", extra=("--base-url", url)), ""
     except RuntimeError as e:
         return [], str(e)[-300:]
@@ -494,8 +499,10 @@ def te_overrides(dtype: str) -> list[str]:
 # neither TE nor apex is there, and its CUDA default (foreach) allocates a temporary the size of the fp32 states at
 # every step (5.5 GiB here, the second GPU session's peak); optimizer.torch_adamw=fused is the one-kernel step.
 WIDTH8B_VARIANTS = {"auto": ("fusions auto", []), "off": ("fusions off", ["model.fusions.all=off"]),
+                    # as the peer runs them: its trainer's softmax is in bf16 unless --attention-softmax-in-fp32
                     "local": ("Megatron-LM's kernels", ["model.attention_backend=local",
-                                                         "model.logprob_backend=megatron"]),
+                                                         "model.logprob_backend=megatron",
+                                                         "model.attention_softmax_in_fp32=false"]),
                     "fused": ("fusions auto, torch AdamW fused", ["optimizer.torch_adamw=fused"])}
 
 
@@ -883,7 +890,8 @@ def release_cuda_cache() -> None:
 
 PARTS = {"env": part_env, "configs": part_configs, "kernels": part_kernels, "kernel_tests": part_kernel_tests,
          "nccl": part_nccl, "generate": part_generate, "stages": part_stages, "te": part_te, "width8b": part_width8b,
-         "peer": part_peer}
+         "peer": part_peer,
+         "generate_chain": generate_rows}  # part_generate's child: the chain in the foreground
 
 
 def main(argv=None) -> int:
@@ -894,11 +902,15 @@ def main(argv=None) -> int:
     ap.add_argument("--layers", type=int, default=2)
     ap.add_argument("--width8b-runs", default="auto,local",
                     help=f"width8b's runs, from {', '.join(WIDTH8B_VARIANTS)} (default auto,local)")
+    ap.add_argument("--rows-out", type=Path, default=None, help=argparse.SUPPRESS)  # a background child's rows
     args = ap.parse_args(argv)
+    global ROWS_OUT
+    ROWS_OUT = args.rows_out
     unknown = [r for r in args.width8b_runs.split(",") if r not in WIDTH8B_VARIANTS]
     if unknown:
         ap.error(f"--width8b-runs: expected names from {', '.join(WIDTH8B_VARIANTS)}, got {', '.join(unknown)}")
     args.work = args.work or Path(tempfile.mkdtemp(prefix="gpu_check_"))
+    ARGS_WORK[0] = args.work
     t0 = time.perf_counter()
     for name in args.parts.split(","):
         if name in TIMED:
@@ -913,6 +925,7 @@ def main(argv=None) -> int:
         release_cuda_cache()
         print(f"[gpu_check] part {name}: {time.perf_counter() - start:.0f} s", flush=True)
     join_background()
+    ROWS_OUT = None  # a child's rows are its parts', not its total
     row("total", "info", f"{time.perf_counter() - t0:.0f} s; scratch {args.work}")
     print_table()
     return sum(r[1] == "FAIL" for r in ROWS)

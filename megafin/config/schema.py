@@ -58,6 +58,10 @@ class ModelConfig:
     init_std: float = 0.02
     # auto | te | triton | sdpa | local. auto: TE with CUDA+TE, triton with CUDA, sdpa on CPU.
     attention_backend: str = "auto"
+    # local attention only (megatron's unfused core attention) in a 16-bit run: the masked softmax in fp32, which keeps
+    # an fp32 copy of the s x s probabilities for backward beside the 16-bit one. megatron-core's default (true);
+    # Megatron-LM's trainer runs it in 16 bits unless --attention-softmax-in-fp32.
+    attention_softmax_in_fp32: bool = True
     # Per-token log-probs for the losses. auto | megatron | triton. triton: the packed log-prob kernel, which never
     # materializes [tokens, vocab] logits; auto picks it on CUDA, megatron's vocab-parallel cross entropy on CPU.
     logprob_backend: str = "auto"

@@ -41,6 +41,7 @@ def transformer_config(cfg: Config, initialize: bool = True) -> TransformerConfi
         activation_func=F.silu,
         add_bias_linear=False,
         add_qkv_bias=m.add_qkv_bias,
+        attention_softmax_in_fp32=m.attention_softmax_in_fp32,
         hidden_dropout=0.0,
         attention_dropout=0.0,
         init_method_std=m.init_std,

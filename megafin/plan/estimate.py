@@ -154,11 +154,9 @@ def activation_bytes_per_layer(w: Workload, lay: Layout, recompute: str) -> floa
     inside = (h * e + 2 * kv * e + h * e + (h * lin if w.fp8 else 0) + 2 * f * e + f * lin) / t
     stats = scores = 0.0  # what core attention keeps beyond Q, K, V (selective recompute drops it)
     if recompute == "none" and m.attention_backend in SCORE_STORING_ATTENTION:
-        # the stored softmax of each attention call (packed micro-batches are one sequence of mbs packs), and K, V
-        # repeated from the query groups to every head
-        sequences, seq = attention_sequences(w, lay)
-        seq /= lay.cp
-        scores = sequences * (a / t) * seq * seq * e
+        # the stored softmax of each attention call and its causal mask, and K, V repeated from the query groups to
+        # every head
+        scores = local_attention(w, lay).kept
         inside += 2 * (h - kv) * e / t
     elif recompute == "none":
         stats = 4.0 * a / t  # the fp32 logsumexp per token and head
@@ -169,6 +167,36 @@ def activation_bytes_per_layer(w: Workload, lay: Layout, recompute: str) -> floa
     if recompute == "full":
         return tokens * h * e / (t if lay.sequence_parallel else 1)  # the layer's input only
     return full_layer
+
+
+@dataclass(frozen=True)
+class LocalAttention:
+    """Bytes of megatron's local core attention (DotProductAttention) for one micro-batch on one GPU."""
+    kept: float  # per layer, for backward: the softmax (and its 16-bit copy), the causal mask
+    buffer: float  # once per process: the scores' GEMM buffer (megatron's global memory buffer), never freed
+    working_set: float  # beyond `kept` while one call runs forward or backward: scores in flight, their gradients
+
+
+def local_attention(w: Workload, lay: Layout) -> LocalAttention:
+    """Per score (heads x s^2 per sequence; packed micro-batches are one sequence of mbs packs), e the activation
+    bytes. The fused masked-softmax kernel (apex; 16-bit, s <= 4096, fusions.masked_softmax on) keeps its e-byte
+    output. Unfused, a 16-bit run with model.attention_softmax_in_fp32 (megatron-core's default) keeps the fp32
+    softmax and its e-byte cast for the second GEMM, 4 + e, and in flight holds the e-byte scores with their fp32
+    copy (forward) or the gradients' fp32 and e-byte forms (backward), 4 + e again; a softmax in the run's own dtype
+    keeps e and holds up to 3e (backward: the probabilities' gradient, the softmax's, the mask's). Unfused, the s x s
+    causal mask (1 byte) is kept per layer. Measured on CPU with a live-storage tracker (megatron-core 0.16.1,
+    tests/unit/test_plan_activations.py). On an H200 (8B width, 2 layers, seq 8192, bf16, no apex), the fp32
+    softmax peaked at 74.65 GiB allocated, planned 73.36 (41.23 before these terms), and the bf16 one at 50.65,
+    planned 57.36: the plan adds the working set to the logits, which are freed before the attention's backward."""
+    m, e = w.cfg.model, w.activation_bytes
+    sequences, seq = attention_sequences(w, lay)
+    seq /= lay.cp
+    per_score = sequences * (m.num_attention_heads / lay.tp) * seq * seq
+    fused = m.fusions.masked_softmax == "on" and e == 2 and seq <= 4096
+    fp32_copy = not fused and e < 4 and m.attention_softmax_in_fp32
+    mask = 0.0 if fused else seq * seq  # one [s, s] mask, broadcast over the batch and the heads
+    return LocalAttention(kept=per_score * ((4 + e) if fp32_copy else e) + mask, buffer=per_score * e,
+                          working_set=per_score * ((4 + e) if fp32_copy else 3 * e))
 
 
 def attention_sequences(w: Workload, lay: Layout) -> tuple[int, int]:
@@ -229,6 +257,12 @@ def estimate(w: Workload, lay: Layout) -> Estimate:
     per_layer = {r: activation_bytes_per_layer(w, lay, r) / GIB for r in RECOMPUTE}
     layer_act = per_layer[lay.recompute]
     working_set = per_layer["none"] if lay.recompute == "full" else 0.0  # one layer recomputed at a time
+    attention_buffer = 0.0
+    if m.attention_backend in SCORE_STORING_ATTENTION:
+        local = local_attention(w, lay)
+        # one call's scores in flight; selective recompute reruns core attention in backward, keeping its softmax
+        working_set += (local.working_set + (local.kept if lay.recompute == "selective" else 0.0)) / GIB
+        attention_buffer = local.buffer / GIB
     if lay.pp > 1 and lay.vp > 1:
         in_flight = lay.pp * (1 + (lay.pp - 1) / (lay.pp * lay.vp))
     else:
@@ -238,7 +272,7 @@ def estimate(w: Workload, lay: Layout) -> Estimate:
     def stage_memory(stage: str) -> dict[str, float]:
         params = first if stage in ("first", "only") else last
         flight = in_flight if stage in ("first", "only") else 1.0
-        acts = flight * layers * layer_act + working_set
+        acts = flight * layers * layer_act + working_set + attention_buffer
         stage_logits = 0.0
         if stage in ("last", "only"):
             acts += head_activation_bytes(w, lay) / GIB

@@ -81,3 +81,52 @@ def test_answers_compared_with_where_they_part():
     same, where = gpu_check.same_answers(["the rate rose", "x"], ["the rate fell", "x"])
     assert same == 1 and where == "; first difference after 9 characters: 'rose' vs 'fell'"
     assert gpu_check.same_answers(["ab"], ["abc"])[1] == "; first difference after 2 characters: '' vs 'c'"
+
+
+def _gone(pid: int) -> bool:
+    """Ended: no such process, or a zombie waiting for a parent that is not this test."""
+    try:
+        return Path(f"/proc/{pid}/status").read_text().split("State:", 1)[1].split()[0] == "Z"
+    except FileNotFoundError:
+        return True
+
+
+def test_a_background_part_over_its_limit_is_killed_with_its_children(tmp_path, monkeypatch):
+    """The fourth GPU session: the generate chain ran past its limit, and its rows came in later, beside a timed
+    part. A background part is now a child process in its own session: over its limit it is killed with every
+    process it started, a FAIL row says so, and its finish still runs (to report what it had done)."""
+    import os
+    import time
+
+    monkeypatch.setattr(gpu_check, "ROWS", [])
+    monkeypatch.setitem(gpu_check.LIMITS_S, "slow", 2.0)
+    pid_file = tmp_path / "grandchild.pid"
+    script = ("import subprocess, sys, time\n"
+              "p = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(120)'])\n"
+              f"open({str(pid_file)!r}, 'w').write(str(p.pid))\n"
+              "time.sleep(120)\n")
+    finished = []
+    t0 = time.perf_counter()
+    gpu_check.start_background("slow", [sys.executable, "-c", script], tmp_path / "slow.log", dict(os.environ),
+                               finished.append)
+    gpu_check.join_background()
+    assert time.perf_counter() - t0 < 30
+    assert gpu_check.ROWS[0][:2] == ("slow", "FAIL") and "over its 2.0 s limit" in gpu_check.ROWS[0][2]
+    assert finished and finished[0].returncode < 0 and not gpu_check.BACKGROUND
+    grandchild = int(pid_file.read_text())
+    for _ in range(50):
+        if _gone(grandchild):
+            break
+        time.sleep(0.1)
+    assert _gone(grandchild)
+
+
+def test_a_background_childs_rows_come_back_through_rows_out(tmp_path, monkeypatch):
+    """What the generate child writes with --rows-out: one JSON row a line, as the parent reads them back."""
+    import json
+
+    monkeypatch.setattr(gpu_check, "ROWS", [])
+    monkeypatch.setattr(gpu_check, "ROWS_OUT", tmp_path / "rows.jsonl")
+    gpu_check.row("generate: megafin engine, GPU vs CPU", "ok", "16/16")
+    assert [json.loads(line) for line in (tmp_path / "rows.jsonl").read_text().splitlines()] == \
+        [["generate: megafin engine, GPU vs CPU", "ok", "16/16"]]

@@ -63,8 +63,8 @@ def test_activations_follow_the_derivation():
     """12h + 4k + 6f bytes per token and layer in bf16 (Korthikanti's 34 sbh for a Llama block without dropout):
     sequence parallelism divides all of it by t, TP alone only the 4h + 4k + 6f inside the TP region; full recompute
     keeps the layer's input (2h); fp8 stores the four projection inputs in one byte. Fused attention (te, triton,
-    sdpa) adds an fp32 logsumexp per head, megatron's local attention the softmax and K, V repeated to every head;
-    selective recompute drops either. (What megafin keeps on CPU: tests/unit/test_plan_activations.py.)"""
+    sdpa) adds an fp32 logsumexp per head, megatron's local attention the softmax, its mask and K, V repeated to every
+    head; selective recompute drops either. (What megafin keeps on CPU: tests/unit/test_plan_activations.py.)"""
     from megafin.plan import Layout
     from megafin.plan.estimate import activation_bytes_per_layer
 
@@ -81,9 +81,14 @@ def test_activations_follow_the_derivation():
     assert activation_bytes_per_layer(fp8, Layout(), "none") == s * (11 * h + 4 * k + 5 * f + stats)
     sdpa = _workload(["model.attention_backend=sdpa"])  # PyTorch's fused kernels: no s x s scores either
     assert activation_bytes_per_layer(sdpa, Layout(), "none") == activation_bytes_per_layer(w, Layout(), "none")
-    local = _workload(["model.attention_backend=local"])  # stores the softmax: 2 a s^2 bytes; K, V on 32 heads
+    # local: K, V on 32 heads; the fp32 softmax and its bf16 cast (4 + 2 bytes a score: no fused kernel past 4096
+    # positions, and megatron-core's attention_softmax_in_fp32) and the s x s causal mask
+    local = _workload(["model.attention_backend=local"])
     assert activation_bytes_per_layer(local, Layout(), "none") == \
-        s * (12 * h + 4 * k + 6 * f + 4 * (h - k)) + 2 * 32 * s * s
+        s * (12 * h + 4 * k + 6 * f + 4 * (h - k)) + (4 + 2) * 32 * s * s + s * s
+    local16 = _workload(["model.attention_backend=local", "model.attention_softmax_in_fp32=false"])
+    assert activation_bytes_per_layer(local16, Layout(), "none") == \
+        s * (12 * h + 4 * k + 6 * f + 4 * (h - k)) + 2 * 32 * s * s + s * s
     assert activation_bytes_per_layer(local, Layout(), "selective") == \
         activation_bytes_per_layer(w, Layout(), "selective")
 
