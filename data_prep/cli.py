@@ -97,6 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> int:
     """Run the parsed subcommand; a bad input, output or setting is one line on stderr and exit 2."""
     from data_prep.outputs import OutputError
+    from data_prep.parallel import WorkerDied
     from data_prep.stats import BadInputError
 
     try:
@@ -140,6 +141,9 @@ def run(args: argparse.Namespace) -> int:
         where = f"{e.filename}: " if e.filename else ""
         print(f"data_prep {args.cmd}: error: {where}{e.strerror or e}", file=sys.stderr)
         return 2
+    except WorkerDied as e:  # not the input's fault: exit 1
+        print(f"data_prep {args.cmd}: error: {e}", file=sys.stderr)
+        return 1
     return 0
 
 

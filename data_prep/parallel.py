@@ -6,8 +6,10 @@ is the only writer. At most `2 * workers` chunks are in flight, so memory does n
 """
 from __future__ import annotations
 
+import gc
 import multiprocessing as mp
 import os
+import signal
 import sys
 from collections import deque
 from typing import Any, Callable, Iterable, Iterator
@@ -49,20 +51,47 @@ def ordered_map(
     # thread pool does not survive fork.
     os.environ["TOKENIZERS_PARALLELISM"] = "false"
     ctx = mp.get_context("fork") if "fork" in mp.get_all_start_methods() else mp.get_context("spawn")
-    pool = ctx.Pool(workers, initializer=init, initargs=init_args)
+    before = set(mp.active_children())
+    # A forked worker must never collect what it inherited: the parent's garbage can hold objects whose teardown
+    # only works in the parent (a fresh clone's `make test` had both workers segfault in the garbage collector,
+    # forked from the test process after the conversion tests). Frozen objects are out of every collection.
+    gc.freeze()
+    try:
+        pool = ctx.Pool(workers, initializer=init, initargs=init_args)
+    finally:
+        gc.unfreeze()
+    started = [p for p in mp.active_children() if p not in before]
     try:
         pending: deque = deque()
         it = iter(chunks)
         for c in it:
             pending.append(pool.apply_async(fn, (c,)))
             if len(pending) >= 2 * workers:
-                yield pending.popleft().get()
+                yield _result(pending.popleft(), started)
         while pending:
-            yield pending.popleft().get()
+            yield _result(pending.popleft(), started)
         pool.close()
     finally:
         pool.terminate()
         pool.join()
+
+
+class WorkerDied(RuntimeError):
+    """A worker process ended while chunks were in flight (multiprocessing.Pool would wait for them forever)."""
+
+
+def _result(pending: Any, workers: list) -> Any:
+    """The chunk's result; WorkerDied, within a second, once any worker has ended (they end only at close)."""
+    while True:
+        try:
+            return pending.get(timeout=1.0)
+        except mp.TimeoutError:
+            dead = [p for p in workers if p.exitcode is not None]
+            if dead:
+                code = dead[0].exitcode
+                how = f"signal {signal.Signals(-code).name}" if code < 0 else f"exit status {code}"
+                raise WorkerDied(f"a worker process died ({how}) with chunks in flight; no output was written "
+                                 f"(rerun; --workers 1 runs everything in this process)") from None
 
 
 def chunked(items: Iterable[Any], max_items: int, max_bytes: int, size: Callable[[Any], int]) -> Iterator[list]:
