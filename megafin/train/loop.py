@@ -23,6 +23,7 @@ from megafin.metrics.cuda_memory import StepMemory
 from megafin.runtime.distributed import LaunchEnv, collective_device, init_distributed, shutdown_distributed
 from megafin.runtime.exit_codes import EXIT_CONFIG_ERROR, EXIT_DIVERGED, EXIT_OK, EXIT_SIGNAL_CHECKPOINTED
 from megafin.runtime.fault_injection import nan_steps as injected_nan_steps, with_nan_output
+from megafin.runtime.cpu_bf16 import slow_bf16_warning
 from megafin.runtime.host_malloc import keep_freed_memory
 from megafin.runtime.run_dir import RunDirBusy, discard_earlier_checkpoints, lock_run_dir
 from megafin.runtime.stop_request import STOP_REQUEST, StopInPreparation
@@ -120,6 +121,9 @@ class Trainer:
             keep_freed_memory()  # before the model's first allocations
         self.ps = parallel_state
         self.is_logger = dist.get_rank() == 0
+        slow = slow_bf16_warning(cfg.precision.dtype, collective_device().type)
+        if slow:
+            self._say(f"warning: {slow}")
         par = cfg.parallel
         self.dp_size = parallel_state.get_data_parallel_world_size()
         tokenizer = HFTokenizerAdapter(cfg.data.tokenizer)
