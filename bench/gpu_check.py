@@ -307,7 +307,7 @@ def start_background(name: str, cmd: list[str], log: Path, env: dict, finish) ->
     BACKGROUND[name] = (proc, finish, time.perf_counter())
 
 
-def join_background() -> None:
+def join_background(work: Path) -> None:
     """Wait for the background parts (each within its own limit from its start) and write their rows; one over its
     limit is killed, a FAIL row says so, and its finish still reports what it had done."""
     import signal
@@ -318,12 +318,9 @@ def join_background() -> None:
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
-            row(name, "FAIL", f"over its {LIMITS_S[name]} s limit (log in the scratch folder {ARGS_WORK[0]})")
+            row(name, "FAIL", f"over its {LIMITS_S[name]} s limit (log in the scratch folder {work})")
         finish(proc)
         del BACKGROUND[name]
-
-
-ARGS_WORK: list = [None]  # the scratch folder, for the rows that name it
 
 
 # ---------------------------------------------------------------------------------------------------- generate
@@ -910,11 +907,10 @@ def main(argv=None) -> int:
     if unknown:
         ap.error(f"--width8b-runs: expected names from {', '.join(WIDTH8B_VARIANTS)}, got {', '.join(unknown)}")
     args.work = args.work or Path(tempfile.mkdtemp(prefix="gpu_check_"))
-    ARGS_WORK[0] = args.work
     t0 = time.perf_counter()
     for name in args.parts.split(","):
         if name in TIMED:
-            join_background()
+            join_background(args.work)
         start = time.perf_counter()
         try:
             PARTS[name](args)
@@ -924,7 +920,7 @@ def main(argv=None) -> int:
             row(name, "FAIL", f"{type(e).__name__}: {str(e)[:300]}")
         release_cuda_cache()
         print(f"[gpu_check] part {name}: {time.perf_counter() - start:.0f} s", flush=True)
-    join_background()
+    join_background(args.work)
     ROWS_OUT = None  # a child's rows are its parts', not its total
     row("total", "info", f"{time.perf_counter() - t0:.0f} s; scratch {args.work}")
     print_table()

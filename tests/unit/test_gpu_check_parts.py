@@ -109,7 +109,7 @@ def test_a_background_part_over_its_limit_is_killed_with_its_children(tmp_path, 
     t0 = time.perf_counter()
     gpu_check.start_background("slow", [sys.executable, "-c", script], tmp_path / "slow.log", dict(os.environ),
                                finished.append)
-    gpu_check.join_background()
+    gpu_check.join_background(tmp_path)
     assert time.perf_counter() - t0 < 30
     assert gpu_check.ROWS[0][:2] == ("slow", "FAIL") and "over its 2.0 s limit" in gpu_check.ROWS[0][2]
     assert finished and finished[0].returncode < 0 and not gpu_check.BACKGROUND
