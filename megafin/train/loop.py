@@ -20,10 +20,10 @@ from megafin.config.load import config_to_dict
 from megafin.config.schema import Config
 from megafin.eval.errors import EvalError
 from megafin.metrics.cuda_memory import StepMemory
+from megafin.runtime.cpu_bf16 import slow_bf16_warning
 from megafin.runtime.distributed import LaunchEnv, collective_device, init_distributed, shutdown_distributed
 from megafin.runtime.exit_codes import EXIT_CONFIG_ERROR, EXIT_DIVERGED, EXIT_OK, EXIT_SIGNAL_CHECKPOINTED
 from megafin.runtime.fault_injection import nan_steps as injected_nan_steps, with_nan_output
-from megafin.runtime.cpu_bf16 import slow_bf16_warning
 from megafin.runtime.host_malloc import keep_freed_memory
 from megafin.runtime.run_dir import RunDirBusy, discard_earlier_checkpoints, lock_run_dir
 from megafin.runtime.stop_request import STOP_REQUEST, StopInPreparation

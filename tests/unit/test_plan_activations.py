@@ -177,7 +177,7 @@ def test_local_attention_keeps_the_softmax_and_per_head_k_v(megatron_world):
     """megatron's local core attention (tiny, seq 128): the planner's softmax, K and V repeated to every head, and
     the s x s causal mask per layer are what it keeps. Without the fused masked-softmax kernel (apex; never on CPU,
     and never past 4096 positions on a GPU) a bf16 run keeps the fp32 softmax beside its bf16 cast (4 + 2 bytes a
-    score) unless model.attention_softmax_in_fp32=false (2). Measured 2.079 MiB per layer (planned 1.954 for a GPU;
+    score) unless model.attention_softmax_in_fp32=false (2). Measured 2.079 MiB per layer (planned 1.781 for a GPU;
     the rest is RMSNorm and SwiGLU, as above)."""
     tiny_bf16 = [o for o in TINY[0] if not o.startswith("precision")] + ["precision.dtype=bf16"]
     seq = 128
