@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import logging
 from functools import lru_cache
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -16,6 +17,15 @@ def load_hf_tokenizer(path: str) -> Any:
     return AutoTokenizer.from_pretrained(path)
 
 
+def load_ids_tokenizer(path: str) -> Any:
+    """eos/pad ids, length and plain-text ids: data_prep's LiteTokenizer (tokenizer.json read by the `tokenizers`
+    backend AutoTokenizer wraps; no transformers import, ~2-3 s of every trainer's start-up on 2 cores) where the
+    directory has a tokenizer.json, else AutoTokenizer."""
+    from data_prep.tokenizer import load_text_tokenizer
+
+    return load_text_tokenizer(path) if Path(path, "tokenizer.json").is_file() else load_hf_tokenizer(path)
+
+
 class HFTokenizerAdapter(MegatronLegacyTokenizer):
     """What GPTDataset needs from a tokenizer: eod, pad (when distinct) and identifiers for its cache key."""
 
@@ -23,7 +33,8 @@ class HFTokenizerAdapter(MegatronLegacyTokenizer):
         # The base class warns that the legacy tokenizer system is deprecated; GPTDataset 0.16 still requires it.
         logging.getLogger("megatron.core.datasets.megatron_tokenizer").setLevel(logging.ERROR)
         super().__init__(path)
-        self.hf = load_hf_tokenizer(path)
+        self._path = path
+        self.hf = load_ids_tokenizer(path)
         if self.hf.eos_token_id is None:
             raise ValueError(f"data.tokenizer: {path} has no eos token (needed as end-of-document)")
 
@@ -31,11 +42,11 @@ class HFTokenizerAdapter(MegatronLegacyTokenizer):
         return np.asarray(self.hf.encode(text, add_special_tokens=False), dtype=np.int64)
 
     def detokenize(self, ids: np.ndarray) -> str:
-        return self.hf.decode(list(ids))
+        return load_hf_tokenizer(self._path).decode(list(ids))
 
     @property
     def vocab(self) -> dict:
-        return self.hf.get_vocab()
+        return load_hf_tokenizer(self._path).get_vocab()
 
     @property
     def inv_vocab(self) -> dict:

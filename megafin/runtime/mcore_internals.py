@@ -23,6 +23,10 @@ class Internal:
 
 
 INTERNALS: tuple[Internal, ...] = (
+    # ---- start-up (megafin/runtime/deferred_compile.py): swapped right after megatron.core.jit runs
+    Internal("megatron.core.jit:jit_fuser", "megafin/runtime/deferred_compile.py",
+             "torch.compile there; replaced by a wrapper that calls torch.compile at a function's first call, before "
+             "the fusion modules decorate with it (`from megatron.core.jit import jit_fuser` at their import)"),
     # ---- CPU execution (megafin/runtime/cpu_compat.py): rebinds these while running without CUDA
     Internal("megatron.core.tensor_parallel.random:_set_cuda_rng_state", "megafin/runtime/cpu_compat.py",
              "replaced by a CPU-generator version (the RNG tracker sets CUDA RNG state)", ("new_state",)),
