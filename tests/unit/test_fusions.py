@@ -73,11 +73,13 @@ def test_fused_cross_entropy_only_where_it_keeps_the_gradients_dtype(monkeypatch
 def test_megatron_cores_fused_cross_entropy_still_returns_bf16_gradients():
     """What the rule above stands on (megafin/runtime/mcore_internals.py lists it): when a megatron-core upgrade
     keeps the logits' dtype, this fails and `_cross_entropy_keeps_dtype` can go."""
+    import inspect
+
     import torch
     from megatron.core.fusions import fused_cross_entropy
 
-    fn = fused_cross_entropy.calculate_gradients
-    fn = getattr(fn, "_torchdynamo_orig_callable", fn)  # the Python function under torch.compile's wrapper
+    # the Python function under torch.compile's wrapper, or under megafin's deferred one (runtime/deferred_compile.py)
+    fn = inspect.unwrap(fused_cross_entropy.calculate_gradients)
     softmax = torch.softmax(torch.randn(6, 5, dtype=torch.float32), -1)
     grad = fn(softmax, torch.ones(6), torch.zeros(6, dtype=torch.bool), torch.randint(0, 5, (6,)))
     assert grad.dtype == torch.bfloat16
