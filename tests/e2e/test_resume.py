@@ -88,9 +88,10 @@ def test_keep_last_prunes_old_checkpoints(tiny_data, tmp_path):
     assert (tmp_path / "checkpoints" / "step_0000006" / ".metadata").stat().st_mtime_ns == stamp
 
 
-# bf16 on half the tiny model and batch: CPUs without AVX512-BF16 or AMX (Zen 3, say) multiply bf16 matrices at ~1
-# GFLOP/s against ~100 in fp32, and this test took 95 s there; what it checks does not depend on the size.
-BF16_SMALL = ["precision.dtype=bf16", "model.num_layers=2", "parallel.global_batch_size=4"]
+# bf16 on half the tiny model and batch and a quarter of its sequence: CPUs without AVX512-BF16 or AMX (Zen 3, say)
+# multiply bf16 matrices at ~1-2 GFLOP/s against ~100 in fp32, and this test took 95 s there at full size (27 s at
+# half); what it checks does not depend on the size.
+BF16_SMALL = ["precision.dtype=bf16", "model.num_layers=2", "parallel.global_batch_size=4", "data.seq_length=32"]
 
 
 @pytest.mark.parametrize("variant,nproc", [(["parallel.distributed_optimizer=true"], 2), (BF16_SMALL, 1)],

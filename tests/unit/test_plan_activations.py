@@ -1,5 +1,6 @@
 """`megafin plan`'s activation memory against what a megafin model keeps for backward on CPU, for the tiny model
-(fp32, seq 128) and a mid-size one (4 layers, hidden 1024, GQA 16/4, ffn 2816, bf16, seq 512), with recompute none,
+(fp32, seq 128) and a mid-size one (hidden 1024, GQA 16/4, ffn 2816, bf16, seq 512; 2 layers: the figures are per
+layer), with recompute none,
 selective and full, on bshd and packed (THD) micro-batches.
 
 Measured with torch.autograd.graph.saved_tensors_hooks during one training forward: every tensor autograd keeps,
@@ -48,7 +49,7 @@ pytestmark = pytest.mark.usefixtures("megatron_world")
 VOCAB = 1000  # padded to 1024
 TINY = (["model.num_layers=4", "model.hidden_size=256", "model.num_attention_heads=8", "model.num_query_groups=4",
          "model.ffn_hidden_size=704", "precision.dtype=fp32"], 128)
-MID = (["model.num_layers=4", "model.hidden_size=1024", "model.num_attention_heads=16", "model.num_query_groups=4",
+MID = (["model.num_layers=2", "model.hidden_size=1024", "model.num_attention_heads=16", "model.num_query_groups=4",
         "model.ffn_hidden_size=2816", "precision.dtype=bf16"], 512)
 DOCUMENTS = 4  # a packed micro-batch: equal documents
 
