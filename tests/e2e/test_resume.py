@@ -58,18 +58,22 @@ def test_resume_at_another_layout_matches_within_rounding(layout, straight, tiny
         assert got[step] == pytest.approx(want[step], rel=LAYOUT_REL), f"step {step}"
 
 
-def test_crash_during_save_keeps_latest_at_previous_checkpoint(straight, tiny_data, tmp_path):
-    proc = run_train(_overrides(tiny_data, tmp_path), env={"MEGAFIN_FAULT_CRASH_IN_SAVE": "20"})
+def test_crash_during_save_keeps_latest_at_previous_checkpoint(tiny_data, tmp_path):
+    """Saves at steps 3 and 6; the process dies inside the second (a new process: the fault exits it)."""
+    short = ["train.steps=6", "scheduler.decay_steps=20", "checkpoint.interval=3"]
+    run_dir = tmp_path / "crashed"
+    proc = run_train(_overrides(tiny_data, run_dir, *short), env={"MEGAFIN_FAULT_CRASH_IN_SAVE": "6"})
     assert_ok(proc, 86)
-    ckpts = tmp_path / "checkpoints"
-    assert (ckpts / "step_0000020.partial").is_dir()  # the broken save is there...
-    assert not (ckpts / "step_0000020").exists()
-    assert latest_checkpoint(tmp_path).name == "step_0000010"  # ...but latest never pointed at it
+    ckpts = run_dir / "checkpoints"
+    assert (ckpts / "step_0000006.partial").is_dir()  # the broken save is there...
+    assert not (ckpts / "step_0000006").exists()
+    assert latest_checkpoint(run_dir).name == "step_0000003"  # ...but latest never pointed at it
     # Resuming picks up the good checkpoint and ends where an uninterrupted run ends.
-    assert_ok(train_here(_overrides(tiny_data, tmp_path, "train.resume=auto")))
-    assert latest_checkpoint(tmp_path).name == "step_0000020"
-    assert not (ckpts / "step_0000020.partial").exists()
-    assert losses(tmp_path)[STEPS] == losses(straight)[STEPS]
+    assert_ok(train_here(_overrides(tiny_data, run_dir, *short, "train.resume=auto")))
+    assert latest_checkpoint(run_dir).name == "step_0000006"
+    assert not (ckpts / "step_0000006.partial").exists()
+    assert_ok(train_here(_overrides(tiny_data, tmp_path / "straight", *short)))
+    assert losses(run_dir)[6] == losses(tmp_path / "straight")[6]
 
 
 def test_keep_last_prunes_old_checkpoints(tiny_data, tmp_path):
