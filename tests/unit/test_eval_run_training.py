@@ -38,9 +38,25 @@ def test_bad_eval_settings_are_config_lines(tmp_path, tiny_data, capsys):
     assert f"megafin: config error: train.eval_data_dir: expected fpb/test.jsonl in {tmp_path} for task fpb" in err
 
 
+@pytest.fixture(scope="module")
+def one_process_runs(tmp_path_factory):
+    """The one-process run of each model, shared by the layouts (run in this process by the first that needs it)."""
+    runs = {}
+
+    def get(common: list[str]):
+        key = tuple(common)
+        if key not in runs:
+            run = tmp_path_factory.mktemp("one_process")
+            assert megafin_main(["train", str(TINY_RECIPE), *common, f"run_dir={run}"]) == 0
+            runs[key] = run
+        return runs[key]
+
+    return get
+
+
 @pytest.mark.parametrize("layout", [["parallel.tp=2"], ["parallel.pp=2"], ["parallel.cp=2"],
                                     ["parallel.pp=2", "parallel.virtual_pp=2"]], ids=["tp2", "pp2", "cp2", "pp2vp2"])
-def test_task_scores_at_two_ranks_equal_one_process(shared_data, tiny_data, tmp_path, capsys, layout):
+def test_task_scores_at_two_ranks_equal_one_process(shared_data, tiny_data, tmp_path, layout, one_process_runs):
     """At TP=2 the first replica's two ranks decode the live model together on their shards (vocab-parallel
     embedding and logits, row-parallel sums), at PP=2 each on its stage (hidden states sent on, logits broadcast
     from the last; chunk by chunk with virtual stages), at CP=2 its first CP rank alone: the same answers, so the
@@ -49,13 +65,13 @@ def test_task_scores_at_two_ranks_equal_one_process(shared_data, tiny_data, tmp_
     common = [*FAST, *MODEL, *layers, *data_overrides(tiny_data), "train.steps=2", "scheduler.warmup_steps=0",
               "train.eval_tasks=[fpb, tfns]", "train.eval_every=2", "train.eval_limit=6",
               f"train.eval_data_dir={shared_data}"]
-    assert megafin_main(["train", str(TINY_RECIPE), *common, f"run_dir={tmp_path / 'one'}"]) == 0
+    one = one_process_runs(common)
     assert_ok(run_train([*common, f"run_dir={tmp_path / 'two'}", *layout], nproc=2))
 
     def scores(run):
         last = json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])
         return {k: v for k, v in last.items() if k.startswith("eval/") and k != "eval/seconds"}
 
-    want, got = scores(tmp_path / "one"), scores(tmp_path / "two")
+    want, got = scores(one), scores(tmp_path / "two")
     assert {"eval/fpb/accuracy", "eval/tfns/accuracy"} <= set(want)
     assert got == want
