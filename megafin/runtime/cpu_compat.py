@@ -28,6 +28,8 @@ from typing import Any, Callable, Iterator
 
 import torch
 
+from megafin.runtime.import_hooks import AfterImport
+
 logger = logging.getLogger(__name__)
 
 # Modules whose code paths megafin runs. They are imported before patching so their `torch` global is replaced;
@@ -168,41 +170,6 @@ def _patch_module(module: types.ModuleType) -> None:
         module.torch = _CPU_TORCH  # type: ignore[attr-defined]
 
 
-class _PatchOnImport:
-    """Meta-path finder that patches megatron.core modules imported after apply()."""
-
-    def find_spec(self, fullname: str, path: Any, target: Any = None) -> Any:
-        if not fullname.startswith("megatron.core"):
-            return None
-        for finder in sys.meta_path:
-            if finder is self:
-                continue
-            spec = finder.find_spec(fullname, path, target) if hasattr(finder, "find_spec") else None
-            if spec is not None and spec.loader is not None:
-                loader = spec.loader
-                original_exec = loader.exec_module
-
-                def exec_module(module: types.ModuleType, _orig: Callable = original_exec) -> None:
-                    _orig(module)
-                    _patch_module(module)
-
-                spec.loader = _WrappedLoader(loader, exec_module)
-                return spec
-        return None
-
-
-class _WrappedLoader:
-    def __init__(self, loader: Any, exec_module: Callable[[types.ModuleType], None]) -> None:
-        self._loader = loader
-        self.exec_module = exec_module
-
-    def create_module(self, spec: Any) -> Any:
-        return self._loader.create_module(spec)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._loader, name)
-
-
 _CUDA_TYPE_NAMES = {
     "torch.FloatTensor": "torch.cuda.FloatTensor",
     "torch.HalfTensor": "torch.cuda.HalfTensor",
@@ -265,7 +232,7 @@ def apply() -> bool:
     for name, module in list(sys.modules.items()):
         if name.startswith("megatron.core") and isinstance(module, types.ModuleType):
             _patch_module(module)
-    sys.meta_path.insert(0, _PatchOnImport())
+    sys.meta_path.insert(0, AfterImport(lambda name: name.startswith("megatron.core"), _patch_module))
 
     from megatron.core.optimizer import clip_grads, distrib_optimizer, optimizer
     from megatron.core.tensor_parallel import random as tp_random

@@ -7,9 +7,9 @@ without CUDA: megafin/models/fusions.py). torch.compile itself compiles nothing 
 that calls torch.compile at that first call runs the same code, and a process that never calls them skips the
 imports.
 
-`install()` (from megafin/__init__.py, so before any megafin module imports megatron-core) puts a one-shot finder on
-sys.meta_path that swaps megatron.core.jit's `jit_fuser` for the deferring wrapper right after that module runs. It
-imports nothing itself. A process that imported megatron-core before megafin keeps the eager decorator. Listed in
+`install()` (from megafin/__init__.py, so before any megafin module imports megatron-core) puts a finder on
+sys.meta_path (megafin/runtime/import_hooks.py) that swaps megatron.core.jit's `jit_fuser` for the deferring wrapper
+right after that module runs. It imports nothing itself. A process that imported megatron-core before megafin keeps the eager decorator. Listed in
 megafin/runtime/mcore_internals.py.
 """
 from __future__ import annotations
@@ -17,6 +17,8 @@ from __future__ import annotations
 import functools
 import sys
 from typing import Any, Callable
+
+from megafin.runtime.import_hooks import AfterImport
 
 _MODULE = "megatron.core.jit"
 
@@ -42,42 +44,18 @@ def deferred(compile_fn: Callable[..., Any]) -> Callable[..., Any]:
     return compile_later
 
 
-class _DeferJitFuser:
-    """Meta-path finder: runs megatron.core.jit with its own loader, then swaps its torch.compile `jit_fuser`."""
+def _swap_jit_fuser(module: Any) -> None:
+    import torch  # megatron.core.jit has just imported it
 
-    def find_spec(self, fullname: str, path: Any, target: Any = None) -> Any:
-        if fullname != _MODULE:
-            return None
-        for finder in sys.meta_path:
-            if finder is self or not hasattr(finder, "find_spec"):
-                continue
-            spec = finder.find_spec(fullname, path, target)
-            if spec is not None and spec.loader is not None:
-                spec.loader = _SwapAfterExec(spec.loader)
-                return spec
-        return None
+    if getattr(module, "jit_fuser", None) is torch.compile:
+        module.jit_fuser = deferred(torch.compile)
 
 
-class _SwapAfterExec:
-    def __init__(self, loader: Any) -> None:
-        self._loader = loader
-
-    def create_module(self, spec: Any) -> Any:
-        return self._loader.create_module(spec)
-
-    def exec_module(self, module: Any) -> None:
-        self._loader.exec_module(module)
-        import torch
-
-        if getattr(module, "jit_fuser", None) is torch.compile:
-            module.jit_fuser = deferred(torch.compile)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._loader, name)
+_FINDER = AfterImport(lambda name: name == _MODULE, _swap_jit_fuser)
 
 
 def install() -> None:
     """Once per process, before megatron-core's first import; a no-op after it."""
-    if _MODULE in sys.modules or any(isinstance(f, _DeferJitFuser) for f in sys.meta_path):
+    if _MODULE in sys.modules or _FINDER in sys.meta_path:
         return
-    sys.meta_path.insert(0, _DeferJitFuser())
+    sys.meta_path.insert(0, _FINDER)
