@@ -1,16 +1,17 @@
 """megatron-core's fusion functions are compiled on their first call, not when megatron-core is imported.
 
 megatron.core.jit sets `jit_fuser = torch.compile`, and ~16 megatron.core modules decorate functions with it at
-import. Calling torch.compile imports torch._dynamo and torch._inductor: 2.6 s of a process's 7-9 s of start-up on
-2 cores, paid by every megafin process, though a CPU run never calls those functions (megafin turns the fusions off
-without CUDA: megafin/models/fusions.py). torch.compile itself compiles nothing until the first call, so a wrapper
+import. Calling torch.compile imports torch._dynamo and torch._inductor (2.6 s by `python -X importtime`; `import
+megafin.train.loop` went from 8.9 s to 4.8-5.6 s of wall time without it on 2 cores), paid by every megafin
+process, though a CPU run never calls those functions (megafin turns the fusions off without CUDA:
+megafin/models/fusions.py). torch.compile itself compiles nothing until the first call, so a wrapper
 that calls torch.compile at that first call runs the same code, and a process that never calls them skips the
 imports.
 
 `install()` (from megafin/__init__.py, so before any megafin module imports megatron-core) puts a finder on
 sys.meta_path (megafin/runtime/import_hooks.py) that swaps megatron.core.jit's `jit_fuser` for the deferring wrapper
-right after that module runs. It imports nothing itself. A process that imported megatron-core before megafin keeps the eager decorator. Listed in
-megafin/runtime/mcore_internals.py.
+right after that module runs. It imports nothing itself. A process that imported megatron-core before megafin keeps
+the eager decorator. Listed in megafin/runtime/mcore_internals.py.
 """
 from __future__ import annotations
 
