@@ -61,6 +61,52 @@ def run_train(overrides: Sequence[str], nproc: int = 1, recipe: Path = TINY_RECI
         return subprocess.CompletedProcess(cmd, code, out.read(), err.read())
 
 
+def run_train_batch(runs: dict[str, tuple[Path, Sequence[str]]], plan_dir: Path, nproc: int = 2,
+                    timeout: float = 900) -> dict[str, subprocess.CompletedProcess]:
+    """`run_train` for several runs of one world size, in one torchrun launch (tests/train_batch_worker.py): the
+    ~9 s of a launch's start-up is paid once. `runs` maps a name to (recipe, overrides). Returns the runs that
+    finished, by name, as `run_train` would (stdout/stderr: rank 0's); the launch stops at the first failed run, so
+    callers run the missing ones with `run_train` and see their failure there."""
+    plan_dir.mkdir(parents=True, exist_ok=True)
+    plan = plan_dir / "plan.json"
+    plan.write_text(json.dumps([{"name": name, "argv": ["train", str(recipe), *overrides]}
+                                for name, (recipe, overrides) in runs.items()]))
+    cmd = [PY, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(nproc),
+           str(REPO / "tests" / "train_batch_worker.py"), str(plan)]
+    with open(plan_dir / "launch.log", "w") as log:
+        proc = subprocess.Popen(cmd, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, stdout=log,
+                                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            pass
+        finally:
+            kill_session(proc)
+    done = {}
+    for name, (recipe, overrides) in runs.items():
+        result = plan_dir / f"{name}.result.json"
+        if result.is_file():
+            rec = json.loads(result.read_text())
+            done[name] = subprocess.CompletedProcess(["train", str(recipe), *overrides], rec["returncode"],
+                                                     rec["stdout"], rec["stderr"])
+    return done
+
+
+class BatchedRuns:
+    """Runs of one world size that a test module makes, launched together (`run_train_batch`) when the first of them
+    is asked for; a run the launch did not finish runs on its own, as a user would start it."""
+
+    def __init__(self, runs: dict[str, tuple[Path, Sequence[str]]], plan_dir: Path, nproc: int = 2) -> None:
+        self.runs, self.plan_dir, self.nproc = runs, plan_dir, nproc
+        self.done: Optional[dict[str, subprocess.CompletedProcess]] = None
+
+    def __getitem__(self, name: str) -> subprocess.CompletedProcess:
+        if self.done is None:
+            self.done = run_train_batch(self.runs, self.plan_dir, self.nproc)
+        recipe, overrides = self.runs[name]
+        return self.done.get(name) or run_train(overrides, nproc=self.nproc, recipe=recipe)
+
+
 def train_here(overrides: Sequence[str], recipe: Path = TINY_RECIPE, env: Optional[dict] = None
                ) -> subprocess.CompletedProcess:
     """`megafin train` in this process, as `run_train` runs it in a new one (same arguments, same result object):

@@ -13,6 +13,10 @@ import torch.distributed as dist
 from megafin.runtime.parent_watch import stop_when_orphaned
 
 
+# Whether init_distributed started the default process group (and so shutdown_distributed ends it).
+_STARTED_DEFAULT_GROUP = False
+
+
 @dataclass(frozen=True)
 class LaunchEnv:
     rank: int
@@ -74,7 +78,9 @@ def init_distributed(launch: LaunchEnv, tp: int, pp: int, seed: int,
         device = torch.device("cuda", launch.local_rank)
     else:
         device = torch.device("cpu")
+    global _STARTED_DEFAULT_GROUP
     if not dist.is_initialized():
+        _STARTED_DEFAULT_GROUP = True
         # A world of one needs no rendezvous: an in-memory store, so no port can be taken by another process between
         # choosing it and binding it (a TCP store on a "free" port raced other tests' runs).
         rendezvous = {"store": dist.HashStore()} if launch.world_size == 1 else \
@@ -109,9 +115,13 @@ def collective_device() -> torch.device:
 
 
 def shutdown_distributed() -> None:
+    """End megatron's parallel state, and the default process group if init_distributed started it: a group the caller
+    made (a script that runs megafin in its own torch.distributed job) is the caller's to end."""
+    global _STARTED_DEFAULT_GROUP
     from megatron.core import parallel_state
 
     if parallel_state.model_parallel_is_initialized():
         parallel_state.destroy_model_parallel()
-    if dist.is_initialized():
+    if dist.is_initialized() and _STARTED_DEFAULT_GROUP:
         dist.destroy_process_group()
+    _STARTED_DEFAULT_GROUP = False

@@ -16,10 +16,17 @@ import time
 from typing import Optional
 
 
+_WATCH: Optional[threading.Thread] = None  # one per process, however many runs it makes
+
+
 def stop_when_orphaned(interval_s: float = 1.0) -> Optional[threading.Thread]:
-    """Start the watch when this process is a torchrun worker (TORCHELASTIC_RUN_ID set); None otherwise."""
+    """Start the watch when this process is a torchrun worker (TORCHELASTIC_RUN_ID set); None otherwise. A process
+    that trains several times (runs in one launch) keeps its first watch."""
+    global _WATCH
     if "TORCHELASTIC_RUN_ID" not in os.environ:
         return None
+    if _WATCH is not None and _WATCH.is_alive():
+        return _WATCH
     parent = os.getppid()
 
     def watch() -> None:
@@ -30,4 +37,5 @@ def stop_when_orphaned(interval_s: float = 1.0) -> Optional[threading.Thread]:
 
     thread = threading.Thread(target=watch, name="megafin-parent-watch", daemon=True)
     thread.start()
+    _WATCH = thread
     return thread

@@ -11,7 +11,7 @@ import json
 import pytest
 
 from tests.golden_recipes import GOLDEN, GOLDEN_MAX_STEPS, GOLDEN_REL, LAYOUT_REL, STEPS, recipe_overrides
-from tests.helpers import REPO, assert_ok, losses, run_train
+from tests.helpers import REPO, BatchedRuns, assert_ok, losses, run_train
 
 DPO_METRICS = ("pref_loss", "nll", "reward_chosen", "reward_rejected", "reward_accuracy")
 
@@ -64,17 +64,31 @@ def single(tiny_data, tmp_path_factory):
     return get
 
 
+@pytest.fixture(scope="module")
+def two_process(tiny_data, tmp_path_factory):
+    """The cases of CASES, run in one torchrun launch per process count (a launch's ~9 s of start-up once, not 18
+    times): (recipe, layout) -> (the run's result, its run dir)."""
+    root = tmp_path_factory.mktemp("layouts")
+    runs = {(recipe, layout): (REPO / f"recipes/tiny/{recipe}.yaml",
+                               [*recipe_overrides(recipe, tiny_data, root / f"{recipe}-{layout}", layout),
+                                *LAYOUTS[layout]])
+            for recipe, layout in CASES}
+    nprocs = {NPROC.get(layout, 2) for _, layout in CASES}
+    batches = {n: BatchedRuns({f"{r}-{l}": args for (r, l), args in runs.items() if NPROC.get(l, 2) == n},
+                              root / f"batch_{n}", nproc=n) for n in nprocs}
+    return lambda recipe, layout: (batches[NPROC.get(layout, 2)][f"{recipe}-{layout}"], root / f"{recipe}-{layout}")
+
+
 @pytest.mark.parametrize("recipe,layout", CASES, ids=[f"{r}-{l}" for r, l in CASES])
-def test_two_process_layout_matches_single_process(recipe, layout, single, tiny_data, tmp_path):
+def test_two_process_layout_matches_single_process(recipe, layout, single, two_process):
     base = single(recipe, layout)
     nproc = NPROC.get(layout, 2)
-    proc = run_train([*recipe_overrides(recipe, tiny_data, tmp_path, layout), *LAYOUTS[layout]], nproc=nproc,
-                     recipe=REPO / f"recipes/tiny/{recipe}.yaml")
+    proc, run_dir = two_process(recipe, layout)
     assert_ok(proc)
     if "cp2" in layout:  # the ranks split sequences; not a data-parallel run that would match as well
         assert f"x cp 2 x dp {nproc // 2 // (2 if 'pp2' in layout else 1)}; attention sdpa" in proc.stdout, \
             proc.stdout[-2000:]
-    want, got = losses(base), losses(tmp_path)
+    want, got = losses(base), losses(run_dir)
     assert sorted(got) == list(range(1, STEPS[recipe] + 1))
     for step in sorted(got):
         assert got[step] == pytest.approx(want[step], rel=LAYOUT_REL), f"step {step}: {got} vs {want}"
@@ -82,7 +96,7 @@ def test_two_process_layout_matches_single_process(recipe, layout, single, tiny_
     assert abs(want[STEPS[recipe]] - want[1]) > 0.05
     if recipe == "dpo":  # every DPO metric agrees too, not only the loss
         rec = lambda d: json.loads((d / "metrics.jsonl").read_text().splitlines()[-1])  # noqa: E731
-        a, b = rec(base), rec(tmp_path)
+        a, b = rec(base), rec(run_dir)
         scale = max(abs(a[key]) for key in DPO_METRICS)  # one rounding scale: all come from the same log-prob sums
         for key in DPO_METRICS:
             assert b[key] == pytest.approx(a[key], abs=LAYOUT_REL * scale), key

@@ -7,7 +7,8 @@ import time
 import pytest
 
 from megafin.checkpoint.manager import latest_checkpoint, read_meta
-from tests.helpers import FAST, assert_ok, data_overrides, kill_session, losses, run_train, start_train, train_here
+from tests.helpers import FAST, TINY_RECIPE, BatchedRuns, assert_ok, data_overrides, kill_session, losses, run_train, \
+    start_train, train_here
 
 STEPS = 20
 COMMON = ["train.steps=20", "checkpoint.interval=10", "checkpoint.keep_last=3"]
@@ -46,13 +47,34 @@ def test_sigkill_after_checkpoint_then_resume_is_bit_exact(straight, tiny_data, 
         assert got[step] == want[step], f"step {step}: {got[step]!r} != {want[step]!r}"  # bit for bit
 
 
-@pytest.mark.parametrize("layout", ["parallel.tp=2", "parallel.pp=2"])
-def test_resume_at_another_layout_matches_within_rounding(layout, straight, tiny_data, tmp_path):
-    ckpt = straight / "checkpoints" / "step_0000010"
-    assert read_meta(ckpt)["layout"] == {"tp": 1, "pp": 1, "dp": 1}
-    proc = run_train(_overrides(tiny_data, tmp_path, f"train.resume={ckpt}", layout), nproc=2)
-    assert_ok(proc)
-    want, got = losses(straight), losses(tmp_path)
+# The distributed optimizer's runs (test_resume_is_bit_exact_for_distributed_optimizer_and_bf16).
+SHORT = ["train.steps=8", "scheduler.warmup_steps=2", "checkpoint.interval=4"]
+DIST_OPT = ["parallel.distributed_optimizer=true"]
+
+
+@pytest.fixture(scope="module")
+def two_rank_runs(straight, tiny_data, tmp_path_factory):
+    """This module's 2-rank runs, in order in one torchrun launch (tests/helpers.py: BatchedRuns): name -> run dir."""
+    root = tmp_path_factory.mktemp("two_ranks")
+    resume_at_10 = f"train.resume={straight / 'checkpoints' / 'step_0000010'}"
+    runs = {"tp2": _overrides(tiny_data, root / "tp2", resume_at_10, "parallel.tp=2"),
+            "pp2": _overrides(tiny_data, root / "pp2", resume_at_10, "parallel.pp=2"),
+            "dist_opt_straight": [*_overrides(tiny_data, root / "dist_opt_straight"), *SHORT, *DIST_OPT],
+            "dist_opt_resumed": [*_overrides(tiny_data, root / "dist_opt_resumed"), *SHORT, *DIST_OPT,
+                                 f"train.resume={root / 'dist_opt_straight' / 'checkpoints' / 'step_0000004'}"]}
+    batch = BatchedRuns({name: (TINY_RECIPE, overrides) for name, overrides in runs.items()}, root / "batch")
+
+    def get(name: str):
+        assert_ok(batch[name])
+        return root / name
+
+    return get
+
+
+@pytest.mark.parametrize("layout", ["tp2", "pp2"])
+def test_resume_at_another_layout_matches_within_rounding(layout, straight, two_rank_runs):
+    assert read_meta(straight / "checkpoints" / "step_0000010")["layout"] == {"tp": 1, "pp": 1, "dp": 1}
+    want, got = losses(straight), losses(two_rank_runs(layout))
     assert sorted(got) == list(range(11, STEPS + 1))
     for step in range(11, STEPS + 1):
         assert got[step] == pytest.approx(want[step], rel=LAYOUT_REL), f"step {step}"
@@ -98,17 +120,18 @@ def test_keep_last_prunes_old_checkpoints(tiny_data, tmp_path):
 BF16_SMALL = ["precision.dtype=bf16", "model.num_layers=2", "parallel.global_batch_size=4", "data.seq_length=32"]
 
 
-@pytest.mark.parametrize("variant,nproc", [(["parallel.distributed_optimizer=true"], 2), (BF16_SMALL, 1)],
-                         ids=["distributed-optimizer-dp2", "bf16"])
-def test_resume_is_bit_exact_for_distributed_optimizer_and_bf16(variant, nproc, tiny_data, tmp_path):
-    """The DistributedOptimizer (torch-Adam fallback, see megafin/train/optimizer_fixes.py) and the bf16 optimizer
-    save and resume exactly too."""
-    short = ["train.steps=8", "scheduler.warmup_steps=2", "checkpoint.interval=4"]
-    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
-    run = train_here if nproc == 1 else lambda overrides: run_train(overrides, nproc=nproc)
-    assert_ok(run([*_overrides(tiny_data, straight), *short, *variant]))
-    ckpt = straight / "checkpoints" / "step_0000004"
-    assert_ok(run([*_overrides(tiny_data, resumed), *short, *variant, f"train.resume={ckpt}"]))
+@pytest.mark.parametrize("variant", ["distributed-optimizer-dp2", "bf16"])
+def test_resume_is_bit_exact_for_distributed_optimizer_and_bf16(variant, tiny_data, tmp_path, request):
+    """The DistributedOptimizer (torch-Adam fallback, see megafin/train/optimizer_fixes.py; 2 ranks) and the bf16
+    optimizer (1 process) save and resume exactly too."""
+    if variant == "bf16":
+        straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+        assert_ok(train_here([*_overrides(tiny_data, straight), *SHORT, *BF16_SMALL]))
+        ckpt = straight / "checkpoints" / "step_0000004"
+        assert_ok(train_here([*_overrides(tiny_data, resumed), *SHORT, *BF16_SMALL, f"train.resume={ckpt}"]))
+    else:
+        runs = request.getfixturevalue("two_rank_runs")
+        straight, resumed = runs("dist_opt_straight"), runs("dist_opt_resumed")
     want, got = losses(straight), losses(resumed)
     assert sorted(got) == [5, 6, 7, 8]
     assert [got[s] for s in got] == [want[s] for s in got]

@@ -52,10 +52,12 @@ def test_lean_path_equals_megatrons_path_and_hf(hf_and_engine):
     assert len({tuple(s.tokens) for s in lean_seqs}) >= 2  # the prompts matter (tiny random models repeat tokens)
 
 
-@pytest.fixture(scope="module")
-def one_process_tokens(tiny_data: Path, tmp_path_factory):
-    """Greedy tokens of the tiny Llama (2 or 4 layers) decoded by one process: the reference for the parallel
-    layouts."""
+# tp, pp, virtual_pp, layers of the parallel layouts
+LAYOUTS = {"tp2": (2, 1, 1, 2), "pp2": (1, 2, 1, 2), "pp2vp2": (1, 2, 2, 4)}
+
+
+def _lean_worker(args: list[str], tokenizer: Path, out_dir: Path, layouts: list[tuple]) -> dict[tuple, list]:
+    """tests/generate/tp_lean_worker.py's greedy tokens of each layout, all from one launch."""
     import json
     import os
     import subprocess
@@ -63,43 +65,38 @@ def one_process_tokens(tiny_data: Path, tmp_path_factory):
 
     from tests.helpers import REPO
 
-    cache: dict[int, list] = {}
-
-    def tokens(layers: int) -> list:
-        if layers not in cache:
-            out = tmp_path_factory.mktemp("lean_one") / "one.json"
-            env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-            one = subprocess.run([sys.executable, str(REPO / "tests/generate/tp_lean_worker.py"),
-                                  str(tiny_data / "tokenizer"), str(out), "1", "1", "1", str(layers)], env=env,
-                                 capture_output=True, text=True, timeout=300)
-            assert one.returncode == 0, one.stdout[-2000:] + one.stderr[-3000:]
-            cache[layers] = json.loads(out.read_text())
-        return cache[layers]
-
-    return tokens
+    names = [",".join(map(str, layout)) for layout in layouts]
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, *args, str(REPO / "tests/generate/tp_lean_worker.py"), str(tokenizer),
+                           str(out_dir), *names], env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    return {layout: json.loads((out_dir / f"{name}.json").read_text()) for layout, name in zip(layouts, names)}
 
 
-@pytest.mark.parametrize("tp,pp,vp,layers", [(2, 1, 1, 2), (1, 2, 1, 2), (1, 2, 2, 4)], ids=["tp2", "pp2", "pp2vp2"])
-def test_parallel_lean_decode_equals_one_process(tiny_data: Path, tmp_path: Path, one_process_tokens, tp, pp, vp,
-                                                 layers):
+@pytest.fixture(scope="module")
+def decoded(tiny_data: Path, tmp_path_factory):
+    """Greedy tokens of every layout in LAYOUTS (one 2-rank launch) and of one process with 2 and 4 layers (the
+    references, one more process), computed at the first request: layout -> tokens."""
+    tokens: dict[tuple, list] = {}
+
+    def get(layout: tuple) -> list:
+        if not tokens:
+            out = tmp_path_factory.mktemp("lean_decode")
+            tokens.update(_lean_worker([], tiny_data / "tokenizer", out, [(1, 1, 1, 2), (1, 1, 1, 4)]))
+            tokens.update(_lean_worker(["-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"],
+                                       tiny_data / "tokenizer", out, list(LAYOUTS.values())))
+        return tokens[layout]
+
+    return get
+
+
+@pytest.mark.parametrize("layout", list(LAYOUTS))
+def test_parallel_lean_decode_equals_one_process(layout, decoded):
     """Two gloo ranks decode the tiny Llama together (the trainer's live model under train.eval_tasks): at TP=2 on
     their shards, at PP=2 each on its stage (hidden states handed on point to point, the logits broadcast from the
     last stage), with virtual stages chunk by chunk (stage 1's first chunk hands on to stage 0's second). The same
     greedy tokens as one process with the same full weights (layout-independent init)."""
-    import json
-    import os
-    import subprocess
-    import sys
-
-    from tests.helpers import REPO, free_port
-
-    worker = REPO / "tests/generate/tp_lean_worker.py"
-    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port",
-                          str(free_port()), str(worker), str(tiny_data / "tokenizer"), str(tmp_path / "two.json"),
-                          str(tp), str(pp), str(vp), str(layers)], env=env, capture_output=True, text=True,
-                         timeout=300)
-    assert two.returncode == 0, two.stdout[-2000:] + two.stderr[-3000:]
-    got, want = json.loads((tmp_path / "two.json").read_text()), one_process_tokens(layers)
+    layers = LAYOUTS[layout][3]
+    got, want = decoded(LAYOUTS[layout]), decoded((1, 1, 1, layers))
     assert got == want
     assert len({tuple(t) for t in want}) >= 2 and all(len(t) > 1 for t in want)  # the prompts matter

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from megafin.cli import main as megafin_main
-from tests.helpers import FAST, TINY_MODEL, TINY_RECIPE, assert_ok, data_overrides, run_train
+from tests.helpers import FAST, TINY_MODEL, TINY_RECIPE, BatchedRuns, assert_ok, data_overrides
 
 MODEL = [o for o in TINY_MODEL if not o.startswith("model.max_position_embeddings")]
 
@@ -54,24 +54,45 @@ def one_process_runs(tmp_path_factory):
     return get
 
 
-@pytest.mark.parametrize("layout", [["parallel.tp=2"], ["parallel.pp=2"], ["parallel.cp=2"],
-                                    ["parallel.pp=2", "parallel.virtual_pp=2"]], ids=["tp2", "pp2", "cp2", "pp2vp2"])
-def test_task_scores_at_two_ranks_equal_one_process(shared_data, tiny_data, tmp_path, layout, one_process_runs):
+LAYOUTS = {"tp2": ["parallel.tp=2"], "pp2": ["parallel.pp=2"], "cp2": ["parallel.cp=2"],
+           "pp2vp2": ["parallel.pp=2", "parallel.virtual_pp=2"]}
+
+
+def _common(layout: list[str], tiny_data, shared_data) -> list[str]:
+    layers = ["model.num_layers=4"] if any(o.startswith("parallel.virtual_pp") for o in layout) else []
+    return [*FAST, *MODEL, *layers, *data_overrides(tiny_data), "train.steps=2", "scheduler.warmup_steps=0",
+            "train.eval_tasks=[fpb, tfns]", "train.eval_every=2", "train.eval_limit=6",
+            f"train.eval_data_dir={shared_data}"]
+
+
+@pytest.fixture(scope="module")
+def two_rank_runs(shared_data, tiny_data, tmp_path_factory):
+    """The layouts' 2-rank runs, in one torchrun launch (tests/helpers.py: BatchedRuns): name -> run dir."""
+    root = tmp_path_factory.mktemp("two_ranks")
+    batch = BatchedRuns({name: (TINY_RECIPE, [*_common(layout, tiny_data, shared_data), f"run_dir={root / name}",
+                                              *layout])
+                         for name, layout in LAYOUTS.items()}, root / "batch")
+
+    def get(name: str):
+        assert_ok(batch[name])
+        return root / name
+
+    return get
+
+
+@pytest.mark.parametrize("layout", list(LAYOUTS))
+def test_task_scores_at_two_ranks_equal_one_process(shared_data, tiny_data, layout, one_process_runs, two_rank_runs):
     """At TP=2 the first replica's two ranks decode the live model together on their shards (vocab-parallel
     embedding and logits, row-parallel sums), at PP=2 each on its stage (hidden states sent on, logits broadcast
     from the last; chunk by chunk with virtual stages), at CP=2 its first CP rank alone: the same answers, so the
     same scores, as one process."""
-    layers = ["model.num_layers=4"] if any(o.startswith("parallel.virtual_pp") for o in layout) else []
-    common = [*FAST, *MODEL, *layers, *data_overrides(tiny_data), "train.steps=2", "scheduler.warmup_steps=0",
-              "train.eval_tasks=[fpb, tfns]", "train.eval_every=2", "train.eval_limit=6",
-              f"train.eval_data_dir={shared_data}"]
-    one = one_process_runs(common)
-    assert_ok(run_train([*common, f"run_dir={tmp_path / 'two'}", *layout], nproc=2))
+    one = one_process_runs(_common(LAYOUTS[layout], tiny_data, shared_data))
+    two = two_rank_runs(layout)
 
     def scores(run):
         last = json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])
         return {k: v for k, v in last.items() if k.startswith("eval/") and k != "eval/seconds"}
 
-    want, got = scores(one), scores(tmp_path / "two")
+    want, got = scores(one), scores(two)
     assert {"eval/fpb/accuracy", "eval/tfns/accuracy"} <= set(want)
     assert got == want
