@@ -151,7 +151,11 @@ class TiktokenEncoder:
         return [a.tolist() for a in self.encode_arrays(texts)]
 
     def encode_flat(self, texts: Sequence[str], prefix: Sequence[int], suffix: Sequence[int]) -> FlatIds:
-        arrays = self.encode_arrays(texts)
+        return self.flat(self.encode_arrays(texts), prefix, suffix)
+
+    @staticmethod
+    def flat(arrays: Sequence[np.ndarray], prefix: Sequence[int], suffix: Sequence[int]) -> FlatIds:
+        """encode_arrays' ids as one flat array, each document between prefix and suffix, and the lengths."""
         pre, suf = np.asarray(prefix, dtype=np.uint32), np.asarray(suffix, dtype=np.uint32)
         lengths = np.fromiter((a.size for a in arrays), dtype=np.int64, count=len(arrays)) + (pre.size + suf.size)
         parts = [p for a in arrays for p in (pre, a, suf) if p.size]

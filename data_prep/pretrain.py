@@ -63,15 +63,18 @@ def _init_worker(tokenizer_dir: str, encoder: str, text_key: str, max_bytes: int
     suffix = [] if bos == "never" else list(sp["suffix"])
     if not suffix or suffix[-1] != sp["eod"]:
         suffix = suffix + [sp["eod"]]
+    enc = build_encoder(tok, prefer=encoder)
     _W.update(
-        enc=build_encoder(tok, prefer=encoder), text_key=text_key, max_bytes=max_bytes,
+        enc=enc, hf=getattr(enc, "_hf", None), text_key=text_key, max_bytes=max_bytes,
         prefix=prefix, suffix=suffix, dedup=dedup, dtype=token_dtype(len(tok)),
     )
 
 
-def _encode_chunk(chunk: list[Raw]) -> tuple[int, list, list | None, np.ndarray, np.ndarray]:
-    """-> (items, bad items as (index, where, reason, message), digests of the good items or None, their flat ids,
-    their lengths). Only bad items carry a location: a clean chunk costs the parent no per-document work."""
+def _encode_chunk(work: tuple[list[Raw], int]) -> tuple[int, list, list | None, np.ndarray, np.ndarray, bool]:
+    """(chunk, check) -> (items, bad items as (index, where, reason, message), digests of the good items or None,
+    their flat ids, their lengths, whether the fast encoder's ids differed from HF's on the chunk's first `check`
+    items). Only bad items carry a location: a clean chunk costs the parent no per-document work."""
+    chunk, check = work
     bad: list = []
     texts: list[str] = []
     good: list[int] = []
@@ -100,10 +103,17 @@ def _encode_chunk(chunk: list[Raw]) -> tuple[int, list, list | None, np.ndarray,
         digests = [(i, f"{chunk[i].source}:{chunk[i].line}",
                     hashlib.blake2b(t.encode("utf-8", "surrogatepass"), digest_size=16).digest())
                    for i, t in zip(good, texts)]
-    flat, lengths = _W["enc"].encode_flat(texts, _W["prefix"], _W["suffix"])
+    differs = False
+    if check:  # the corpus's first documents: the fast encoder's own arrays, written only if they equal HF's
+        arrays = _W["enc"].encode_arrays(texts)
+        checked = [j for j, i in enumerate(good) if i < check]
+        differs = [arrays[j].tolist() for j in checked] != _W["hf"].encode_batch([texts[j] for j in checked])
+        flat, lengths = _W["enc"].flat(arrays, _W["prefix"], _W["suffix"])
+    else:
+        flat, lengths = _W["enc"].encode_flat(texts, _W["prefix"], _W["suffix"])
     # In the .bin's dtype here, not in the parent: uint16 halves what comes back through the pipe, and the parent,
     # which every chunk passes through, converts nothing.
-    return len(chunk), bad, digests, flat.astype(_W["dtype"], copy=False), lengths
+    return len(chunk), bad, digests, flat.astype(_W["dtype"], copy=False), lengths, differs
 
 
 # Reasons for which a run that wrote nothing most likely named the wrong key.
@@ -115,19 +125,37 @@ def _raw_size(r: Raw) -> int:
     return len(r.data) if isinstance(r.data, (bytes, bytearray)) else 256
 
 
-def choose_encoder(tok: Any, raws: list[Raw], text_key: str, max_bytes: int, prefer: str) -> str:
-    """Pick 'tiktoken' or 'hf' once, in the parent, from the first documents: same choice for any --workers."""
-    from data_prep.encoder import build_encoder
-
+def _verification_head(raws: list[Raw], text_key: str, max_bytes: int) -> tuple[list[str], int]:
+    """The texts the fast encoder must encode as HF does before it is used (the first documents, up to VERIFY_DOCS
+    or VERIFY_CHARS), and how many of `raws` they come from."""
     texts, n = [], 0
-    for raw in raws[:VERIFY_DOCS]:
+    for i, raw in enumerate(raws[:VERIFY_DOCS]):
         got = extract_text(parse_raw(raw, max_bytes), text_key, max_bytes)
         if isinstance(got, str):
             texts.append(got)
             n += len(got)
             if n > VERIFY_CHARS:
-                break
-    return build_encoder(tok, prefer=prefer, verify_texts=texts).name
+                return texts, i + 1
+    return texts, min(len(raws), VERIFY_DOCS)
+
+
+def choose_encoder(tok: Any, raws: list[Raw], text_key: str, max_bytes: int, prefer: str) -> str:
+    """Pick 'tiktoken' or 'hf' once, in the parent, from the first documents: same choice for any --workers."""
+    from data_prep.encoder import build_encoder
+
+    return build_encoder(tok, prefer=prefer, verify_texts=_verification_head(raws, text_key, max_bytes)[0]).name
+
+
+class _FastEncoderDiffers(Exception):
+    """A worker found the fast encoder's ids different from HF's on the corpus's first documents."""
+
+
+def _with_checks(chunks: Iterable[list[Raw]], check: int) -> Iterator[tuple[list[Raw], int]]:
+    """Each chunk with how many of its first items are among the first `check` items of all."""
+    for chunk in chunks:
+        k = min(check, len(chunk))
+        check -= k
+        yield chunk, k
 
 
 def run_settings(tokenizer: str, text_key: str, bos: str, max_doc_bytes: int, dedup: bool) -> dict:
@@ -200,9 +228,8 @@ def pretrain(
     for a missing input, `OutputError` for an output location that cannot be written. The outputs appear as
     one set (`data_prep.outputs`); a run that raises leaves the previous output as it was.
     """
-    from tqdm import tqdm
-
     from data_prep.tokenizer import load_text_tokenizer
+
     workers = cap_workers(workers)
     paths = check_inputs([inputs] if isinstance(inputs, str) else list(inputs))
     shard_info = None
@@ -217,15 +244,42 @@ def pretrain(
     record = shard_dedup.DigestRecord() if shard_info is not None and dedup else None
     outputs.check_output_prefix(output_prefix)
     tok = load_text_tokenizer(tokenizer)
-    vocab = len(tok)
-    stats = Stats(strict=strict, quiet=quiet)
     raw_iter = iter_raw(paths, max_doc_bytes)
     # The encoder is chosen on the corpus's first documents, whichever shard this is: the same choice as one run.
     head = list(itertools.islice(raw_iter, VERIFY_DOCS))
-    enc_name = choose_encoder(tok, head, text_key, max_doc_bytes, encoder)
-    if shard_info is not None:
-        raw_iter, head = iter_pieces(pieces, max_doc_bytes), []
-    chunks = chunked(itertools.chain(head, raw_iter), CHUNK_ITEMS, CHUNK_BYTES, _raw_size)
+    if shard_info is None and encoder != "hf":
+        # The workers check the fast encoder against HF on those documents as they encode them: checked in the
+        # parent first, ~2 MB of text took ~1 s before any worker started. Here only the calibration text.
+        from data_prep.encoder import build_encoder
+
+        enc_name = build_encoder(tok, prefer=encoder).name
+        check = _verification_head(head, text_key, max_doc_bytes)[1] if enc_name == "tiktoken" else 0
+    else:
+        enc_name, check = choose_encoder(tok, head, text_key, max_doc_bytes, encoder), 0
+        if shard_info is not None:
+            raw_iter, head = iter_pieces(pieces, max_doc_bytes), []
+    run = dict(paths=paths, tokenizer=tokenizer, output_prefix=output_prefix, text_key=text_key, workers=workers,
+               dedup=dedup, strict=strict, max_doc_bytes=max_doc_bytes, bos=bos, progress=progress, quiet=quiet,
+               allow_empty=allow_empty, shard_info=shard_info, record=record, vocab=len(tok))
+    try:
+        return _tokenize(itertools.chain(head, raw_iter), enc_name, check, **run)
+    except _FastEncoderDiffers:
+        if encoder == "tiktoken":
+            raise ValueError(f"tiktoken fast path unavailable for {tokenizer}: tiktoken ids differ from the HF "
+                             f"tokenizer's on the verification texts") from None
+        return _tokenize(iter_raw(paths, max_doc_bytes), "hf", 0, **run)
+
+
+def _tokenize(raws: Iterator[Raw], enc_name: str, check: int, *, paths: list, tokenizer: str, output_prefix: str,
+              text_key: str, workers: int, dedup: bool, strict: bool, max_doc_bytes: int, bos: str,
+              progress: bool | None, quiet: bool, allow_empty: bool, shard_info: dict | None,
+              record: "shard_dedup.DigestRecord | None", vocab: int) -> PretrainResult:
+    """pretrain's pass over the documents with one encoder; raises _FastEncoderDiffers, having written nothing, if a
+    worker's check of the fast encoder fails."""
+    from tqdm import tqdm
+
+    stats = Stats(strict=strict, quiet=quiet)
+    chunks = _with_checks(chunked(raws, CHUNK_ITEMS, CHUNK_BYTES, _raw_size), check)
 
     out_prefix = f"{output_prefix}_text_document"
     writer = SequenceWriter(out_prefix, token_dtype(vocab))
@@ -236,7 +290,9 @@ def pretrain(
             _encode_chunk, chunks, workers, _init_worker,
             (str(tokenizer), enc_name, text_key, max_doc_bytes, bos, dedup),
         )
-        for n_items, bad, digests, flat, lengths in results:
+        for n_items, bad, digests, flat, lengths, differs in results:
+            if differs:
+                raise _FastEncoderDiffers
             stats.read(n_items)
             if not bad and digests is None:  # a clean chunk: written as it came
                 writer.add_many(flat, lengths)

@@ -119,15 +119,15 @@ def test_fast_encoder_that_differs_on_the_first_documents_is_not_used(sample_tok
     from data_prep import encoder as enc_mod
     from data_prep.pretrain import pretrain
 
-    fast = enc_mod.TiktokenEncoder.encode_batch
+    fast = enc_mod.TiktokenEncoder.encode_arrays
 
     def drifting(self, texts):  # a fast encoder that differs from HF on one document (not the calibration text)
-        return [ids + [0] if "MARKER" in t else ids for t, ids in zip(texts, fast(self, texts))]
+        return [np.append(ids, np.uint32(0)) if "MARKER" in t else ids for t, ids in zip(texts, fast(self, texts))]
 
     rows = [{"text": f"Revenue rose {i}% in Q{i % 4 + 1}."} for i in range(40)] + [{"text": "MARKER gold fell."}]
     src = write_jsonl(tmp_path / "d.jsonl", rows)
     want = pretrain(str(src), sample_tok, str(tmp_path / "hf"), encoder="hf", quiet=True)
-    monkeypatch.setattr(enc_mod.TiktokenEncoder, "encode_batch", drifting)
+    monkeypatch.setattr(enc_mod.TiktokenEncoder, "encode_arrays", drifting)
     got = pretrain(str(src), sample_tok, str(tmp_path / "auto"), workers=workers, quiet=True)
     assert got.stats["encoder"] == "hf" and got.stats["docs_written"] == want.stats["docs_written"] == 41
     for ext in (".bin", ".idx"):
