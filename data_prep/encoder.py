@@ -127,7 +127,7 @@ class TiktokenEncoder:
         self._core = self._enc._core_bpe  # direct calls: tiktoken's batch API pays a thread-pool hop per text
         self._added = tuple(added)
         self._angle = all(a.startswith("<|") for a in added)  # cheap pre-check for Llama-style names
-        self._hf = hf
+        self.hf = hf  # the encoder whose ids these must equal; texts with added tokens go to it
 
     def encode_arrays(self, texts: Sequence[str]) -> list[np.ndarray]:
         """uint32 ids per text, straight from tiktoken's buffer: no Python int per token (~20% of the work)."""
@@ -142,7 +142,7 @@ class TiktokenEncoder:
             else:
                 out.append(np.frombuffer(buffer(t, none), dtype=np.uint32))
         if slow:
-            for i, ids in zip(slow, self._hf.encode_batch([texts[i] for i in slow])):
+            for i, ids in zip(slow, self.hf.encode_batch([texts[i] for i in slow])):
                 out[i] = np.asarray(ids, dtype=np.uint32)
         return out  # type: ignore[return-value]
 

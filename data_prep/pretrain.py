@@ -65,7 +65,7 @@ def _init_worker(tokenizer_dir: str, encoder: str, text_key: str, max_bytes: int
         suffix = suffix + [sp["eod"]]
     enc = build_encoder(tok, prefer=encoder)
     _W.update(
-        enc=enc, hf=getattr(enc, "_hf", None), text_key=text_key, max_bytes=max_bytes,
+        enc=enc, hf=enc.hf if enc.name == "tiktoken" else None, text_key=text_key, max_bytes=max_bytes,
         prefix=prefix, suffix=suffix, dedup=dedup, dtype=token_dtype(len(tok)),
     )
 
