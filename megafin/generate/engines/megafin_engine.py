@@ -38,6 +38,7 @@ default 32).
 from __future__ import annotations
 
 import contextlib
+import functools
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
@@ -153,13 +154,19 @@ class MegafinEngine(GenerationEngine):
     def _decode(self, tokens: list[int]) -> str:
         return self.tokenizer.decode(tokens, skip_special_tokens=True)
 
+    @functools.cached_property
+    def _tokenizer_stops(self) -> frozenset[int]:
+        """The tokenizer's stop ids, once per engine: finding its end-of-turn tokens builds the whole vocabulary
+        dict (1.5 ms at 4K tokens, per request it was a third of a tiny model's evaluation)."""
+        return stop_token_ids(self.tokenizer)
+
     # ------------------------------------------------------------------------------------------- ids in, ids out
     def generate_ids(self, prompts: list[list[int]], params: list[SamplingParams]) -> list[_Sequence]:
         """`n` sequences per prompt, in order (prompt 0's samples, then prompt 1's, ...). A sequence's `tokens`
         include the stop token that ended it (counted as generated, as vLLM counts it) but its text does not."""
         seqs = []
         for prompt, p in zip(prompts, params):
-            stops = stop_token_ids(self.tokenizer, p.stop_token_ids)
+            stops = self._tokenizer_stops.union(p.stop_token_ids)
             for j in range(p.n):
                 gen = sample_generator(p.seed, j) if p.temperature > 0 else None
                 seqs.append(_Sequence(list(prompt), p, gen, stops))
