@@ -8,7 +8,7 @@ source (megafin/eval/sources.py), generation, the bootstrap interval and the rep
 only with a judge (--judge-base-url/--judge-model); without one they are listed as skipped, with the reason."""
 from __future__ import annotations
 
-import random
+import operator
 import sys
 import time
 from dataclasses import dataclass
@@ -80,11 +80,15 @@ def bootstrap_ci(task: Any, examples: Sequence[Example], scored: Sequence[Scored
     n = len(examples)
     if n == 0:
         return None
-    rng = random.Random(seed)
+    import numpy as np
+
+    # The indices drawn by numpy and gathered by itemgetter: drawn one by one by `random` (and gathered by list
+    # comprehensions) they took ~40% of 1000 resamples' time on a task of thousands of examples.
+    rng = np.random.default_rng(seed)
     values = []
     for _ in range(resamples):
-        idx = [rng.randrange(n) for _ in range(n)]
-        value = task.aggregate([examples[i] for i in idx], [scored[i] for i in idx]).get(metric)
+        idx = rng.integers(0, n, n).tolist()
+        value = task.aggregate(_gather(examples, idx), _gather(scored, idx)).get(metric)
         if value is not None:
             values.append(float(value))
     if not values:
@@ -93,6 +97,10 @@ def bootstrap_ci(task: Any, examples: Sequence[Example], scored: Sequence[Scored
     lo = values[int(0.025 * (len(values) - 1))]
     hi = values[int(round(0.975 * (len(values) - 1)))]
     return [lo, hi]
+
+
+def _gather(seq: Sequence, idx: list[int]) -> tuple:
+    return operator.itemgetter(*idx)(seq) if len(idx) > 1 else (seq[idx[0]],)  # itemgetter(i) gives no tuple
 
 
 def skipped(task: Any, reason: str, examples: int) -> dict:
