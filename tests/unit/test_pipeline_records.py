@@ -38,17 +38,17 @@ def test_task_records_ask_what_the_evaluation_asks(shared_data):
     assert example.messages[-1]["content"] == rec["prompt"] and rec["response"] == row["label"] and skipped == 0
 
 
-def test_headline_sentiment_asks_the_sentiment_question_and_counts_headlines_not_about_price(shared_data):
+def test_headline_sentiment_asks_the_sentiment_question_and_headlines_not_about_price_are_neutral(shared_data):
     from megafin.eval.tasks.registry import get_eval_task
 
     rows = [json.loads(line) for line in (shared_data / "headline/train.jsonl").read_text().splitlines()[:200]]
     recs, skipped = sft_records.records("headline_sentiment", rows)
-    nones = sum(r["price_sentiment"] == "none" for r in rows)
-    assert nones > 0 and skipped == nones and len(recs) == len(rows) - nones
-    kept = [r for r in rows if r["price_sentiment"] != "none"]
-    assert [r["response"] for r in recs] == [r["price_sentiment"] for r in kept]
+    assert skipped == 0 and len(recs) == len(rows)
+    assert any(r["price_sentiment"] == "none" for r in rows)
+    assert [r["response"] for r in recs] == [{"none": "neutral"}.get(r["price_sentiment"], r["price_sentiment"])
+                                             for r in rows]
     # the same question as the sentiment evaluation tasks
-    asked = get_eval_task("tfns").examples([{"id": "x", "text": kept[0]["text"], "label": "neutral"}])[0]
+    asked = get_eval_task("tfns").examples([{"id": "x", "text": rows[0]["text"], "label": "neutral"}])[0]
     assert asked.messages[-1]["content"] == recs[0]["prompt"]
 
 
