@@ -27,7 +27,8 @@ from megafin.runtime.fault_injection import nan_steps as injected_nan_steps, wit
 from megafin.runtime.host_malloc import keep_freed_memory
 from megafin.runtime.run_dir import RunDirBusy, discard_earlier_checkpoints, lock_run_dir
 from megafin.runtime.stop_request import STOP_REQUEST, StopInPreparation
-from megafin.train.flops import PeakFlops, flops_per_token
+from megafin.train.flops import (PeakFlops, attended_pairs, attention_flops_per_pair, layer_flops_per_token,
+                                 logit_positions, logits_flops_per_position)
 
 
 # optimizer.name -> megatron-core's name for it: its "adam" with decoupled_weight_decay (the default) is AdamW
@@ -161,7 +162,7 @@ class Trainer:
         from megafin.stages import stage_class
 
         self.stage = stage_class(cfg.stage)(cfg)
-        G, S = par.global_batch_size, cfg.data.seq_length
+        G = par.global_batch_size
         n_train = cfg.train.steps * G
         n_valid = (cfg.train.steps // cfg.train.eval_interval + 1) * cfg.train.eval_iters * G \
             if cfg.train.eval_interval else 0
@@ -192,7 +193,11 @@ class Trainer:
         # rewrite is a new checkpoint to whatever keys on its bytes, e.g. a DPO reference cache).
         here = resume_from is not None and resume_from.resolve().parent == checkpoint_root(cfg.run_dir).resolve()
         self.saved_step = self.progress.step if here else -1
-        self.flops_per_token = flops_per_token(cfg.model, self.vocab_size, S)
+        # A step's model FLOPs (for MFU), as its work is counted in _forward_backward: per token of the layers'
+        # matmuls, per position the output layer runs at, per (query, key) pair attention covers (flops.py).
+        self.flops = (layer_flops_per_token(cfg.model), logits_flops_per_position(cfg.model, self.vocab_size),
+                      attention_flops_per_pair(cfg.model))
+        self.logits_at_targets = bool(getattr(self.chunks.models[-1], "targets_only", False))
         self.peak = PeakFlops.for_this_device(cfg.logging.peak_tflops)
         self.memory = StepMemory()
         self.num_params = self.chunks.num_params()
@@ -251,7 +256,9 @@ class Trainer:
         from megafin.data.context_parallel import split_for_context_parallel
 
         par = self.cfg.parallel
-        computed = [0]  # tokens this rank's micro-batches hold (packed ones are trimmed at pp=1 or prompt-shared)
+        # tokens this rank's micro-batches hold (packed ones are trimmed at pp=1 or prompt-shared), the positions
+        # their output layer runs at and the (query, key) pairs their attention covers (flops.py)
+        computed = [0, 0, 0]
         # parallel.cp > 1: the CP ranks of a data-parallel rank read the same micro-batches and each keeps its part
         # of every sequence; the first of them counts the whole micro-batch's tokens (before any CP padding).
         cp, cp_rank = self.ps.get_context_parallel_world_size(), self.ps.get_context_parallel_rank()
@@ -260,6 +267,8 @@ class Trainer:
             for batch in micro_batches:
                 if cp_rank == 0:
                     computed[0] += batch["tokens"].numel()
+                    computed[1] += logit_positions(batch, self.logits_at_targets)
+                    computed[2] += attended_pairs(batch)
                 yield split_for_context_parallel(batch, cp, cp_rank)
 
         forward_step = self.stage.forward_step()
@@ -273,18 +282,20 @@ class Trainer:
             forward_only=forward_only,
         )
         width = self.stage.report_width
-        totals = torch.zeros(width + 1, dtype=torch.float64)  # the stage's sums, then the computed tokens
+        totals = torch.zeros(width + 3, dtype=torch.float64)  # the stage's sums, then `computed`
         if self.ps.is_pipeline_last_stage():
             for item in reports:
                 totals[:width] += item["report"].detach().to("cpu", torch.float64)
-            totals[width] = computed[0]
+            totals[width:] = torch.tensor(computed, dtype=torch.float64)
         # Sums over data-parallel replicas and context-parallel parts (each holds part of every sequence's tokens),
         # then from the last pipeline stage to every rank (others hold zeros).
         totals = totals.to(collective_device())
         dist.all_reduce(totals, group=self.ps.get_data_parallel_group(with_context_parallel=True))
         dist.all_reduce(totals, group=self.ps.get_pipeline_model_parallel_group())
         totals = totals.cpu()
-        return {**self.stage.summarize(totals[:width]), "computed_tokens": int(totals[width].item())}
+        tokens, positions, pairs = (int(x) for x in totals[width:].tolist())
+        return {**self.stage.summarize(totals[:width]), "computed_tokens": tokens,
+                "model_flops": tokens * self.flops[0] + positions * self.flops[1] + pairs * self.flops[2]}
 
     @contextlib.contextmanager
     def _params_gathered(self) -> Iterator[None]:
@@ -310,7 +321,7 @@ class Trainer:
         with torch.no_grad():
             for i in range(iters):
                 stats = self._forward_backward(self.valid_batches, i * G, forward_only=True)
-                stats.pop("computed_tokens")
+                stats.pop("computed_tokens"), stats.pop("model_flops")
                 for key, value in stats.items():
                     if value is not None:
                         sums[key] = sums.get(key, 0.0) + value
@@ -385,7 +396,7 @@ class Trainer:
         stats = self._forward_backward(self.train_batches, self.progress.consumed_samples, forward_only=False,
                                        nan=nan)
         self.memory.forward_backward_done()
-        computed_tokens = stats.pop("computed_tokens")
+        computed_tokens, model_flops = stats.pop("computed_tokens"), stats.pop("model_flops")
         record: dict[str, Any] = {"step": step, **stats}
         if bad.observe(stats["loss"]):
             _, grad_norm, _ = self.optimizer.step()
@@ -401,7 +412,7 @@ class Trainer:
         record.update(
             lr=self.optimizer.param_groups[0]["lr"], tokens_per_s=tokens_per_s, step_time_s=elapsed,
             consumed_samples=self.progress.consumed_samples,
-            mfu=self.peak.mfu(tokens_per_s * self.flops_per_token, dist.get_world_size()),
+            mfu=self.peak.mfu(model_flops / elapsed, dist.get_world_size()),
         )
         record.update(self.memory.record())  # CUDA only
         return record
