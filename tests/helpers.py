@@ -106,6 +106,11 @@ class BatchedRuns:
         recipe, overrides = self.runs[name]
         return self.done.get(name) or run_train(overrides, nproc=self.nproc, recipe=recipe)
 
+    def run_dir(self, name: str) -> Path:
+        """The run's directory once it exited 0 (its `run_dir=` override: the last one, as the CLI takes it)."""
+        assert_ok(self[name])
+        return Path([o for o in self.runs[name][1] if o.startswith("run_dir=")][-1].split("=", 1)[1])
+
 
 def train_here(overrides: Sequence[str], recipe: Path = TINY_RECIPE, env: Optional[dict] = None
                ) -> subprocess.CompletedProcess:

@@ -62,13 +62,7 @@ def two_rank_runs(straight, tiny_data, tmp_path_factory):
             "dist_opt_straight": [*_overrides(tiny_data, root / "dist_opt_straight"), *SHORT, *DIST_OPT],
             "dist_opt_resumed": [*_overrides(tiny_data, root / "dist_opt_resumed"), *SHORT, *DIST_OPT,
                                  f"train.resume={root / 'dist_opt_straight' / 'checkpoints' / 'step_0000004'}"]}
-    batch = BatchedRuns({name: (TINY_RECIPE, overrides) for name, overrides in runs.items()}, root / "batch")
-
-    def get(name: str):
-        assert_ok(batch[name])
-        return root / name
-
-    return get
+    return BatchedRuns({name: (TINY_RECIPE, overrides) for name, overrides in runs.items()}, root / "batch").run_dir
 
 
 @pytest.mark.parametrize("layout", ["tp2", "pp2"])

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from megafin.cli import main as megafin_main
-from tests.helpers import FAST, TINY_MODEL, TINY_RECIPE, BatchedRuns, assert_ok, data_overrides
+from tests.helpers import FAST, TINY_MODEL, TINY_RECIPE, BatchedRuns, data_overrides
 
 MODEL = [o for o in TINY_MODEL if not o.startswith("model.max_position_embeddings")]
 
@@ -72,12 +72,7 @@ def two_rank_runs(shared_data, tiny_data, tmp_path_factory):
     batch = BatchedRuns({name: (TINY_RECIPE, [*_common(layout, tiny_data, shared_data), f"run_dir={root / name}",
                                               *layout])
                          for name, layout in LAYOUTS.items()}, root / "batch")
-
-    def get(name: str):
-        assert_ok(batch[name])
-        return root / name
-
-    return get
+    return batch.run_dir
 
 
 @pytest.mark.parametrize("layout", list(LAYOUTS))
