@@ -321,7 +321,7 @@ class Trainer:
         with torch.no_grad():
             for i in range(iters):
                 stats = self._forward_backward(self.valid_batches, i * G, forward_only=True)
-                stats.pop("computed_tokens"), stats.pop("model_flops")
+                del stats["computed_tokens"], stats["model_flops"]
                 for key, value in stats.items():
                     if value is not None:
                         sums[key] = sums.get(key, 0.0) + value
